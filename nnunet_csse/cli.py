@@ -1,0 +1,86 @@
+"""The ``nnunet-csse`` command line.
+
+    nnunet-csse trainers-path          print the folder to export as nnUNet_extTrainer
+    nnunet-csse synth ...              write a synthetic dataset in nnU-Net raw format
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def trainers_path() -> str:
+    """The folder holding the trainer re-exports (works for editable and regular installs)."""
+    import nnunet_csse.ext_trainers as ext
+
+    return os.path.dirname(os.path.abspath(ext.__file__))
+
+
+def _cmd_trainers_path(args: argparse.Namespace) -> int:
+    print(trainers_path())
+    return 0
+
+
+def _raw_root(value: str | None) -> Path:
+    root = value or os.environ.get("nnUNet_raw")
+    if not root:
+        raise SystemExit("error: no raw data folder: pass --raw DIR or export nnUNet_raw=/path/to/nnUNet_raw")
+    return Path(root)
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from nnunet_csse.synthetic import write_synthetic_dataset
+
+    try:
+        folder = write_synthetic_dataset(
+            _raw_root(args.raw), args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
+            size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
+            num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
+            ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
+        )
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(folder)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-csse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("trainers-path", help="print the folder to use as nnUNet_extTrainer")
+    p.set_defaults(func=_cmd_trainers_path)
+
+    p = sub.add_parser("synth", help="write a seeded synthetic dataset in nnU-Net raw format")
+    p.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id (1-999)")
+    p.add_argument("--name", default="CSSESynth", help="dataset name (DatasetXXX_<name>)")
+    p.add_argument("--raw", default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=3)
+    p.add_argument("--cases", type=int, default=8, help="number of training cases")
+    p.add_argument("--test-cases", type=int, default=0, help="number of imagesTs cases")
+    p.add_argument("--size", type=int, nargs="+", default=[32], help="image size (one value or one per axis)")
+    p.add_argument("--classes", type=int, default=3, help="number of classes including background")
+    p.add_argument("--channels", type=int, default=1, help="input channels (modalities)")
+    p.add_argument("--difficulty", choices=("hard", "easy"), default="hard")
+    p.add_argument("--ignore-label", action="store_true", help="add a partially annotated 'ignore' label")
+    p.add_argument("--regions", action="store_true", help="nested labels with region-based training")
+    p.add_argument("--spacing", type=float, nargs="+", default=None, help="voxel spacing per axis")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    p.set_defaults(func=_cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""All CSSE settings in one validated object.
+
+A trainer class carries defaults (``csse_defaults``); a plans file may override any field per configuration
+under the key ``"csse"``, e.g. ``"configurations": {"3d_fullres": {..., "csse": {"pdcr_temperature": 1.0}}}``.
+Unknown keys and bad values raise ``ValueError`` naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nnunet_csse.anchors import AnchorGrid, anchor_grid
+
+PLANS_KEY = "csse"
+
+
+@dataclass(frozen=True)
+class CSSEConfig:
+    """Settings of UAFS (network) and PDCR (loss). Defaults are the authors' 3D setup (method.md).
+
+    Network (change the checkpoint layout, so they are read from the plans at inference too):
+        uafs_decoder: UAFS after every decoder stage (authors' 3D code).
+        uafs_encoder: UAFS after every encoder stage too (authors' 2D configs).
+        uafs_num_branches: M, branch output channels (authors: 2).
+        uafs_kernel_size: k of the branch's first conv (authors: 3; clipped to the stage's own kernel per axis).
+        pdcr_projection_channels: width of the cross-layer 1x1 projection heads (None: the shallower layer's
+            channel count).
+    Loss:
+        pdcr_encoder_weight / pdcr_cross_weight / pdcr_decoder_weight: weights of the encoder, cross-layer and
+            decoder PDCR terms (authors' 3D: 0.01, 0.01, 0).
+        pdcr_encoder_stages / pdcr_decoder_stages: resolution levels (0 = full resolution) whose outputs are
+            anchored. Authors' 3D: levels 2 and 3 (cumulative stride 4 and 8 in nnU-Net's default plans).
+            Levels beyond the network's depth fall back to the deepest available ones.
+        pdcr_windows: "rf" (window = each layer's theoretical receptive field, RF-PDCR) or a list of window
+            sizes in input voxels (H-PDCR; loss per size, then averaged; authors' 2D: [5, 7, 9]).
+        pdcr_temperature: tau (authors: 0.5 in 3D, 1 in 2D).
+        pdcr_anchor_spacing: distance between anchors in input voxels (authors: 32).
+        pdcr_min_anchors / pdcr_max_anchors: bounds on anchors per sample and layer (memory is N^2).
+    """
+
+    uafs_decoder: bool = False
+    uafs_encoder: bool = False
+    uafs_num_branches: int = 2
+    uafs_kernel_size: int = 3
+    pdcr_encoder_weight: float = 0.0
+    pdcr_cross_weight: float = 0.0
+    pdcr_decoder_weight: float = 0.0
+    pdcr_encoder_stages: tuple[int, ...] = (2, 3)
+    pdcr_decoder_stages: tuple[int, ...] = (2, 3)
+    pdcr_windows: str | tuple[int, ...] = "rf"
+    pdcr_temperature: float = 0.5
+    pdcr_anchor_spacing: int = 32
+    pdcr_min_anchors: int = 32
+    pdcr_max_anchors: int = 512
+    pdcr_projection_channels: int | None = None
+    _source: str = field(default="defaults", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = f" (from {self._source})"
+        for name in ("uafs_decoder", "uafs_encoder"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"csse setting '{name}' must be true or false{where}")
+        for name in ("pdcr_encoder_weight", "pdcr_cross_weight", "pdcr_decoder_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"csse setting '{name}' must be a number >= 0 (0 disables the term), got "
+                                 f"{value!r}{where}")
+        positive_ints = ("uafs_num_branches", "pdcr_anchor_spacing", "pdcr_min_anchors", "pdcr_max_anchors")
+        for name in positive_ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"csse setting '{name}' must be an integer >= 1, got {value!r}{where}")
+        k = self.uafs_kernel_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"csse setting 'uafs_kernel_size' must be an odd integer >= 1, got {k!r}{where}")
+        if self.pdcr_min_anchors > self.pdcr_max_anchors:
+            raise ValueError(f"csse settings need pdcr_min_anchors <= pdcr_max_anchors, got "
+                             f"{self.pdcr_min_anchors} > {self.pdcr_max_anchors}{where}")
+        t = self.pdcr_temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(f"csse setting 'pdcr_temperature' must be a number > 0, got {t!r}{where}")
+        for name in ("pdcr_encoder_stages", "pdcr_decoder_stages"):
+            value = getattr(self, name)
+            if not _is_int_tuple(value) or len(value) == 0 or any(v < 0 for v in value):
+                raise ValueError(f"csse setting '{name}' must be a non-empty list of resolution levels >= 0 "
+                                 f"(0 = full resolution), got {value!r}{where}")
+        if self.pdcr_cross_weight > 0 and len(set(self.pdcr_encoder_stages)) < 2:
+            raise ValueError(f"csse cross-layer PDCR pairs two encoder levels: 'pdcr_encoder_stages' needs two "
+                             f"distinct levels, got {self.pdcr_encoder_stages!r}{where}; or set "
+                             f"'pdcr_cross_weight' to 0")
+        w = self.pdcr_windows
+        if w != "rf" and (not _is_int_tuple(w) or len(w) == 0 or any(v < 1 for v in w)):
+            raise ValueError(f"csse setting 'pdcr_windows' must be \"rf\" or a non-empty list of window sizes "
+                             f">= 1 voxel, got {w!r}{where}")
+        p = self.pdcr_projection_channels
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
+            raise ValueError(f"csse setting 'pdcr_projection_channels' must be null or an integer >= 1, "
+                             f"got {p!r}{where}")
+
+    @property
+    def uses_pdcr(self) -> bool:
+        return self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0 or self.pdcr_decoder_weight > 0
+
+    def anchor_grid(self, feature_shape: Sequence[int], stride: Sequence[int]) -> AnchorGrid:
+        """The PDCR anchor grid on a map of ``feature_shape`` with cumulative ``stride`` (network and loss
+        both call this, so anchors and composition vectors line up)."""
+        return anchor_grid(feature_shape, stride, self.pdcr_anchor_spacing, self.pdcr_min_anchors,
+                           self.pdcr_max_anchors)
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None, source: str = "overrides") -> CSSEConfig:
+        """A copy with ``overrides`` (e.g. a plans file's ``"csse"`` dict) applied and validated."""
+        if not overrides:
+            return self
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"'{PLANS_KEY}' in {source} must be a JSON object of settings, got "
+                             f"{type(overrides).__name__}")
+        known = {f.name for f in dataclasses.fields(self) if not f.name.startswith("_")}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown csse setting(s) {unknown} in {source}; allowed keys: {sorted(known)}")
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
+        return dataclasses.replace(self, **values, _source=source)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in dataclasses.fields(self) if not f.name.startswith("_")}
+
+
+def _is_int_tuple(value: Any) -> bool:
+    return isinstance(value, tuple) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+
+
+def config_from_plans(
+    defaults: CSSEConfig, configuration: Mapping[str, Any], configuration_name: str = ""
+) -> CSSEConfig:
+    """``defaults`` with the configuration's ``"csse"`` overrides (if any) applied."""
+    source = f"plans configuration '{configuration_name}' key '{PLANS_KEY}'" if configuration_name else \
+        f"plans key '{PLANS_KEY}'"
+    return defaults.with_overrides(configuration.get(PLANS_KEY), source=source)

@@ -1,0 +1,280 @@
+"""nnU-Net v2 trainers for UAFS, PDCR and both (CSSE).
+
+Each public trainer differs from the others only in its ``csse_defaults`` (and short schedules only in epoch
+and iteration counts). A plans configuration may override any setting under the key ``"csse"``.
+
+    nnUNetTrainerUAFS        UAFS after every decoder stage
+    nnUNetTrainerPDCR        encoder + cross-layer RF-PDCR (authors' 3D weights 0.01 + 0.01)
+    nnUNetTrainerCSSE        UAFS + PDCR: the paper's method (authors' 3D setup)
+    nnUNetTrainerCSSE_HPDCR  as CSSE, with hierarchical windows 5, 7, 9 voxels (H-PDCR)
+
+The classes are defined here (not in ``trainers/``) so they can be pickled after nnU-Net's external trainer
+lookup drops the modules it imported from ``nnUNet_extTrainer``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from nnunetv2.training.logging.nnunet_logger import LocalLogger
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_csse.config import CSSEConfig, config_from_plans
+from nnunet_csse.network import CSSEUNet, build_csse_network
+from nnunet_csse.pdcr import PDCRLoss
+
+PDCR_TERMS = ("encoder", "cross", "decoder")
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    return getattr(network, "_orig_mod", network)
+
+
+class CSSELoss(nn.Module):
+    """nnU-Net's segmentation loss plus weighted PDCR terms; keeps per-epoch statistics of the terms.
+
+    In training the network returns ``(seg_output, hidden)``; then the loss is
+    ``seg_loss(seg_output, target) + sum_t weight_t * PDCR_t``. Validation outputs (no hidden) pass straight to
+    nnU-Net's loss. A non-finite PDCR term is left out of that step (the segmentation loss still trains), logged
+    and counted in ``skipped``, so it never poisons the weights silently.
+    """
+
+    def __init__(self, seg_loss: nn.Module, pdcr: PDCRLoss, weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.seg_loss = seg_loss
+        self.pdcr = pdcr
+        self.weights = {k: float(v) for k, v in weights.items() if v > 0}
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        self.sums = dict.fromkeys(self.weights, 0.0)
+        self.counts = dict.fromkeys(self.weights, 0)
+        self.skipped = dict.fromkeys(self.weights, 0)
+
+    def forward(self, output, target) -> torch.Tensor:
+        if not isinstance(output, tuple):
+            return self.seg_loss(output, target)
+        seg_output, hidden = output
+        loss = self.seg_loss(seg_output, target)
+        terms = self.pdcr(hidden, target[0] if isinstance(target, (list, tuple)) else target)
+        names = list(terms)
+        values = torch.stack([terms[n].detach() for n in names]).tolist()  # one host sync for all terms
+        for name, value in zip(names, values):
+            if np.isfinite(value):
+                loss = loss + self.weights[name] * terms[name]
+                self.sums[name] += value
+                self.counts[name] += 1
+            else:
+                self.skipped[name] += 1
+                # keep the anchored layers in the graph with a zero gradient (DDP expects every parameter used)
+                loss = loss + 0.0 * sum(torch.nan_to_num(t.float()).sum() for t in hidden[name])
+        return loss
+
+    def epoch_means(self) -> dict[str, float]:
+        return {n: (self.sums[n] / self.counts[n]) if self.counts[n] else float("nan") for n in self.weights}
+
+
+class CSSELocalLogger(LocalLogger):
+    """nnU-Net's local logger plus one list per PDCR term; the progress plot gets a PDCR panel below."""
+
+    def __init__(self, terms: tuple[str, ...], verbose: bool = False) -> None:
+        super().__init__(verbose)
+        self.pdcr_keys = tuple(f"pdcr_{t}" for t in terms)
+        self.ensure_keys()
+
+    def ensure_keys(self) -> None:
+        epochs = len(self.my_fantastic_logging["train_losses"])
+        for key in self.pdcr_keys:
+            self.my_fantastic_logging.setdefault(key, [float("nan")] * epochs)
+
+    def load_checkpoint(self, checkpoint: dict) -> None:
+        super().load_checkpoint(checkpoint)
+        self.ensure_keys()  # checkpoints of runs without these terms
+
+    def plot_progress_png(self, output_folder: str) -> None:
+        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        super().plot_progress_png(output_folder)
+        path = f"{output_folder}/progress.png"
+        top = plt.imread(path)
+        epoch = min(len(v) for v in self.my_fantastic_logging.values())
+        fig = plt.Figure(figsize=(top.shape[1] / 100, 12), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for key in self.pdcr_keys:
+            ax.plot(range(epoch), self.my_fantastic_logging[key][:epoch], ls="-", label=key, linewidth=4)
+        ax.set_xlabel("epoch", fontsize=30)
+        ax.set_ylabel("PDCR term (unweighted)", fontsize=30)
+        ax.tick_params(labelsize=24)
+        ax.legend(loc=(0, 1), fontsize=28)
+        fig.tight_layout()
+        fig.canvas.draw()
+        bottom = np.asarray(fig.canvas.buffer_rgba(), dtype=np.float32)[..., : top.shape[2]] / 255.0
+        plt.imsave(path, np.concatenate((top, bottom[:, : top.shape[1]]), axis=0))
+
+
+class nnUNetTrainerCSSEBase(nnUNetTrainer):
+    """Machinery shared by all CSSE trainers; with its own defaults (everything off) it equals nnUNetTrainer."""
+
+    csse_defaults: ClassVar[CSSEConfig] = CSSEConfig()
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.csse_config = config_from_plans(self.csse_defaults, self.configuration_manager.configuration,
+                                             configuration)
+        self.pdcr_terms = tuple(t for t in PDCR_TERMS if getattr(self.csse_config, f"pdcr_{t}_weight") > 0)
+        if self.pdcr_terms:
+            self.logger.local_logger = CSSELocalLogger(self.pdcr_terms, self.logger.local_logger.verbose)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """Called by training and by nnU-Net's predictor; the class's defaults plus the plans' "csse" settings
+        decide the layout, so a checkpoint always rebuilds into the same modules."""
+        config = config_from_plans(cls.csse_defaults, configuration_manager.configuration)
+        return build_csse_network(
+            configuration_manager.network_arch_class_name,
+            configuration_manager.network_arch_init_kwargs,
+            configuration_manager.network_arch_init_kwargs_req_import,
+            num_input_channels, num_output_channels, config, enable_deep_supervision,
+        )
+
+    def _build_loss(self):
+        loss = super()._build_loss()
+        if not self.pdcr_terms:
+            return loss
+        network: CSSEUNet = unwrap_network(self.network)
+        network.return_hidden = True
+        lm = self.label_manager
+        num_classes = len(lm.foreground_regions) if lm.has_regions else lm.num_segmentation_heads
+        pdcr = PDCRLoss(network.encoder_anchor_layers, network.decoder_anchor_layers, self.csse_config, num_classes,
+                        ignore_label=None if lm.has_regions else lm.ignore_label, has_regions=lm.has_regions,
+                        region_ignore_channel=lm.has_regions and lm.has_ignore_label)
+        self.print_to_log_file("CSSE settings:", self.csse_config.to_json())
+        for layer in (*network.encoder_anchor_layers, *network.decoder_anchor_layers):
+            self.print_to_log_file(f"PDCR layer {layer.name}: cumulative stride {layer.stride}, "
+                                   f"receptive field {layer.receptive_field}")
+        return CSSELoss(loss, pdcr, {t: getattr(self.csse_config, f"pdcr_{t}_weight") for t in self.pdcr_terms})
+
+    def on_train_epoch_start(self):
+        if self.pdcr_terms:
+            self.loss.reset_statistics()
+        super().on_train_epoch_start()
+
+    def on_train_epoch_end(self, train_outputs: list[dict]):
+        super().on_train_epoch_end(train_outputs)
+        if not self.pdcr_terms:
+            return
+        means = self.loss.epoch_means()
+        skipped = self.loss.skipped
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (means, skipped))
+            means = {t: float(np.nanmean([g[0][t] for g in gathered])) for t in self.pdcr_terms}
+            skipped = {t: sum(g[1][t] for g in gathered) for t in self.pdcr_terms}
+        for term in self.pdcr_terms:
+            self.logger.log(f"pdcr_{term}", means[term], self.current_epoch)
+            self.print_to_log_file(f"pdcr_{term}", np.round(means[term], decimals=4))
+            if skipped[term]:
+                self.print_to_log_file(f"WARNING: PDCR term '{term}' was non-finite and skipped in "
+                                       f"{skipped[term]} step(s) of this epoch")
+
+
+class nnUNetTrainerUAFS(nnUNetTrainerCSSEBase):
+    """UAFS after every decoder stage, before its segmentation head (authors' 3D placement)."""
+
+    csse_defaults = CSSEConfig(uafs_decoder=True)
+
+
+class nnUNetTrainerPDCR(nnUNetTrainerCSSEBase):
+    """RF-PDCR on encoder levels 2 and 3 plus the cross-layer term, weights 0.01 each (authors' 3D)."""
+
+    csse_defaults = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+
+
+class nnUNetTrainerCSSE(nnUNetTrainerCSSEBase):
+    """The paper's method: UAFS after every decoder stage + encoder and cross-layer RF-PDCR (authors' 3D)."""
+
+    csse_defaults = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+
+
+class nnUNetTrainerCSSE_HPDCR(nnUNetTrainerCSSE):
+    """CSSE with hierarchical PDCR windows of 5, 7 and 9 voxels (authors' 2D sizes; loss per size, averaged)."""
+
+    csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_windows=(5, 7, 9))
+
+
+class _ShortSchedule:
+    """Mixin for short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style): (epochs, iterations, val iterations)."""
+
+    schedule: ClassVar[tuple[int, int, int]]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
+
+
+class _FiveEpochs(_ShortSchedule):
+    schedule = (5, 250, 50)
+
+
+class _TwoEpochsTenIterations(_ShortSchedule):
+    """Tests and demos: also predicts without test-time mirroring (it only costs time there)."""
+
+    schedule = (2, 10, 2)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+
+class nnUNetTrainerUAFS_5epochs(_FiveEpochs, nnUNetTrainerUAFS):
+    pass
+
+
+class nnUNetTrainerPDCR_5epochs(_FiveEpochs, nnUNetTrainerPDCR):
+    pass
+
+
+class nnUNetTrainerCSSE_5epochs(_FiveEpochs, nnUNetTrainerCSSE):
+    pass
+
+
+class nnUNetTrainerCSSE_HPDCR_5epochs(_FiveEpochs, nnUNetTrainerCSSE_HPDCR):
+    pass
+
+
+class nnUNetTrainer_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainer):
+    """Plain nnU-Net on the tests' schedule, the baseline for side-by-side runs."""
+
+
+class nnUNetTrainerUAFS_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerUAFS):
+    pass
+
+
+class nnUNetTrainerPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerPDCR):
+    pass
+
+
+class nnUNetTrainerCSSE_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE):
+    pass
+
+
+class nnUNetTrainerCSSE_HPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE_HPDCR):
+    pass

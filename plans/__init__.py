@@ -1,0 +1,1 @@
+"""Presets applied by `nnunet-csse plans apply`."""

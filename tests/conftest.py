@@ -1,0 +1,38 @@
+"""Shared fixtures: nnU-Net architecture kwargs as the planners write them, tiny sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+
+
+def arch_kwargs(dim: int, arch: str, n_stages: int = 4, features: int = 4, strides=None, kernels=None) -> dict:
+    """Architecture kwargs in nnU-Net plans format (default planner / ResEnc planner layout)."""
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
+    strides = strides or [[1] * dim] + [[2] * dim] * (n_stages - 1)
+    kernels = kernels or [[3] * dim] * n_stages
+    kw = dict(
+        n_stages=n_stages, features_per_stage=[min(features * 2**i, 64) for i in range(n_stages)], conv_op=conv,
+        kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1 if arch == RESENC else 2] * (n_stages - 1),
+        conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
+        dropout_op_kwargs=None, nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True},
+    )
+    if arch == RESENC:
+        kw["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6][:n_stages]
+    else:
+        kw["n_conv_per_stage"] = [2] * n_stages
+    return kw
+
+
+@pytest.fixture
+def nnunet_dirs(tmp_path, monkeypatch):
+    """Fresh nnUNet_raw / nnUNet_preprocessed / nnUNet_results folders in the environment."""
+    dirs = {name: tmp_path / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for name, path in dirs.items():
+        path.mkdir()
+        monkeypatch.setenv(name, str(path))
+    return dirs

@@ -1,0 +1,331 @@
+"""Tests for nnunet_csse.pdcr against slow, independent loop oracles (method.md section 2)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_csse.anchors import AnchorGrid, anchor_grid
+from nnunet_csse.pdcr import composition_vectors, label_masks, pdcr_pair_loss, summed_area_table
+
+IGNORE = 7
+
+# (label shape, stride J, anchor spacing, window): anisotropic strides and windows, even and odd window sizes,
+# windows large enough to cross both the near and the far border.
+CASES = {
+    "2d": ((13, 22), (2, 4), 8, (5, 12)),
+    "3d": ((7, 12, 10), (1, 4, 4), 4, (4, 9, 6)),
+}
+
+
+def _feature_shape(shape, stride) -> tuple[int, ...]:
+    return tuple(-(-n // j) for n, j in zip(shape, stride, strict=True))  # 'same'-padded strided convs
+
+
+def _grid(shape, stride, spacing) -> AnchorGrid:
+    grid = anchor_grid(_feature_shape(shape, stride), stride, spacing)
+    assert any(o > 0 for o in grid.offsets), "test setup: want a grid with a non-zero offset"
+    return grid
+
+
+def _anchor_centers(grid: AnchorGrid, stride) -> list[tuple[int, ...]]:
+    """Row-major list of input-space centers, computed without AnchorGrid.centers."""
+    per_axis = [range(n) for n in grid.counts]
+    return [
+        tuple(j * (o + s * t) for j, o, s, t in zip(stride, grid.offsets, grid.steps, ts, strict=True))
+        for ts in itertools.product(*per_axis)
+    ]
+
+
+def _window_voxels(center, window, shape):
+    ranges = []
+    for c, w, n in zip(center, window, shape, strict=True):
+        start = c - (w - 1) // 2
+        ranges.append(range(max(start, 0), min(start + w - 1, n - 1) + 1))
+    return itertools.product(*ranges)
+
+
+def _oracle_labels(labels: np.ndarray, grid, stride, window, num_classes, ignore):
+    """labels (B, *S) ints -> comp (B, N, K), valid (B, N) by counting voxels one by one."""
+    centers = _anchor_centers(grid, stride)
+    comp = np.zeros((labels.shape[0], len(centers), num_classes))
+    valid = np.zeros((labels.shape[0], len(centers)), dtype=bool)
+    for b in range(labels.shape[0]):
+        for i, c in enumerate(centers):
+            counts = np.zeros(num_classes)
+            for v in _window_voxels(c, window, labels.shape[1:]):
+                lab = int(labels[(b, *v)])
+                if lab != ignore:
+                    counts[lab] += 1
+            if counts.sum() > 0:
+                comp[b, i] = counts / counts.sum()
+                valid[b, i] = True
+    return comp, valid
+
+
+def _pipeline(onehot, valid, grid, stride, window):
+    sat = summed_area_table(torch.cat([onehot, valid], 1))
+    return composition_vectors(sat, grid, stride, window)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_composition_vectors_label_mode(case):
+    shape, stride, spacing, window = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (2, *shape), generator=gen)
+    labels[torch.rand(labels.shape, generator=gen) < 0.2] = IGNORE
+    onehot, valid = label_masks(labels[:, None].float(), num_classes=4, ignore_label=IGNORE)
+    assert onehot.shape == (2, 4, *shape) and onehot.dtype == torch.bool
+    assert valid.shape == (2, 1, *shape) and valid.dtype == torch.bool
+    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    ref_comp, ref_valid = _oracle_labels(labels.numpy(), grid, stride, window, 4, IGNORE)
+    assert comp.dtype == torch.float32 and comp.shape == (2, grid.num_anchors, 4)
+    np.testing.assert_allclose(comp.numpy(), ref_comp, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(valid_anchor.numpy(), ref_valid)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_anchor_order_matches_take(case):
+    shape, stride, spacing, _ = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    feat_shape = _feature_shape(shape, stride)
+    # Feature map whose channels are the input-space coordinates of each feature position.
+    coords = torch.stack(
+        torch.meshgrid(*[torch.arange(n) * j for n, j in zip(feat_shape, stride, strict=True)], indexing="ij")
+    )
+    taken = grid.take(coords[None].float())[0]
+    assert [tuple(int(x) for x in row) for row in taken] == _anchor_centers(grid, stride)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_composition_vectors_region_mode(case):
+    shape, stride, spacing, window = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand((2, 4, *shape), generator=gen) < 0.4  # 3 overlapping regions + ignore channel
+    onehot, valid = label_masks(target.float(), has_regions=True, region_ignore_channel=True, num_classes=3)
+    assert onehot.shape == (2, 3, *shape) and valid.shape == (2, 1, *shape)
+    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    t = target.numpy()
+    centers = _anchor_centers(grid, stride)
+    for b in range(2):
+        for i, c in enumerate(centers):
+            counts, n = np.zeros(3), 0
+            for v in _window_voxels(c, window, shape):
+                if not t[(b, 3, *v)]:
+                    n += 1
+                    counts += [t[(b, r, *v)] for r in range(3)]
+            assert bool(valid_anchor[b, i]) == (n > 0)
+            np.testing.assert_allclose(comp[b, i].numpy(), counts / max(n, 1), rtol=1e-6, atol=1e-7)
+
+
+def test_region_mode_without_ignore_channel():
+    target = torch.tensor([[[[1, 0], [1, 1]], [[0, 0], [1, 0]]]], dtype=torch.uint8)
+    onehot, valid = label_masks(target, has_regions=True)
+    assert valid.all() and torch.equal(onehot, target.bool())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fully_ignored_window(case):
+    shape, stride, spacing, window = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    labels = torch.randint(0, 3, (1, 1, *shape), generator=torch.Generator().manual_seed(2))
+    # Ignore everything around the first anchor's window (it lies at the near corner).
+    first = _anchor_centers(grid, stride)[0]
+    box = tuple(slice(0, c - (w - 1) // 2 + w) for c, w in zip(first, window, strict=True))
+    labels[(0, 0, *box)] = IGNORE
+    onehot, valid = label_masks(labels, num_classes=3, ignore_label=IGNORE)
+    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    assert not valid_anchor[0, 0] and torch.all(comp[0, 0] == 0)
+    assert valid_anchor[0, 1:].all()
+    torch.testing.assert_close(comp[0, 1:].sum(-1), torch.ones(grid.num_anchors - 1))
+
+
+@pytest.mark.parametrize("shape", [(6, 9), (4, 5, 7)])
+def test_summed_area_table(shape):
+    masks = torch.rand((2, 3, *shape), generator=torch.Generator().manual_seed(3)) < 0.5
+    sat = summed_area_table(masks)
+    assert sat.dtype == torch.int32 and sat.shape == (2, 3, *(n + 1 for n in shape))
+    m = masks.numpy()
+    for idx in itertools.product(*[range(n + 1) for n in shape]):
+        expected = m[(slice(None), slice(None), *(slice(0, i) for i in idx))].sum(axis=tuple(range(2, m.ndim)))
+        np.testing.assert_array_equal(sat[(slice(None), slice(None), *idx)].numpy(), expected)
+
+
+def test_summed_area_table_switches_to_int64_for_huge_volumes():
+    # Meta tensors: shape/dtype logic only, nothing is allocated.
+    assert summed_area_table(torch.empty((1, 1, 2**16, 2**15), dtype=torch.bool, device="meta")).dtype == torch.int64
+    assert summed_area_table(torch.empty((1, 1, 2**16, 2**15 - 1), dtype=torch.bool, device="meta")).dtype == (
+        torch.int32
+    )
+
+
+def _oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
+    """Direct float64 double loop over the formula of method.md section 2, step 5."""
+    fa, ca, fb, cb = (np.asarray(x, dtype=np.float64) for x in (fa, ca, fb, cb))
+    losses = []
+    for b in range(fa.shape[0]):
+        ia, ib = np.flatnonzero(va[b]), np.flatnonzero(vb[b])
+        if len(ia) == 0 or len(ib) == 0:
+            continue
+
+        def s(i, j, b=b):
+            x, y = fa[b, i], fb[b, j]
+            return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) / tau)
+
+        def d(i, j, b=b):
+            return scale * float(np.abs(ca[b, i] - cb[b, j]).sum())
+
+        total = 0.0
+        for i in ia:
+            lse = math.log(sum(math.exp(s(i, k) * d(i, k)) for k in ib))
+            for j in ib:
+                total += s(i, j) * (1 - d(i, j)) - lse
+        losses.append(-total / (len(ia) * len(ib)))
+    return float(np.mean(losses))
+
+
+def _random_side(gen, b, n, c, k):
+    feats = torch.randn((b, n, c), generator=gen)
+    comp = torch.rand((b, n, k), generator=gen)
+    comp = comp / comp.sum(-1, keepdim=True)
+    valid = torch.rand((b, n), generator=gen) < 0.7
+    return feats, comp, valid
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["self", "cross"])
+def test_pair_loss_matches_oracle(cross):
+    gen = torch.Generator().manual_seed(4)
+    fa, ca, va = _random_side(gen, 3, 11, 6, 4)
+    va[2] = False  # a sample without valid anchors must be left out of the mean
+    va[0, 0] = True
+    fa.requires_grad_(True)
+    if cross:
+        fb, cb, vb = _random_side(gen, 3, 7, 6, 4)
+        vb[0, 0] = True
+        vb[1] = False  # valid a anchors but none in b: also left out, and must not poison the gradient
+        fb.requires_grad_(True)
+        tau, scale = 0.5, 0.5
+    else:
+        fb, cb, vb = fa, ca, va
+        tau, scale = 0.7, 1 / 3
+    loss = pdcr_pair_loss(fa, ca, va, fb, cb, vb, temperature=tau, distance_scale=scale)
+    assert loss.dtype == torch.float32 and loss.ndim == 0
+    expected = _oracle_loss(fa.detach(), ca, va.numpy(), fb.detach(), cb, vb.numpy(), tau, scale)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    loss.backward()
+    assert torch.isfinite(fa.grad).all() and fa.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("scenario", ["background", "single_class", "mixed", "all_ignored"])
+def test_loss_and_gradients_finite(case, scenario):
+    shape, stride, spacing, window = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    num_classes = 1 if scenario == "single_class" else 3
+    labels = torch.randint(0, 3, (2, 1, *shape), generator=torch.Generator().manual_seed(5))
+    if scenario in ("background", "single_class"):
+        labels.zero_()
+    elif scenario == "all_ignored":
+        labels.fill_(IGNORE)
+    onehot, valid = label_masks(labels, num_classes=num_classes, ignore_label=IGNORE)
+    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    feat_shape = _feature_shape(shape, stride)
+    fmap_a = torch.randn((2, 8, *feat_shape), requires_grad=True)
+    fmap_b = torch.randn((2, 8, *feat_shape), requires_grad=True)
+    fa, fb = grid.take(fmap_a), grid.take(fmap_b)
+    self_loss = pdcr_pair_loss(fa, comp, valid_anchor, fa, comp, valid_anchor, temperature=0.5)
+    cross_loss = pdcr_pair_loss(fa, comp, valid_anchor, fb, comp, valid_anchor, temperature=0.5)
+    (self_loss + cross_loss).backward()
+    assert torch.isfinite(self_loss) and torch.isfinite(cross_loss)
+    for g in (fmap_a.grad, fmap_b.grad):
+        assert g is not None and torch.isfinite(g).all()
+    if scenario == "all_ignored":
+        assert not valid_anchor.any()
+        assert self_loss.item() == 0 and cross_loss.item() == 0
+        assert torch.all(fmap_a.grad == 0) and torch.all(fmap_b.grad == 0)
+    else:
+        assert fmap_a.grad.abs().sum() > 0 and fmap_b.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_feats_give_float32_loss(dtype):
+    gen = torch.Generator().manual_seed(6)
+    fa, ca, va = _random_side(gen, 2, 40, 32, 3)
+    fb, cb, vb = _random_side(gen, 2, 30, 32, 3)
+    fa, fb = fa.to(dtype), fb.to(dtype)
+    ref = pdcr_pair_loss(fa.float(), ca, va, fb.float(), cb, vb, temperature=0.5)
+    loss = pdcr_pair_loss(fa, ca, va, fb, cb, vb, temperature=0.5)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    # Under autocast the math must still run in float32 (a bf16 matmul would be off by ~1e-3).
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = pdcr_pair_loss(fa.float(), ca, va, fb.float(), cb, vb, temperature=0.5)
+    assert auto.dtype == torch.float32
+    torch.testing.assert_close(auto, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("case", CASES)
+def test_cuda_matches_cpu(case):
+    shape, stride, spacing, window = CASES[case]
+    grid = _grid(shape, stride, spacing)
+    labels = torch.randint(0, 3, (2, 1, *shape), generator=torch.Generator().manual_seed(7))
+    onehot, valid = label_masks(labels, num_classes=3)
+    comp, va = _pipeline(onehot, valid, grid, stride, window)
+    comp_gpu, va_gpu = _pipeline(onehot.cuda(), valid.cuda(), grid, stride, window)
+    torch.testing.assert_close(comp_gpu.cpu(), comp)
+    assert torch.equal(va_gpu.cpu(), va)
+    feats = torch.randn((2, grid.num_anchors, 16), dtype=torch.float16)
+    loss = pdcr_pair_loss(feats, comp, va, feats, comp, va, temperature=0.5)
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss_gpu = pdcr_pair_loss(feats.cuda(), comp_gpu, va_gpu, feats.cuda(), comp_gpu, va_gpu, temperature=0.5)
+    torch.testing.assert_close(loss_gpu.cpu(), loss, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_shapes_raise():
+    t2 = torch.zeros((2, 1, 4, 4))
+    with pytest.raises(ValueError, match="expected \\(B, C, \\*S\\)"):
+        label_masks(torch.zeros((2, 4, 4)), num_classes=2)
+    with pytest.raises(ValueError, match="expected \\(B, 1, \\*S\\)"):
+        label_masks(torch.zeros((2, 3, 4, 4)), num_classes=2)
+    with pytest.raises(ValueError, match="num_classes"):
+        label_masks(t2)
+    with pytest.raises(ValueError, match="num_classes=2"):
+        label_masks(torch.zeros((2, 4, 4, 4)), num_classes=2, has_regions=True, region_ignore_channel=True)
+    with pytest.raises(ValueError, match="ignore channel"):
+        label_masks(t2, has_regions=True, region_ignore_channel=True)
+    with pytest.raises(ValueError, match="bool"):
+        summed_area_table(t2)
+    with pytest.raises(ValueError, match="2 or 3 spatial axes"):
+        summed_area_table(torch.zeros((2, 1, 4), dtype=torch.bool))
+
+    sat = summed_area_table(torch.ones((2, 3, 8, 8), dtype=torch.bool))
+    grid = AnchorGrid(offsets=(0, 0), steps=(1, 1), counts=(2, 2))
+    with pytest.raises(ValueError, match="must all have 2 entries"):
+        composition_vectors(sat, grid, (4, 4, 4), (3, 3))
+    with pytest.raises(ValueError, match="outside the label extent"):
+        composition_vectors(sat, AnchorGrid((0, 0), (1, 1), (3, 2)), (4, 4), (3, 3))
+    with pytest.raises(ValueError, match="integer counts"):
+        composition_vectors(sat.float(), grid, (4, 4), (3, 3))
+    with pytest.raises(ValueError, match="window sizes"):
+        composition_vectors(sat, grid, (4, 4), (0, 3))
+
+    f, c, v = torch.randn(2, 5, 4), torch.rand(2, 5, 3), torch.ones(2, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="feats_a"):
+        pdcr_pair_loss(f[0], c, v, f, c, v, temperature=0.5)
+    with pytest.raises(ValueError, match="comp_b"):
+        pdcr_pair_loss(f, c, v, f, c[:, :4], v, temperature=0.5)
+    with pytest.raises(ValueError, match="valid_a"):
+        pdcr_pair_loss(f, c, v.float(), f, c, v, temperature=0.5)
+    with pytest.raises(ValueError, match="width C"):
+        pdcr_pair_loss(f, c, v, f[..., :3], c, v, temperature=0.5)
+    with pytest.raises(ValueError, match="K=2"):
+        pdcr_pair_loss(f, c, v, f, c[..., :2], v, temperature=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        pdcr_pair_loss(f, c, v, f, c, v, temperature=0.0)

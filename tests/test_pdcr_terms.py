@@ -1,0 +1,131 @@
+"""PDCRLoss (all terms of a step) and the trainer's loss wrapper, on real CSSE networks."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
+
+from nnunet_csse.config import CSSEConfig
+from nnunet_csse.network import build_csse_network
+from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_masks, pdcr_pair_loss, summed_area_table
+from nnunet_csse.training import CSSELoss
+
+CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+
+
+def setup(dim, config=CSSE, arch=PLAIN, classes=3, size=32, batch=2, seed=0):
+    torch.manual_seed(seed)
+    net = build_csse_network(arch, arch_kwargs(dim, arch), REQ_IMPORT, 1, classes, config, True)
+    net.return_hidden = True
+    x = torch.randn(batch, 1, *([size] * dim))
+    target = torch.randint(0, classes, (batch, 1, *([size] * dim))).float()
+    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config, classes)
+    return net, x, target, loss
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("arch", [PLAIN, RESENC])
+def test_terms_finite_and_gradients_reach_anchored_layers_and_heads(dim, arch):
+    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)
+    net, x, target, loss = setup(dim, config, arch)
+    _, hidden = net(x)
+    terms = loss(hidden, target)
+    assert set(terms) == {"encoder", "cross", "decoder"}
+    assert all(t.dtype == torch.float32 and torch.isfinite(t) for t in terms.values())
+    sum(terms.values()).backward()
+    for proj in net.pdcr_projections:
+        assert proj.weight.grad is not None and proj.weight.grad.abs().sum() > 0
+    for layer in net.encoder_anchor_layers:  # the stage that produced the anchored map
+        stage = net.encoder.stages[layer.level]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in stage.parameters())
+
+
+def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
+    """PDCRLoss wiring (grid, windows = receptive fields, masks) against the pieces called by hand."""
+    net, x, target, loss = setup(3)
+    _, hidden = net(x)
+    terms = loss(hidden, target)
+    onehot, valid = label_masks(target, 3)
+    sat = summed_area_table(torch.cat((onehot, valid), 1))
+    per_layer, comps = [], []
+    for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
+        fmap_shape = tuple(math.ceil(32 / j) for j in layer.stride)
+        grid = CSSE.anchor_grid(fmap_shape, layer.stride)
+        comp, ok = composition_vectors(sat, grid, layer.stride, layer.receptive_field)
+        comps.append((comp, ok))
+        per_layer.append(pdcr_pair_loss(feats, comp, ok, feats, comp, ok, 0.5))
+    torch.testing.assert_close(terms["encoder"], (per_layer[0] + per_layer[1]) / 2)
+    (c1, v1), (c2, v2) = comps
+    p1, p2 = hidden["cross"]
+    torch.testing.assert_close(terms["cross"], pdcr_pair_loss(p1, c1, v1, p2, c2, v2, 0.5))
+
+
+def test_hierarchical_windows_average_per_size_losses():
+    config = dataclasses.replace(CSSE, pdcr_windows=(5, 7, 9))
+    net, x, target, loss = setup(2, config)
+    _, hidden = net(x)
+    terms = loss(hidden, target)
+    onehot, valid = label_masks(target, 3)
+    sat = summed_area_table(torch.cat((onehot, valid), 1))
+    per_layer = []
+    for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
+        grid = config.anchor_grid(tuple(math.ceil(32 / j) for j in layer.stride), layer.stride)
+        sizes = [pdcr_pair_loss(feats, *composition_vectors(sat, grid, layer.stride, (w, w)),
+                                feats, *composition_vectors(sat, grid, layer.stride, (w, w)), 0.5)
+                 for w in (5, 7, 9)]
+        per_layer.append(sum(sizes) / 3)
+    torch.testing.assert_close(terms["encoder"], sum(per_layer) / 2)
+
+
+def test_regions_and_ignore_label_are_supported():
+    net, x, _, _ = setup(2)
+    _, hidden = net(x)
+    regions = torch.rand(2, 3, 32, 32) > 0.5  # 2 regions + nnU-Net's ignore channel
+    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 2, has_regions=True, region_ignore_channel=True)
+    assert all(torch.isfinite(t) for t in loss(hidden, regions).values())
+    labels = torch.randint(0, 4, (2, 1, 32, 32)).float()  # label 3 = ignore
+    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 3, ignore_label=3)
+    assert all(torch.isfinite(t) for t in loss(hidden, labels).values())
+    fully_ignored = torch.full((2, 1, 32, 32), 3.0)
+    terms = loss(hidden, fully_ignored)
+    assert all(t.item() == 0.0 for t in terms.values())
+
+
+def test_target_with_another_shape_is_rejected():
+    net, x, target, loss = setup(2)
+    _, hidden = net(x)
+    with pytest.raises(ValueError, match="same spatial shape"):
+        loss(hidden, target[..., :16, :16])
+
+
+class _DiceStandIn(torch.nn.Module):
+    def forward(self, output, target):
+        return sum(o.float().mean() for o in output) * 0 + output[0].float().pow(2).mean()
+
+
+def test_wrapper_adds_weighted_terms_and_skips_non_finite_ones():
+    net, x, target, pdcr = setup(2)
+    wrapper = CSSELoss(_DiceStandIn(), pdcr, {"encoder": 0.01, "cross": 0.02, "decoder": 0.0})
+    seg, hidden = net(x)
+    terms = pdcr(hidden, target)
+    expected = _DiceStandIn()(seg, [target]) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
+    torch.testing.assert_close(wrapper((seg, hidden), [target]), expected)
+    assert wrapper.counts == {"encoder": 1, "cross": 1} and wrapper.skipped == {"encoder": 0, "cross": 0}
+    torch.testing.assert_close(wrapper(seg, [target]), _DiceStandIn()(seg, [target]))  # validation path
+
+    class NonFiniteCross(PDCRLoss):  # e.g. an overflow inside the term while the features are fine
+        def forward(self, hidden, target):
+            terms = super().forward(hidden, target)
+            return dict(terms, cross=terms["cross"] + float("inf"))
+
+    wrapper.pdcr = NonFiniteCross(net.encoder_anchor_layers, (), CSSE, 3)
+    value = wrapper((seg, hidden), [target])
+    assert torch.isfinite(value)
+    assert wrapper.skipped["cross"] == 1 and wrapper.counts["cross"] == 1 and wrapper.counts["encoder"] == 2
+    value.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    means = wrapper.epoch_means()
+    assert math.isfinite(means["cross"]) and math.isfinite(means["encoder"])

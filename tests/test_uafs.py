@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nnunet_csse.uafs import UAFSBlock, normalized_entropy
+
+
+def test_entropy_hand_values():
+    # p = (0.75, 0.25): H = -(0.75 ln 0.75 + 0.25 ln 0.25) / ln 2 = 0.8112781244591328
+    logits = torch.tensor([math.log(3.0), 0.0]).view(1, 2, 1, 1)
+    assert normalized_entropy(logits).item() == pytest.approx(0.8112781244591328, abs=1e-6)
+    assert normalized_entropy(torch.zeros(1, 2, 1, 1)).item() == pytest.approx(1.0, abs=1e-6)  # uniform
+    assert normalized_entropy(torch.zeros(1, 5, 1, 1)).item() == pytest.approx(1.0, abs=1e-6)  # uniform, M = 5
+    assert normalized_entropy(torch.tensor([80.0, 0.0]).view(1, 2, 1, 1)).item() == pytest.approx(0.0, abs=1e-6)
+    # M = 3, p = (0.5, 0.25, 0.25): H = 1.5 ln 2 / ln 3
+    logits = torch.tensor([math.log(2.0), 0.0, 0.0]).view(1, 3, 1, 1)
+    assert normalized_entropy(logits).item() == pytest.approx(1.5 * math.log(2) / math.log(3), abs=1e-6)
+    assert torch.equal(normalized_entropy(torch.randn(2, 1, 3, 3)), torch.zeros(2, 1, 3, 3))  # M = 1
+
+
+def test_entropy_is_float32_under_half_precision():
+    out = normalized_entropy(torch.tensor([1000.0, -1000.0, 0.0], dtype=torch.float16).view(1, 3, 1, 1))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_block_output_with_known_logits(dim):
+    conv = nn.Conv3d if dim == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+    block = UAFSBlock(8, conv, norm, {"affine": True}, nn.LeakyReLU, {"inplace": True})
+    last = block.branch[-1]
+    with torch.no_grad():  # constant logits (ln 3, 0) everywhere -> attention 1 - 0.81128 = 0.18872
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([math.log(3.0), 0.0]))
+    x = torch.randn(2, 8, *([6] * dim))
+    expected = x * (1 + (1 - 0.8112781244591328))
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+    assert block.uncertainty(x).shape == (2, 1, *([6] * dim))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("channels", [1, 5, 32])
+def test_shapes_width_and_gradients(dim, channels):
+    conv = nn.Conv3d if dim == 3 else nn.Conv2d
+    block = UAFSBlock(channels, conv, None, None, nn.ReLU, None)
+    assert block.branch[0].out_channels == max(channels // 4, 1)
+    assert block.branch[-1].out_channels == 2
+    assert block.branch[0].kernel_size == (3,) * dim
+    x = torch.randn(2, channels, *([5] * dim), requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape
+    (y ** 2).sum().backward()
+    for p in block.parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    assert block.branch[0].weight.grad.abs().sum() > 0  # the branch learns through the main loss
+
+
+def test_anisotropic_kernel_and_bad_arguments():
+    block = UAFSBlock(4, nn.Conv3d, kernel_size=(1, 3, 3))
+    assert block.branch[0].kernel_size == (1, 3, 3) and block.branch[0].padding == (0, 1, 1)
+    assert block(torch.randn(1, 4, 2, 5, 5)).shape == (1, 4, 2, 5, 5)
+    with pytest.raises(ValueError, match="odd"):
+        UAFSBlock(4, nn.Conv2d, kernel_size=2)
+    with pytest.raises(ValueError, match="num_branches"):
+        UAFSBlock(4, nn.Conv2d, num_branches=0)
+    with pytest.raises(ValueError, match="conv_op"):
+        UAFSBlock(4, nn.Linear)
+    with pytest.raises(ValueError, match="logits"):
+        normalized_entropy(torch.zeros(2, 2))

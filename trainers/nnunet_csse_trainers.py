@@ -1,0 +1,17 @@
+"""Re-exports of the nnunet-csse trainers for nnU-Net's external trainer lookup (nnUNet_extTrainer)."""
+
+from nnunet_csse.training import (  # noqa: F401
+    nnUNetTrainer_2epochs_10iters,
+    nnUNetTrainerCSSE,
+    nnUNetTrainerCSSE_2epochs_10iters,
+    nnUNetTrainerCSSE_5epochs,
+    nnUNetTrainerCSSE_HPDCR,
+    nnUNetTrainerCSSE_HPDCR_2epochs_10iters,
+    nnUNetTrainerCSSE_HPDCR_5epochs,
+    nnUNetTrainerPDCR,
+    nnUNetTrainerPDCR_2epochs_10iters,
+    nnUNetTrainerPDCR_5epochs,
+    nnUNetTrainerUAFS,
+    nnUNetTrainerUAFS_2epochs_10iters,
+    nnUNetTrainerUAFS_5epochs,
+)
