@@ -2,6 +2,9 @@
 
     nnunet-csse trainers-path          print the folder to export as nnUNet_extTrainer
     nnunet-csse synth ...              write a synthetic dataset in nnU-Net raw format
+    nnunet-csse plans list             list the plans presets
+    nnunet-csse plans apply PRESET -d DATASET [-c CONFIG ...]
+                                       write a new plans identifier <source>CSSE_<PRESET> from a preset
 """
 
 from __future__ import annotations
@@ -49,6 +52,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plans_list(args: argparse.Namespace) -> int:
+    from nnunet_csse.plans import list_presets, load_preset
+
+    for name in list_presets():
+        print(f"{name:12s} {load_preset(name)[1].get('description', '')}")
+    return 0
+
+
+def _cmd_plans_apply(args: argparse.Namespace) -> int:
+    from nnunet_csse.plans import apply_preset
+
+    try:
+        target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {target}")
+    print(f"train with: nnUNetv2_train {args.dataset} CONFIG FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-csse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
     p.set_defaults(func=_cmd_synth)
+
+    plans = sub.add_parser("plans", help="plans presets").add_subparsers(dest="plans_command", required=True)
+    p = plans.add_parser("list", help="list the shipped presets")
+    p.set_defaults(func=_cmd_plans_list)
+    p = plans.add_parser("apply", help="write <source>CSSE_<PRESET>.json next to the dataset's nnU-Net plans")
+    p.add_argument("preset", help="preset name (see 'plans list') or path to a preset .json")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to change (default: all)")
+    p.add_argument("--source-plans", default="nnUNetPlans", help="plans identifier to start from")
+    p.set_defaults(func=_cmd_plans_apply)
     return parser
 
 

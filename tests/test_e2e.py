@@ -1,21 +1,29 @@
-"""End to end through nnU-Net's own console scripts on a tiny generated dataset (CPU)."""
+"""End to end through nnU-Net's own console scripts on tiny generated datasets (CPU).
+
+Each dataset is planned and preprocessed once (module fixture); training uses the ``cpu_tiny`` plans preset
+(``nnunet-csse plans apply``) and the ``_2epochs_10iters`` trainers, prediction runs without mirroring.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from nnunet_csse.cli import trainers_path
-from nnunet_csse.synthetic import write_synthetic_dataset
+from nnunet_csse.network import CSSEUNet
 
 pytestmark = pytest.mark.e2e
 BIN = os.path.dirname(sys.executable)
+PLANS = "nnUNetPlansCSSE_cpu_tiny"
 
 
 def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
@@ -33,50 +41,59 @@ def nnunet_env(root) -> dict:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (root / name).mkdir(exist_ok=True)
         env[name] = str(root / name)
+    # one worker everywhere: these machines have 2 cores, and nnU-Net spawns a fresh interpreter per worker
     env.update(nnUNet_extTrainer=trainers_path(), nnUNet_compile="false", nnUNet_def_n_proc="1")
     return env
 
 
 @pytest.fixture(scope="module", params=[3, 2], ids=["3d_fullres", "2d"])
 def planned(request, tmp_path_factory):
-    """A planned and preprocessed synthetic dataset (3D -> 3d_fullres, 2D -> 2d)."""
+    """A synthetic dataset planned and preprocessed by nnU-Net, plus the cpu_tiny plans preset."""
     dim = request.param
     root = tmp_path_factory.mktemp(f"e2e{dim}d")
     env = nnunet_env(root)
-    dataset_id = 900 + dim
-    size = 32 if dim == 3 else 64
-    write_synthetic_dataset(root / "nnUNet_raw", dataset_id, dim=dim, num_cases=6, size=size, num_classes=3,
-                            num_test_cases=2, seed=dim)
+    dataset_id = str(900 + dim)
     config = "3d_fullres" if dim == 3 else "2d"
-    run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", config, "-np", "1",
+    run(["nnunet-csse", "synth", "-d", dataset_id, "--dim", str(dim), "--cases", "6", "--test-cases", "2",
+         "--size", "32" if dim == 3 else "64", "--seed", str(dim)], env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", config, "-np", "1", "-npfp", "1",
          "--verify_dataset_integrity"], env)
+    run(["nnunet-csse", "plans", "apply", "cpu_tiny", "-d", dataset_id], env)
     return {"root": root, "env": env, "id": dataset_id, "config": config, "dim": dim}
 
 
-def raw_dataset(planned):
-    return next((planned["root"] / "nnUNet_raw").glob(f"Dataset{planned['id']}_*"))
+def trained(planned, trainer: str):
+    env, config, dataset_id = planned["env"], planned["config"], planned["id"]
+    # data augmentation in the main process: quick start on small CPU machines
+    run(["nnUNetv2_train", dataset_id, config, "0", "-tr", trainer, "-p", PLANS, "-device", "cpu"],
+        dict(env, nnUNet_n_proc_DA="0"))
+    results = next((planned["root"] / "nnUNet_results").glob(f"Dataset{dataset_id}_*"))
+    return results / f"{trainer}__{PLANS}__{config}"
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerUAFS_2epochs_10iters", "nnUNetTrainerCSSE_2epochs_10iters"])
-def test_train_predict_reload(planned, trainer, tmp_path):
-    env, config, dataset_id = planned["env"], planned["config"], str(planned["id"])
-    # data augmentation in the main process: fast start on small CPU machines (nnU-Net's planner needs n_proc > 0)
-    run(["nnUNetv2_train", dataset_id, config, "0", "-tr", trainer, "-device", "cpu"], dict(env, nnUNet_n_proc_DA="0"))
-    model_dir = next((planned["root"] / "nnUNet_results").glob(f"Dataset{dataset_id}_*")) / \
-        f"{trainer}__nnUNetPlans__{config}"
+@pytest.mark.parametrize("trainer,dims", [("nnUNetTrainerUAFS_2epochs_10iters", {3}),
+                                          ("nnUNetTrainerCSSE_2epochs_10iters", {2, 3})])
+def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
+    if planned["dim"] not in dims:
+        pytest.skip("covered in the other dimension")
+    model_dir = trained(planned, trainer)
     fold = model_dir / "fold_0"
     assert (fold / "checkpoint_final.pth").exists()
     summary = json.loads((fold / "validation" / "summary.json").read_text())
     assert np.isfinite(summary["foreground_mean"]["Dice"])
     log = next(fold.glob("training_log_*.txt")).read_text()
-    if "CSSE" in trainer:
-        assert "pdcr_encoder" in log and "pdcr_cross" in log
-        assert "receptive field" in log
+    if "CSSE" in trainer:  # PDCR terms logged next to nnU-Net's losses
+        for term in ("encoder", "cross"):
+            assert len(re.findall(rf": pdcr_{term} -?\d+\.\d+", log)) == 2  # one line per epoch
+        assert "receptive field (23, 23, 23)" in log if planned["dim"] == 3 else "receptive field" in log
+        # the progress plot gets a PDCR panel under nnU-Net's three (30 x 54 inch figure at 100 dpi)
+        assert plt.imread(fold / "progress.png").shape[0] > 5400
 
-    raw = raw_dataset(planned)
+    raw = next((planned["root"] / "nnUNet_raw").glob(f"Dataset{planned['id']}_*"))
     out = tmp_path / "pred"
-    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", dataset_id, "-c", config,
-         "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    run(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", planned["id"], "-c",
+         planned["config"], "-p", PLANS, "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta",
+         "-npp", "1", "-nps", "1"], planned["env"])
     images = sorted((raw / "imagesTs").glob("*_0000.nii.gz"))
     assert len(images) == 2
     for image in images:
@@ -86,15 +103,12 @@ def test_train_predict_reload(planned, trainer, tmp_path):
         assert pred.GetSize() == img.GetSize() and pred.GetSpacing() == pytest.approx(img.GetSpacing())
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
 
-    # the checkpoint reloads into nnU-Net's predictor with the CSSE network (deep supervision off)
-    code = (
-        "import torch, sys\n"
-        "from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor\n"
-        "from nnunet_csse.network import CSSEUNet\n"
-        "p = nnUNetPredictor(device=torch.device('cpu'), use_mirroring=False)\n"
-        f"p.initialize_from_trained_model_folder({str(model_dir)!r}, use_folds=(0,))\n"
-        "assert isinstance(p.network, CSSEUNet), type(p.network)\n"
-        "assert p.network.decoder_uafs is not None and not p.network.decoder.deep_supervision\n"
-        "print('reloaded', type(p.network).__name__)\n"
-    )
-    assert "reloaded CSSEUNet" in run([sys.executable, "-c", code], env).stdout
+    # the checkpoint reloads into nnU-Net's predictor as the CSSE network, deep supervision off
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    assert isinstance(predictor.network, CSSEUNet)
+    assert predictor.network.decoder_uafs is not None and not predictor.network.decoder.deep_supervision
+    assert (predictor.network.pdcr_projections is not None) == ("CSSE" in trainer)

@@ -1,0 +1,137 @@
+"""Plans presets: derive a new nnU-Net plans identifier with CSSE settings and/or a smaller network.
+
+A preset (``plans/<name>.json``) may hold:
+    "description": text
+    "csse":        settings merged into each chosen configuration's "csse" dict (see ``CSSEConfig``)
+    "network":     {"base_features": F, "max_features": M}: features_per_stage = min(F * 2**i, M)
+    "batch_size":  int
+
+``apply_preset`` reads ``<nnUNet_preprocessed>/<dataset>/<source>.json`` and writes
+``<source>CSSE_<preset>.json`` next to it; nnU-Net's own plans file is never written. The new configurations
+keep their ``data_identifier``, so the preprocessed data is shared and nothing needs preprocessing again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nnunet_csse.config import CSSEConfig
+
+PRESET_KEYS = {"description", "csse", "network", "batch_size"}
+MARKER = "csse_preset"  # written into derived plans so we only ever replace our own files
+
+
+def presets_dir() -> Path:
+    import nnunet_csse.presets as presets
+
+    return Path(os.path.dirname(os.path.abspath(presets.__file__)))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
+
+
+def load_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """(name, preset dict) for a shipped preset name or a path to a preset JSON; validated."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = presets_dir() / f"{name_or_path}.json"
+        if not path.is_file():
+            raise ValueError(f"unknown plans preset '{name_or_path}'; available: {', '.join(list_presets())} "
+                             f"(or pass the path of a preset .json file)")
+    preset = json.loads(path.read_text())
+    unknown = sorted(set(preset) - PRESET_KEYS)
+    if unknown:
+        raise ValueError(f"preset {path} has unknown key(s) {unknown}; allowed: {sorted(PRESET_KEYS)}")
+    CSSEConfig().with_overrides(preset.get("csse"), source=f"preset {path}")  # validates
+    network = preset.get("network", {})
+    if set(network) - {"base_features", "max_features"} or not all(
+            isinstance(v, int) and v >= 1 for v in network.values()):
+        raise ValueError(f"preset {path}: 'network' takes positive integers 'base_features' and 'max_features'")
+    if "batch_size" in preset and not (isinstance(preset["batch_size"], int) and preset["batch_size"] >= 1):
+        raise ValueError(f"preset {path}: 'batch_size' must be a positive integer")
+    return path.stem, preset
+
+
+def derived_identifier(source: str, preset_name: str) -> str:
+    return f"{source}CSSE_{preset_name}"
+
+
+def apply_preset(
+    preset: str,
+    dataset: str | int,
+    configurations: Sequence[str] | None = None,
+    source_plans: str = "nnUNetPlans",
+    preprocessed_root: str | Path | None = None,
+) -> Path:
+    """Write ``<source>CSSE_<preset>.json`` for ``dataset``; returns its path.
+
+    Args:
+        preset: shipped preset name (``nnunet-csse plans list``) or a path to a preset JSON.
+        dataset: dataset id or name (``4`` or ``Dataset004_Hippocampus``).
+        configurations: configurations to change (default: all); the others are copied unchanged.
+        source_plans: the plans identifier to start from.
+        preprocessed_root: default ``$nnUNet_preprocessed``.
+    """
+    name, spec = load_preset(preset)
+    root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
+    if not str(root) or not root.is_dir():
+        raise ValueError("nnUNet_preprocessed is not set or not a folder: export nnUNet_preprocessed=/path "
+                         "(plan and preprocess the dataset with nnUNetv2_plan_and_preprocess first)")
+    dataset_folder = _find_dataset(root, dataset)
+    source_file = dataset_folder / f"{source_plans}.json"
+    if not source_file.is_file():
+        available = sorted(p.stem for p in dataset_folder.glob("*.json") if "Plans" in p.stem)
+        raise ValueError(f"no plans '{source_plans}' in {dataset_folder}; available: {available}. Run "
+                         f"nnUNetv2_plan_and_preprocess -d {dataset} first or pass --source-plans")
+    plans = json.loads(source_file.read_text())
+    available = list(plans["configurations"])
+    chosen = list(configurations) if configurations else available
+    missing = [c for c in chosen if c not in available]
+    if missing:
+        raise ValueError(f"configuration(s) {missing} do not exist in {source_file.name} of {dataset_folder.name}; "
+                         f"available: {available}")
+
+    derived = copy.deepcopy(plans)
+    identifier = derived_identifier(source_plans, name)
+    derived["plans_name"] = identifier
+    derived[MARKER] = {"preset": name, "source_plans": source_plans, "configurations": chosen}
+    for config_name in chosen:
+        _apply_to_configuration(derived["configurations"][config_name], spec)
+    target = dataset_folder / f"{identifier}.json"
+    if target.exists() and MARKER not in json.loads(target.read_text()):
+        raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it")
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(derived, indent=4))
+    os.replace(tmp, target)
+    return target
+
+
+def _apply_to_configuration(configuration: dict, spec: dict) -> None:
+    if "csse" in spec:
+        configuration["csse"] = {**configuration.get("csse", {}), **spec["csse"]}
+    if "batch_size" in spec:
+        configuration["batch_size"] = spec["batch_size"]
+    network = spec.get("network")
+    arch = configuration.get("architecture", {}).get("arch_kwargs")
+    if network and arch is not None:  # configurations that inherit their architecture get it from the parent
+        base, cap = network.get("base_features", 32), network.get("max_features", 320)
+        arch["features_per_stage"] = [min(base * 2**i, cap) for i in range(arch["n_stages"])]
+
+
+def _find_dataset(root: Path, dataset: str | int) -> Path:
+    text = str(dataset)
+    if text.isdigit():
+        matches = sorted(root.glob(f"Dataset{int(text):03d}_*"))
+    else:
+        matches = [root / text] if (root / text).is_dir() else []
+    if len(matches) != 1:
+        known = sorted(p.name for p in root.glob("Dataset*_*"))
+        raise ValueError(f"dataset '{dataset}' not found in nnUNet_preprocessed ({root}); known: {known}. "
+                         f"Run nnUNetv2_plan_and_preprocess -d {dataset} first")
+    return matches[0]
