@@ -40,6 +40,18 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return getattr(network, "_orig_mod", network)
 
 
+def check_windows_fit_patch(config: CSSEConfig, patch_size, configuration: str = "") -> None:
+    """H-PDCR windows must fit the patch (receptive-field windows are clipped at the border by design)."""
+    if not config.uses_pdcr or config.pdcr_windows == "rf":
+        return
+    too_large = [w for w in config.pdcr_windows if w > min(patch_size)]
+    if too_large:
+        raise ValueError(
+            f"csse setting 'pdcr_windows' {list(config.pdcr_windows)} has window(s) {too_large} larger than the "
+            f"patch {list(patch_size)} of configuration '{configuration}'; use windows <= {min(patch_size)} voxels"
+        )
+
+
 class CSSELoss(nn.Module):
     """nnU-Net's segmentation loss plus weighted PDCR terms; keeps per-epoch statistics of the terms.
 
@@ -131,9 +143,12 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        # validate the settings before nnU-Net's __init__ creates output folders and log files
+        configuration_manager = PlansManager(plans).get_configuration(configuration)
+        csse_config = config_from_plans(self.csse_defaults, configuration_manager.configuration, configuration)
+        check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.csse_config = config_from_plans(self.csse_defaults, self.configuration_manager.configuration,
-                                             configuration)
+        self.csse_config = csse_config
         self.pdcr_terms = tuple(t for t in PDCR_TERMS if getattr(self.csse_config, f"pdcr_{t}_weight") > 0)
         if self.pdcr_terms:
             self.logger.local_logger = CSSELocalLogger(self.pdcr_terms, self.logger.local_logger.verbose)
