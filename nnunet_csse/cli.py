@@ -5,6 +5,14 @@
     nnunet-csse plans list             list the plans presets
     nnunet-csse plans apply PRESET -d DATASET [-c CONFIG ...]
                                        write a new plans identifier <source>CSSE_<PRESET> from a preset
+    nnunet-csse demo [--workdir DIR] [--device cpu|cuda] [--dim 2d|3d] [--epochs N]
+                                       baseline vs CSSE on a hard synthetic dataset, end to end
+    nnunet-csse uncertainty -i IN -o OUT -m MODEL_FOLDER [-f FOLD]
+                                       segmentations + UAFS uncertainty maps (same geometry as the input)
+    nnunet-csse split -d DATASET --fraction 0.25 [--seed S] [--install | --restore]
+                                       limited-data splits that keep nnU-Net's validation folds
+    nnunet-csse compare -d DATASET -c CONFIG -tr TRAINER [TRAINER ...]
+                                       per-class validation Dice across folds, CSV + bar chart
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+from nnunet_csse import compare, splits
 
 
 def trainers_path() -> str:
@@ -73,6 +83,36 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nnunet_csse.demo import Demo, DemoSettings, reset
+
+    workdir = Path(args.workdir)
+    if args.reset:
+        reset(workdir)
+    settings = DemoSettings(workdir=workdir, device=args.device, dim=args.dim, epochs=args.epochs,
+                            iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
+                            size=args.size, seed=args.seed)
+    try:
+        Demo(settings).run()
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_uncertainty(args: argparse.Namespace) -> int:
+    from nnunet_csse.uncertainty import predict_folder_with_uncertainty
+
+    try:
+        written = predict_folder_with_uncertainty(args.model, args.input, args.output, args.folds, args.checkpoint,
+                                                  args.device, use_mirroring=not args.disable_tta)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} segmentation(s), uncertainty map(s) and overlay(s) to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-csse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,6 +148,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to change (default: all)")
     p.add_argument("--source-plans", default="nnUNetPlans", help="plans identifier to start from")
     p.set_defaults(func=_cmd_plans_apply)
+
+    p = sub.add_parser("demo", help="baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")
+    p.add_argument("--workdir", default="nnunet_csse_demo", help="everything is written here (default: %(default)s)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dim", choices=("2d", "3d"), default="2d")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=40, help="training iterations per epoch")
+    p.add_argument("--cases", type=int, default=16, help="training cases")
+    p.add_argument("--test-cases", type=int, default=6, help="held-out cases")
+    p.add_argument("--size", type=int, default=None, help="image size (default 96 in 2d, 48 in 3d)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reset", action="store_true", help="delete earlier demo outputs in --workdir first")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("uncertainty", help="segment a folder and write UAFS uncertainty maps + PNG overlays")
+    p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> images")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-m", "--model", required=True, help="trained model folder (<trainer>__<plans>__<config>)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s) to use (ensembled)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.set_defaults(func=_cmd_uncertainty)
+
+    splits.register(sub)
+    compare.register(sub)
     return parser
 
 

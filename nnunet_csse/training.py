@@ -15,6 +15,8 @@ lookup drops the modules it imported from ``nnUNet_extTrainer``.
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -292,4 +294,28 @@ class nnUNetTrainerCSSE_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCS
 
 
 class nnUNetTrainerCSSE_HPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE_HPDCR):
+    pass
+
+
+class _DemoSchedule(_TwoEpochsTenIterations):
+    """``nnunet-csse demo``: schedule and seed from the environment (nnUNetv2_train has no epoch option), so the
+    baseline and CSSE runs get the same budget and seed. Variables: nnUNet_csse_demo_epochs (default 10),
+    nnUNet_csse_demo_iterations (default 50), nnUNet_csse_demo_seed (default 0)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        seed = int(os.environ.get("nnUNet_csse_demo_seed", 0))
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.schedule = (int(os.environ.get("nnUNet_csse_demo_epochs", 10)),
+                         int(os.environ.get("nnUNet_csse_demo_iterations", 50)), 4)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+
+class nnUNetTrainer_demo(_DemoSchedule, nnUNetTrainer):
+    """Plain nnU-Net on the demo's schedule (the demo's baseline)."""
+
+
+class nnUNetTrainerCSSE_demo(_DemoSchedule, nnUNetTrainerCSSE):
     pass

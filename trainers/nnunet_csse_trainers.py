@@ -2,9 +2,11 @@
 
 from nnunet_csse.training import (  # noqa: F401
     nnUNetTrainer_2epochs_10iters,
+    nnUNetTrainer_demo,
     nnUNetTrainerCSSE,
     nnUNetTrainerCSSE_2epochs_10iters,
     nnUNetTrainerCSSE_5epochs,
+    nnUNetTrainerCSSE_demo,
     nnUNetTrainerCSSE_HPDCR,
     nnUNetTrainerCSSE_HPDCR_2epochs_10iters,
     nnUNetTrainerCSSE_HPDCR_5epochs,

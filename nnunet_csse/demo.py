@@ -1,0 +1,253 @@
+"""``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
+
+Stages (each is skipped when its outputs exist, so a re-run resumes):
+  1. dataset     hard synthetic dataset (nnunet_csse.synthetic) in <workdir>/nnUNet_raw
+  2. plan        nnUNetv2_plan_and_preprocess (+ the cpu_tiny plans preset on CPU)
+  3. train       nnUNetv2_train with nnUNetTrainer_demo and nnUNetTrainerCSSE_demo (same budget and seed)
+  4. predict     nnUNetv2_predict on the held-out cases
+  5. evaluate    nnUNetv2_evaluate_folder against the held-out labels
+  6. report      per-class Dice table + a PNG (image, ground truth, both predictions, UAFS uncertainty)
+
+Only <workdir> is written: the nnU-Net folders of the user's environment are not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEMO_DATASET_ID = 987
+DEMO_NAME = "CSSEDemo"
+TRAINERS = {"baseline": "nnUNetTrainer_demo", "CSSE": "nnUNetTrainerCSSE_demo"}
+
+
+@dataclass
+class DemoSettings:
+    workdir: Path
+    device: str = "cpu"
+    dim: str = "2d"
+    epochs: int = 10
+    iterations: int = 40
+    cases: int = 16
+    test_cases: int = 6
+    size: int | None = None
+    seed: int = 0
+
+    @property
+    def configuration(self) -> str:
+        return "2d" if self.dim == "2d" else "3d_fullres"
+
+    @property
+    def plans(self) -> str:
+        return "nnUNetPlansCSSE_cpu_tiny" if self.device == "cpu" else "nnUNetPlans"
+
+
+def _say(stage: str, text: str) -> None:
+    print(f"[{stage}] {text}", flush=True)
+
+
+def _executable(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+class Demo:
+    def __init__(self, settings: DemoSettings) -> None:
+        self.s = settings
+        root = settings.workdir.resolve()
+        self.root = root
+        self.raw, self.preprocessed, self.results = root / "nnUNet_raw", root / "nnUNet_preprocessed", \
+            root / "nnUNet_results"
+        self.env = dict(os.environ, nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
+                        nnUNet_results=str(self.results), nnUNet_def_n_proc="1",
+                        nnUNet_compile="false", nnUNet_csse_demo_epochs=str(settings.epochs),
+                        nnUNet_csse_demo_iterations=str(settings.iterations),
+                        nnUNet_csse_demo_seed=str(settings.seed))
+        from nnunet_csse.cli import trainers_path
+
+        self.env["nnUNet_extTrainer"] = trainers_path()
+        self.dataset_folder = self.raw / f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}"
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def _run(self, cmd: list[str], stage: str, progress_total: int | None = None, env: dict | None = None) -> None:
+        """Run an nnU-Net command; with ``progress_total``, show a progress bar over its 'Epoch N' lines."""
+        from tqdm import tqdm
+
+        cmd = [_executable(cmd[0]), *cmd[1:]]
+        log = self.root / "logs" / f"{stage}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=progress_total, desc=stage, unit="epoch", file=sys.stdout) if progress_total else None
+        with open(log, "a") as handle, subprocess.Popen(cmd, env=env or self.env, stdout=subprocess.PIPE,
+                                                        stderr=subprocess.STDOUT, text=True) as proc:
+            handle.write(f"$ {' '.join(cmd)}\n")
+            for line in proc.stdout:
+                handle.write(line)
+                if bar is not None and (m := re.search(r": Epoch (\d+)\s*$", line)):
+                    bar.n = int(m.group(1))
+                    bar.refresh()
+            proc.wait()
+        if bar is not None:
+            bar.n = bar.total if proc.returncode == 0 else bar.n
+            bar.close()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
+
+    def model_folder(self, trainer: str) -> Path:
+        return self.results / self.dataset_folder.name / f"{trainer}__{self.s.plans}__{self.s.configuration}"
+
+    # -------------------------------------------------------------------------------------------- stages
+    def make_dataset(self) -> None:
+        from nnunet_csse.synthetic import write_synthetic_dataset
+
+        if (self.dataset_folder / "dataset.json").exists():
+            _say("dataset", f"reusing {self.dataset_folder}")
+            return
+        size = self.s.size or (96 if self.s.dim == "2d" else 48)
+        write_synthetic_dataset(self.raw, DEMO_DATASET_ID, DEMO_NAME, dim=2 if self.s.dim == "2d" else 3,
+                                num_cases=self.s.cases, size=size, num_classes=4,
+                                num_test_cases=self.s.test_cases, seed=self.s.seed, difficulty="hard")
+        _say("dataset", f"wrote {self.s.cases} training + {self.s.test_cases} test cases to {self.dataset_folder}")
+
+    def plan(self) -> None:
+        pre = self.preprocessed / self.dataset_folder.name
+        data = pre / f"nnUNetPlans_{self.s.configuration}"
+        if not (data.is_dir() and any(data.iterdir())):
+            _say("plan", "nnUNetv2_plan_and_preprocess")
+            self._run(["nnUNetv2_plan_and_preprocess", "-d", str(DEMO_DATASET_ID), "-c", self.s.configuration,
+                       "-np", "1", "-npfp", "1"], "plan")
+        else:
+            _say("plan", f"reusing {data}")
+        if self.s.plans != "nnUNetPlans":
+            self._run(["nnunet-csse", "plans", "apply", "cpu_tiny", "-d", str(DEMO_DATASET_ID)], "plan")
+
+    def train(self) -> None:
+        for label, trainer in TRAINERS.items():
+            fold = self.model_folder(trainer) / "fold_0"
+            if (fold / "checkpoint_final.pth").exists():
+                _say("train", f"{label}: reusing {fold}")
+                continue
+            resume = ["--c"] if (fold / "checkpoint_latest.pth").exists() else []
+            _say("train", f"{label}: nnUNetv2_train ... -tr {trainer} ({self.s.epochs} epochs x "
+                          f"{self.s.iterations} iterations){' resuming' if resume else ''}")
+            self._run(["nnUNetv2_train", str(DEMO_DATASET_ID), self.s.configuration, "0", "-tr", trainer, "-p",
+                       self.s.plans, "-device", self.s.device, *resume], f"train_{label}", self.s.epochs,
+                      # augmentation in the main process (small CPU machines); nnU-Net's planner needs it > 0
+                      dict(self.env, nnUNet_n_proc_DA="0"))
+
+    def predict(self) -> None:
+        images = self.dataset_folder / "imagesTs"
+        expected = len(list(images.glob("*_0000.nii.gz")))
+        for label, trainer in TRAINERS.items():
+            out = self.root / "predictions" / label
+            if out.is_dir() and len(list(out.glob("*.nii.gz"))) == expected:
+                _say("predict", f"{label}: reusing {out}")
+                continue
+            _say("predict", f"{label}: nnUNetv2_predict on {expected} held-out cases")
+            self._run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(DEMO_DATASET_ID), "-c",
+                       self.s.configuration, "-p", self.s.plans, "-tr", trainer, "-f", "0", "-device",
+                       self.s.device, "--disable_tta", "-npp", "1", "-nps", "1"], f"predict_{label}")
+
+    def evaluate(self) -> dict[str, dict]:
+        summaries = {}
+        for label, trainer in TRAINERS.items():
+            out = self.root / "predictions" / label
+            summary = out / "summary.json"
+            if not summary.exists():
+                _say("evaluate", f"{label}: nnUNetv2_evaluate_folder")
+                model = self.model_folder(trainer)
+                self._run(["nnUNetv2_evaluate_folder", str(self.dataset_folder / "labelsTs"), str(out), "-djfile",
+                           str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
+                          f"evaluate_{label}")
+            summaries[label] = json.loads(summary.read_text())
+        return summaries
+
+    def table(self, summaries: dict[str, dict]) -> str:
+        labels = json.loads((self.dataset_folder / "dataset.json").read_text())["labels"]
+        names = {str(v): k for k, v in labels.items()}
+        rows = [f"{'class':<14}" + "".join(f"{label:>12}" for label in summaries)]
+        for key in summaries["baseline"]["mean"]:
+            rows.append(f"{names.get(key, key):<14}" + "".join(f"{s['mean'][key]['Dice']:>12.4f}"
+                                                            for s in summaries.values()))
+        rows.append(f"{'mean (fg)':<14}" + "".join(f"{s['foreground_mean']['Dice']:>12.4f}"
+                                                   for s in summaries.values()))
+        return "\n".join(rows)
+
+    def figure(self) -> Path:
+        """Image, ground truth, both predictions and the CSSE model's UAFS uncertainty for one held-out case."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import SimpleITK as sitk
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        from nnunet_csse.uncertainty import predict_uncertainty, to_input_geometry
+
+        image_file = sorted((self.dataset_folder / "imagesTs").glob("*_0000.nii.gz"))[0]
+        case = image_file.name[: -len("_0000.nii.gz")]
+        os.environ["nnUNet_extTrainer"] = self.env["nnUNet_extTrainer"]  # the predictor looks the trainer up
+        predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])), use_folds=(0,))
+        reader = predictor.plans_manager.image_reader_writer_class()
+        image, properties = reader.read_images([str(image_file)])
+        data, _, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+            image, None, properties, predictor.plans_manager, predictor.configuration_manager,
+            predictor.dataset_json)
+        uncertainty = to_input_geometry(predict_uncertainty(predictor, torch.from_numpy(data)), predictor,
+                                        properties)[0]
+
+        def read(path: Path) -> np.ndarray:
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+        panels = [("image", image[0], "gray"), ("ground truth", read(self.dataset_folder / "labelsTs" /
+                                                                     f"{case}.nii.gz"), "viridis")]
+        for label in TRAINERS:
+            panels.append((f"{label} prediction", read(self.root / "predictions" / label / f"{case}.nii.gz"),
+                           "viridis"))
+        panels.append(("CSSE: UAFS uncertainty H", uncertainty, "magma"))
+        z = panels[0][1].shape[0] // 2
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
+        for ax, (title, array, cmap) in zip(axes, panels):
+            vmax = 1 if "uncertainty" in title else (3 if cmap == "viridis" else None)
+            ax.imshow(array[z], cmap=cmap, vmin=0 if vmax else None, vmax=vmax, interpolation="nearest")
+            ax.set_title(title)
+            ax.axis("off")
+        fig.suptitle(f"nnunet-csse demo, held-out case {case} ({self.s.configuration}, {self.s.epochs} epochs x "
+                     f"{self.s.iterations} iterations)")
+        fig.tight_layout()
+        path = self.root / "demo_figure.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+
+    def run(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.make_dataset()
+        self.plan()
+        self.train()
+        self.predict()
+        summaries = self.evaluate()
+        table = self.table(summaries)
+        figure = self.figure()
+        report = (f"\nDice on {self.s.test_cases} held-out cases (nnU-Net's evaluator), {self.s.configuration}, "
+                  f"{self.s.epochs} epochs x {self.s.iterations} iterations, device {self.s.device}:\n{table}\n\n"
+                  f"figure:       {figure}\npredictions:  {self.root / 'predictions'}\n"
+                  f"models:       {self.results / self.dataset_folder.name}\nlogs:         {self.root / 'logs'}\n")
+        (self.root / "demo_report.txt").write_text(report)
+        print(report)
+        return report
+
+
+def reset(workdir: Path) -> None:
+    """Remove what the demo wrote (only folders it creates)."""
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs"):
+        shutil.rmtree(workdir / name, ignore_errors=True)
