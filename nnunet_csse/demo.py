@@ -13,6 +13,8 @@ Only <workdir> is written: the nnU-Net folders of the user's environment are not
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -196,7 +198,9 @@ class Demo:
         case = image_file.name[: -len("_0000.nii.gz")]
         os.environ["nnUNet_extTrainer"] = self.env["nnUNet_extTrainer"]  # the predictor looks the trainer up
         predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])), use_folds=(0,))
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's trainer lookup is chatty
+            predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])),
+                                                           use_folds=(0,))
         reader = predictor.plans_manager.image_reader_writer_class()
         image, properties = reader.read_images([str(image_file)])
         data, _, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case_npy(

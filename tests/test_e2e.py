@@ -103,6 +103,21 @@ def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
         assert pred.GetSize() == img.GetSize() and pred.GetSpacing() == pytest.approx(img.GetSpacing())
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1, 2}
 
+    # UAFS uncertainty maps through nnU-Net's predictor, in the input's geometry
+    unc = tmp_path / "uncertainty"
+    run(["nnunet-csse", "uncertainty", "-i", str(raw / "imagesTs"), "-o", str(unc), "-m", str(model_dir), "-f", "0",
+         "-device", "cpu", "--disable_tta"], planned["env"])
+    for image in images:
+        case = image.name.replace("_0000.nii.gz", "")
+        h, img = sitk.ReadImage(str(unc / f"{case}_uncertainty.nii.gz")), sitk.ReadImage(str(image))
+        assert h.GetSize() == img.GetSize() and h.GetOrigin() == pytest.approx(img.GetOrigin())
+        assert h.GetSpacing() == pytest.approx(img.GetSpacing()) and h.GetDirection() == img.GetDirection()
+        values = sitk.GetArrayFromImage(h)
+        assert values.dtype == np.float32 and values.min() >= 0 and values.max() <= 1 and values.std() > 0
+        assert (unc / f"{case}_overlay.png").stat().st_size > 0
+        same = sitk.GetArrayFromImage(sitk.ReadImage(str(unc / f"{case}.nii.gz")))
+        np.testing.assert_array_equal(same, sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz"))))
+
     # the checkpoint reloads into nnU-Net's predictor as the CSSE network, deep supervision off
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
