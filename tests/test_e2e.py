@@ -63,6 +63,14 @@ def planned(request, tmp_path_factory):
 
 
 def trained(planned, trainer: str):
+    """Train once per dataset and trainer (tests of one module share the models)."""
+    cache = planned.setdefault("models", {})
+    if trainer not in cache:
+        cache[trainer] = _train(planned, trainer)
+    return cache[trainer]
+
+
+def _train(planned, trainer: str):
     env, config, dataset_id = planned["env"], planned["config"], planned["id"]
     # data augmentation in the main process: quick start on small CPU machines
     run(["nnUNetv2_train", dataset_id, config, "0", "-tr", trainer, "-p", PLANS, "-device", "cpu"],
@@ -127,3 +135,33 @@ def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
     assert isinstance(predictor.network, CSSEUNet)
     assert predictor.network.decoder_uafs is not None and not predictor.network.decoder.deep_supervision
     assert (predictor.network.pdcr_projections is not None) == ("CSSE" in trainer)
+
+
+def test_compare_and_split_on_real_trainings(planned, tmp_path):
+    """compare reads the summaries nnU-Net wrote; split keeps the validation folds of nnU-Net's own split."""
+    if planned["dim"] != 3:
+        pytest.skip("one dataset is enough")
+    trainers = ["nnUNetTrainerUAFS_2epochs_10iters", "nnUNetTrainerCSSE_2epochs_10iters"]
+    for trainer in trainers:
+        trained(planned, trainer)
+    proc = run(["nnunet-csse", "compare", "-d", planned["id"], "-c", planned["config"], "-p", PLANS, "-tr",
+                *trainers, "--folds", "0", "--out", str(tmp_path)], planned["env"])
+    csv_file = next(tmp_path.glob("compare_*.csv"))
+    assert next(tmp_path.glob("compare_*.png")).stat().st_size > 0
+    rows = csv_file.read_text().splitlines()
+    for trainer in trainers:
+        model = next((planned["root"] / "nnUNet_results").glob("Dataset*")) / f"{trainer}__{PLANS}__3d_fullres"
+        summary = json.loads((model / "fold_0" / "validation" / "summary.json").read_text())
+        dice = summary["mean"]["1"]["Dice"]
+        row = next(r for r in rows if r.startswith(f"{trainer},1,"))
+        assert float(row.split(",")[2]) == pytest.approx(dice, abs=1e-6)
+        assert trainer in proc.stdout
+
+    pre = next((planned["root"] / "nnUNet_preprocessed").glob("Dataset*"))
+    original = json.loads((pre / "splits_final.json").read_text())  # written by nnUNetv2_train
+    run(["nnunet-csse", "split", "-d", planned["id"], "--fraction", "0.5", "--seed", "1"], planned["env"])
+    limited = json.loads((pre / "splits_final_frac50_seed1.json").read_text())
+    assert json.loads((pre / "splits_final.json").read_text()) == original  # untouched
+    for full, part in zip(original, limited):
+        assert part["val"] == full["val"] and set(part["train"]) < set(full["train"])
+        assert len(part["train"]) == -(-len(full["train"]) // 2)
