@@ -5,16 +5,16 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
 
 1. :func:`label_masks` turns nnU-Net's full-resolution target into a one-hot map and a validity map
    (ignore label / ignore channel).
-2. :func:`summed_area_table` of ``torch.cat([onehot, valid], 1)`` gives exact box counts.
-3. :func:`composition_vectors` reads, for every anchor of an :class:`~nnunet_csse.anchors.AnchorGrid`, the class
-   fractions r_i inside a window centered at the anchor (the paper's "patch"): 2^d corner lookups per anchor
-   instead of the authors' per-anchor loop with ``torch.unique``.
+2. :func:`label_volume` stacks them into one float 0/1 volume (last channel: valid voxels).
+3. :func:`composition_vectors` computes, for every anchor of an :class:`~nnunet_csse.anchors.AnchorGrid`, the
+   class fractions r_i inside a window centered at the anchor (the paper's "patch"): the grid is separable, so
+   all window sums are one small matrix product per axis, instead of the authors' per-anchor loop with
+   ``torch.unique``.
 4. :func:`pdcr_pair_loss` is the loss of step 5 (self-layer: b == a; cross-layer: two projected layers).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 from nnunet_csse.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.config import CSSEConfig
 
-__all__ = ["label_masks", "summed_area_table", "composition_vectors", "pdcr_pair_loss", "PDCRLoss"]
+__all__ = ["label_masks", "label_volume", "composition_vectors", "pdcr_pair_loss", "PDCRLoss"]
 
 
 def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
@@ -91,33 +91,27 @@ def label_masks(
     return onehot, valid
 
 
-def summed_area_table(masks: torch.Tensor) -> torch.Tensor:
-    """Inclusive prefix sums over all spatial axes, with a leading zero plane per axis.
+def label_volume(onehot: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, K, *S) one-hot and (B, 1, *S) valid masks -> (B, K + 1, *S) float32 0/1 volume (last channel: valid),
+    the input of :func:`composition_vectors` (built once per step, shared by every layer and window)."""
+    volume = torch.empty((onehot.shape[0], onehot.shape[1] + 1, *onehot.shape[2:]), dtype=torch.float32,
+                         device=onehot.device)
+    volume[:, :-1].copy_(onehot)  # one converting pass each, no concatenated bool copy
+    volume[:, -1:].copy_(valid)
+    return volume
 
-    ``sat[..., i, j(, k)]`` = number of True voxels in ``masks[..., :i, :j(, :k)]``, so the count in a box
-    ``[lo, hi]`` (inclusive) is the inclusion-exclusion of its 2^d corners at indices ``lo`` and ``hi + 1``.
 
-    Args:
-        masks: (B, K, *S) bool, 2 or 3 spatial axes.
-
-    Returns:
-        (B, K, *(S + 1)) int32 counts (int64 if a full-volume count could reach 2**31).
-    """
-    _check_spatial(masks, "masks", "(B, K, *S)")
-    if masks.dtype != torch.bool:
-        raise ValueError(f"masks must be bool, got {masks.dtype}")
-    spatial = masks.shape[2:]
-    dtype = torch.int32 if spatial.numel() < 2**31 else torch.int64
-    sums = masks.to(dtype)
-    for axis in range(2, masks.ndim):
-        sums = sums.cumsum(axis)
-    sat = torch.zeros((*masks.shape[:2], *(s + 1 for s in spatial)), dtype=dtype, device=masks.device)
-    sat[(slice(None), slice(None), *(slice(1, None) for _ in spatial))] = sums
-    return sat
+def _window_matrix(centers: Sequence[int], window: int, size: int, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+    """(n, size) 0/1 matrix; row t marks ``[c_t - (w - 1) // 2, c_t - (w - 1) // 2 + w - 1]`` clipped to the axis."""
+    c = torch.tensor(centers, device=device)[:, None]
+    position = torch.arange(size, device=device)[None, :]
+    lo = c - (window - 1) // 2
+    return ((position >= lo) & (position <= lo + window - 1)).to(dtype)
 
 
 def composition_vectors(
-    sat: torch.Tensor, grid: AnchorGrid, stride: Sequence[int], window: Sequence[int]
+    volume: torch.Tensor, grid: AnchorGrid, stride: Sequence[int], window: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Composition vectors r_i (method.md section 2, step 2) of every anchor of ``grid``.
 
@@ -126,9 +120,13 @@ def composition_vectors(
     divided by the number of valid voxels they actually contain (the authors divided by the full window volume
     and clipped one voxel short at the far border; both are fixed here).
 
+    The grid is separable, so the window sums are one small matrix product per axis with a 0/1 window matrix
+    (n_axis, S_axis): no loop over anchors or voxels. Only the first product (along the last, contiguous axis)
+    reads the whole volume. Counts stay exact integers: the first product multiplies 0/1 values (exact even
+    with TF32), the later ones run in float64; autocast is disabled.
+
     Args:
-        sat: (B, K + 1, *(S + 1)) :func:`summed_area_table` of ``torch.cat([onehot, valid], 1)``; the last channel
-            counts valid voxels.
+        volume: (B, K + 1, *S) float 0/1 from :func:`label_volume` (last channel: valid voxels).
         grid: anchor grid on the feature map, with one entry per spatial axis.
         stride: cumulative stride J of that feature map per axis, in input voxels.
         window: window size per axis in input voxels (RF-PDCR: the receptive field; H-PDCR: one of the sizes).
@@ -138,44 +136,41 @@ def composition_vectors(
             (the order of :meth:`AnchorGrid.take`); all zero where the window holds no valid voxel.
         valid_anchor: (B, N) bool, True where the window holds at least one valid voxel.
     """
-    _check_spatial(sat, "sat", "(B, K + 1, *(S + 1))")
-    dims = sat.ndim - 2
-    if sat.shape[1] < 2:
-        raise ValueError(f"sat has shape {tuple(sat.shape)}; expected K >= 1 class channels plus a valid channel")
-    if sat.is_floating_point() or sat.is_complex() or sat.dtype == torch.bool:
-        raise ValueError(f"sat must hold integer counts, got {sat.dtype}")
+    _check_spatial(volume, "volume", "(B, K + 1, *S)")
+    dims = volume.ndim - 2
+    if volume.shape[1] < 2:
+        raise ValueError(f"volume has shape {tuple(volume.shape)}; expected K >= 1 class channels plus a valid "
+                         f"channel")
+    if not volume.is_floating_point():
+        raise ValueError(f"volume must be a float 0/1 tensor (see label_volume), got {volume.dtype}")
     if not (len(grid.counts) == len(stride) == len(window) == dims):
         raise ValueError(
             f"grid ({len(grid.counts)} axes), stride {tuple(stride)} and window {tuple(window)} must all have "
-            f"{dims} entries to match sat of shape {tuple(sat.shape)}"
+            f"{dims} entries to match volume of shape {tuple(volume.shape)}"
         )
     if any(w < 1 for w in window):
         raise ValueError(f"window sizes must be >= 1, got {tuple(window)}")
-    size = [s - 1 for s in sat.shape[2:]]
-    bounds = []  # per axis: (start index, end index) into the SAT = (lo, hi + 1)
-    for axis, (centers, w, n) in enumerate(zip(grid.centers(stride), window, size, strict=True)):
+    size = volume.shape[2:]
+    all_centers = grid.centers(stride)
+    for axis, (centers, n) in enumerate(zip(all_centers, size)):
         if centers and not 0 <= min(centers) <= max(centers) < n:
             raise ValueError(
                 f"anchor centers {centers[0]}..{centers[-1]} on axis {axis} fall outside the label extent {n}; "
                 "grid/stride do not match the target shape"
             )
-        c = torch.tensor(centers, dtype=torch.long, device=sat.device)
-        lo = (c - (w - 1) // 2).clamp(0, n - 1)
-        hi = (c - (w - 1) // 2 + w - 1).clamp(0, n - 1)
-        bounds.append((lo, hi + 1))
-    counts = None
-    for corner in itertools.product((0, 1), repeat=dims):
-        # Separable grid: outer indexing one axis at a time gathers this corner for all anchors at once.
-        part = sat
-        for axis, pick in enumerate(corner):
-            part = part.index_select(2 + axis, bounds[axis][pick])
-        # int64 so intermediate inclusion-exclusion sums cannot overflow int32.
-        part = part.long() if (dims - sum(corner)) % 2 == 0 else -part.long()
-        counts = part if counts is None else counts + part
+    # The last axis first: it is contiguous, so the one full-volume product needs no transposed copy.
+    order = [dims - 1, *sorted(range(dims - 1), key=lambda a: grid.counts[a])]
+    counts = volume
+    with torch.autocast(device_type=volume.device.type, enabled=False):
+        for i, axis in enumerate(order):
+            if i == 1:
+                counts = counts.double()
+            m = _window_matrix(all_centers[axis], window[axis], size[axis], counts.dtype, volume.device)
+            counts = torch.matmul(counts.movedim(2 + axis, -1), m.T).movedim(-1, 2 + axis)
     counts = counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
     n_valid = counts[..., -1:]
-    valid_anchor = n_valid[..., 0] > 0
-    comp = (counts[..., :-1].double() / n_valid.clamp(min=1).double()).float()
+    valid_anchor = n_valid[..., 0] > 0.5
+    comp = (counts[..., :-1] / n_valid.clamp(min=1)).float()
     comp = comp.masked_fill(~valid_anchor[..., None], 0.0)
     return comp, valid_anchor
 
@@ -306,9 +301,8 @@ class PDCRLoss(nn.Module):
 
     def forward(self, hidden: Mapping[str, Sequence[torch.Tensor]], target: torch.Tensor) -> dict[str, torch.Tensor]:
         spatial = tuple(target.shape[2:])
-        onehot, valid = label_masks(target, self.num_classes, self.ignore_label, self.has_regions,
-                                    self.region_ignore_channel)
-        sat = summed_area_table(torch.cat((onehot, valid), 1))
+        volume = label_volume(*label_masks(target, self.num_classes, self.ignore_label, self.has_regions,
+                                           self.region_ignore_channel))
         cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
         def compositions(layer: AnchorLayer, num_anchors: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -320,7 +314,7 @@ class PDCRLoss(nn.Module):
                         f"shape {spatial} gives a grid of {grid.num_anchors}; target and network input must "
                         f"have the same spatial shape"
                     )
-                cache[layer.name] = [composition_vectors(sat, grid, layer.stride, w) for w in self.windows(layer)]
+                cache[layer.name] = [composition_vectors(volume, grid, layer.stride, w) for w in self.windows(layer)]
             return cache[layer.name]
 
         def pair(fa, ca, fb, cb) -> torch.Tensor:

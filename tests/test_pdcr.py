@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_csse.anchors import AnchorGrid, anchor_grid
-from nnunet_csse.pdcr import composition_vectors, label_masks, pdcr_pair_loss, summed_area_table
+from nnunet_csse.pdcr import composition_vectors, label_masks, label_volume, pdcr_pair_loss
 
 IGNORE = 7
 
@@ -68,8 +68,7 @@ def _oracle_labels(labels: np.ndarray, grid, stride, window, num_classes, ignore
 
 
 def _pipeline(onehot, valid, grid, stride, window):
-    sat = summed_area_table(torch.cat([onehot, valid], 1))
-    return composition_vectors(sat, grid, stride, window)
+    return composition_vectors(label_volume(onehot, valid), grid, stride, window)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -144,25 +143,6 @@ def test_fully_ignored_window(case):
     assert not valid_anchor[0, 0] and torch.all(comp[0, 0] == 0)
     assert valid_anchor[0, 1:].all()
     torch.testing.assert_close(comp[0, 1:].sum(-1), torch.ones(grid.num_anchors - 1))
-
-
-@pytest.mark.parametrize("shape", [(6, 9), (4, 5, 7)])
-def test_summed_area_table(shape):
-    masks = torch.rand((2, 3, *shape), generator=torch.Generator().manual_seed(3)) < 0.5
-    sat = summed_area_table(masks)
-    assert sat.dtype == torch.int32 and sat.shape == (2, 3, *(n + 1 for n in shape))
-    m = masks.numpy()
-    for idx in itertools.product(*[range(n + 1) for n in shape]):
-        expected = m[(slice(None), slice(None), *(slice(0, i) for i in idx))].sum(axis=tuple(range(2, m.ndim)))
-        np.testing.assert_array_equal(sat[(slice(None), slice(None), *idx)].numpy(), expected)
-
-
-def test_summed_area_table_switches_to_int64_for_huge_volumes():
-    # Meta tensors: shape/dtype logic only, nothing is allocated.
-    assert summed_area_table(torch.empty((1, 1, 2**16, 2**15), dtype=torch.bool, device="meta")).dtype == torch.int64
-    assert summed_area_table(torch.empty((1, 1, 2**16, 2**15 - 1), dtype=torch.bool, device="meta")).dtype == (
-        torch.int32
-    )
 
 
 def _oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
@@ -300,19 +280,17 @@ def test_bad_shapes_raise():
         label_masks(torch.zeros((2, 4, 4, 4)), num_classes=2, has_regions=True, region_ignore_channel=True)
     with pytest.raises(ValueError, match="ignore channel"):
         label_masks(t2, has_regions=True, region_ignore_channel=True)
-    with pytest.raises(ValueError, match="bool"):
-        summed_area_table(t2)
     with pytest.raises(ValueError, match="2 or 3 spatial axes"):
-        summed_area_table(torch.zeros((2, 1, 4), dtype=torch.bool))
+        composition_vectors(torch.zeros((2, 2, 4)), AnchorGrid((0,), (1,), (1,)), (1,), (1,))
 
-    sat = summed_area_table(torch.ones((2, 3, 8, 8), dtype=torch.bool))
+    sat = torch.ones((2, 3, 8, 8))
     grid = AnchorGrid(offsets=(0, 0), steps=(1, 1), counts=(2, 2))
     with pytest.raises(ValueError, match="must all have 2 entries"):
         composition_vectors(sat, grid, (4, 4, 4), (3, 3))
     with pytest.raises(ValueError, match="outside the label extent"):
         composition_vectors(sat, AnchorGrid((0, 0), (1, 1), (3, 2)), (4, 4), (3, 3))
-    with pytest.raises(ValueError, match="integer counts"):
-        composition_vectors(sat.float(), grid, (4, 4), (3, 3))
+    with pytest.raises(ValueError, match="float 0/1"):
+        composition_vectors(sat.bool(), grid, (4, 4), (3, 3))
     with pytest.raises(ValueError, match="window sizes"):
         composition_vectors(sat, grid, (4, 4), (0, 3))
 

@@ -9,7 +9,7 @@ from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import build_csse_network
-from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_masks, pdcr_pair_loss, summed_area_table
+from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_masks, label_volume, pdcr_pair_loss
 from nnunet_csse.training import CSSELoss
 
 CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
@@ -48,7 +48,7 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
     _, hidden = net(x)
     terms = loss(hidden, target)
     onehot, valid = label_masks(target, 3)
-    sat = summed_area_table(torch.cat((onehot, valid), 1))
+    sat = label_volume(onehot, valid)
     per_layer, comps = [], []
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         fmap_shape = tuple(math.ceil(32 / j) for j in layer.stride)
@@ -68,7 +68,7 @@ def test_hierarchical_windows_average_per_size_losses():
     _, hidden = net(x)
     terms = loss(hidden, target)
     onehot, valid = label_masks(target, 3)
-    sat = summed_area_table(torch.cat((onehot, valid), 1))
+    sat = label_volume(onehot, valid)
     per_layer = []
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         grid = config.anchor_grid(tuple(math.ceil(32 / j) for j in layer.stride), layer.stride)

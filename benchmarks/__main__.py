@@ -1,0 +1,164 @@
+"""``python -m benchmarks [--device cpu|cuda] [--size tiny|small|full] [--compile] [--amp] [--out DIR]``.
+
+Runs part A (PDCR vs loop), B (train_step time and memory vs nnUNetTrainer) and C (PDCR scaling), prints one
+table with the machine it ran on and PASS/MISS per target, and writes ``<out>/benchmark_<tag>.json`` and
+``<out>/benchmark_<tag>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+PARTS = ("pdcr", "step", "scaling")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if available, else cpu")
+    p.add_argument("--size", choices=("tiny", "small", "full"), default=None,
+                   help="tiny: smoke test; small: CPU default; full: nnU-Net's default 3D plan (CUDA default)")
+    p.add_argument("--compile", action="store_true",
+                   help="nnUNet_compile=true for the trainers (nnU-Net itself never compiles on CPU)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="autocast the PDCR parts' feature maps (default: on for CUDA). train_step always follows "
+                        "nnU-Net: autocast on CUDA, none on CPU")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "nnunet-csse-benchmarks",
+                   help="folder for benchmark_<tag>.json and .png (default: %(default)s)")
+    p.add_argument("--tag", default=None, help="output name suffix (default: <device>_<size>[_compile])")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
+    p.add_argument("--trainers", default=None, help="comma list (default: nnUNetTrainer, UAFS, PDCR, CSSE)")
+    p.add_argument("--warmup", type=int, default=None, help="train_step warm-up rounds (default: per size)")
+    p.add_argument("--steps", type=int, default=None, help="timed train_step rounds (default: per size)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 1: the CPU time of one thread is robust to other load)")
+    p.add_argument("--placeholders", choices=("auto", "on", "off"), default="auto",
+                   help="placeholder modules for SimpleITK/imagecodecs: auto = only where not installed")
+    args = p.parse_args(argv)
+    args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown parts {unknown}; choose from {PARTS}")
+    return args
+
+
+def _finite_json(value):
+    """NaN/inf -> None so the JSON file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from benchmarks import placeholders
+
+    placed = placeholders.install(args.placeholders)  # before anything imports nnunetv2
+
+    import dataclasses
+
+    import torch
+
+    from benchmarks import machine, pdcr_speed, plot, report, scaling, step_time
+    from benchmarks.profiles import profile
+    from benchmarks.trainers import TRAINERS
+
+    device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device_name == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device(device_name)
+    size = args.size or ("full" if device_name == "cuda" else "small")
+    amp = device_name == "cuda" if args.amp is None else args.amp
+    prof = profile(size, device_name)
+    if args.warmup is not None or args.steps is not None:
+        prof = dataclasses.replace(prof, step=dataclasses.replace(
+            prof.step, warmup=prof.step.warmup if args.warmup is None else args.warmup,
+            steps=prof.step.steps if args.steps is None else args.steps))
+    threads, threads_reason = machine.choose_threads(device, args.threads)
+    if device_name == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnUNetv2_train
+    trainers = args.trainers.split(",") if args.trainers else list(TRAINERS)
+    tag = args.tag or f"{device_name}_{size}" + ("_compile" if args.compile else "")
+    notes = []
+    if args.compile and device_name == "cpu":
+        notes.append("--compile on CPU: nnU-Net's _do_i_compile() returns False on CPU, so nothing is compiled")
+    if not amp and device_name == "cuda":
+        notes.append("--no-amp: PDCR parts in float32; nnU-Net's train_step autocasts on CUDA regardless")
+    if amp and device_name == "cpu":
+        notes.append("--amp on CPU: PDCR parts use bfloat16 feature maps under autocast; nnU-Net's train_step "
+                     "never autocasts on CPU")
+    results: dict = {
+        "machine": machine.machine_info(device),
+        "settings": {"size": size, "device": device_name, "compile": args.compile, "amp": amp, "threads": threads,
+                     "threads_reason": threads_reason, "placeholders": placed, "parts": args.parts,
+                     "trainers": trainers, "argv": sys.argv[1:] if argv is None else argv},
+        "notes": notes, "parts": {},
+    }
+    started = time.perf_counter()
+    elapsed = results["elapsed_s"] = {}
+    failures = results["failures"] = {}
+    jobs = {
+        "pdcr": ("pdcr_speed", f"[A] PDCR vs loop on {prof.pdcr_plan.describe()} ...",
+                 lambda: pdcr_speed.run(prof.pdcr_plan, device, prof.speed, amp=amp)),
+        "step": ("step_time", f"[B] train_step on {prof.step_plan.describe()}, trainers {', '.join(trainers)} ...",
+                 lambda: step_time.run(prof.step_plan, size, device, trainers, prof.step,
+                                       compile_network=args.compile, threads=threads)),
+        "scaling": ("scaling", f"[C] PDCR scaling on {prof.scaling_plan.describe()} ...",
+                    lambda: scaling.run(prof.scaling_plan, device, prof.spacings, prof.sides, prof.classes,
+                                        prof.scaling_reps, amp=amp)),
+    }
+    for part in PARTS:
+        if part not in args.parts:
+            continue
+        key, message, job = jobs[part]
+        print(message, flush=True)
+        t0 = time.perf_counter()
+        try:
+            results["parts"][key] = job()
+            if results["parts"][key].get("interrupted"):
+                notes.append(f"part {key} interrupted; later parts skipped")
+                break
+        except KeyboardInterrupt:
+            notes.append(f"part {key} interrupted after {time.perf_counter() - t0:.0f} s; later parts skipped")
+            print(f"[{key}] interrupted", flush=True)
+            break
+        except Exception as exc:  # noqa: BLE001 - reported (table, JSON, exit code); later parts still run
+            text = "".join(traceback.format_exception(exc))
+            failures[key] = text[-4000:]
+            notes.append(f"part {key} FAILED: {type(exc).__name__}: {str(exc)[:500]}")
+            print(f"[{key}] FAILED:\n{text}", flush=True)
+        finally:
+            elapsed[key] = time.perf_counter() - t0
+    elapsed["total"] = time.perf_counter() - started
+    results["targets"] = report.targets(results)
+    results["settings"]["placeholders"] = sorted(set(placed) | set(placeholders.active()))
+    table = report.format_table(results)
+    print(table + "\n(ran " + ", ".join(f"{k} {v:.0f} s" for k, v in elapsed.items()) + ")", flush=True)
+
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"benchmark_{tag}.json"
+    png_path = plot.write_png(results, out / f"benchmark_{tag}.png")
+    results["files"] = {"json": str(json_path), "png": str(png_path) if png_path else None}
+    json_path.write_text(json.dumps(_finite_json(results), indent=1))
+    print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""), flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

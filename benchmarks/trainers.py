@@ -1,0 +1,76 @@
+"""Real nnU-Net trainers, initialized on a benchmark plan without a preprocessed dataset.
+
+``nnUNetTrainer.__init__`` needs ``nnUNet_results`` (log and output folders) and ``nnUNet_preprocessed``; its
+``initialize()`` builds the network, optimizer and loss exactly as in training and then only *infers the dataset
+class from the file endings* in the preprocessed configuration folder. :func:`prepare_nnunet_folders` therefore
+creates temporary folders and one empty marker file ``<folder>/nnUNetPlans_3d_fullres/marker.b2nd`` that is never
+read: the benchmark feeds synthetic batches straight into ``train_step`` and never builds a data loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+
+import torch
+
+from benchmarks.plans import CONFIGURATION, DATASET_NAME, BenchPlan
+
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR", "nnUNetTrainerCSSE")
+BASELINE = "nnUNetTrainer"
+HOW = ("trainers are nnU-Net's real classes, constructed from an in-memory plans dict and initialize()d; "
+       "nnUNet_results/nnUNet_preprocessed point to a temporary folder whose preprocessed configuration folder "
+       "holds one empty '.b2nd' marker file (initialize() only infers the dataset class from file endings); no "
+       "data loader is built: train_step(batch) gets the same synthetic batch (random image, block labels, "
+       "nearest-downsampled deep-supervision targets) every step")
+
+
+def prepare_nnunet_folders(root: Path) -> dict[str, str]:
+    """Create the nnU-Net folders under ``root``, export them in ``os.environ`` and return them."""
+    dirs = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    config_folder = dirs["nnUNet_preprocessed"] / DATASET_NAME / f"nnUNetPlans_{CONFIGURATION}"
+    config_folder.mkdir(parents=True, exist_ok=True)
+    (config_folder / "marker.b2nd").touch()
+    env = {name: str(path) for name, path in dirs.items()}
+    os.environ.update(env)
+    return env
+
+
+def trainer_class(name: str) -> type:
+    if name == BASELINE:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        return nnUNetTrainer
+    import nnunet_csse.training as training
+
+    try:
+        return getattr(training, name)
+    except AttributeError:
+        raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS}") from None
+
+
+def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_network: bool):
+    """An initialized trainer (network, optimizer, loss, grad scaler as nnU-Net makes them).
+
+    ``compile_network`` sets ``nnUNet_compile`` for ``initialize()``; nnU-Net itself never compiles on CPU.
+    """
+    os.environ["nnUNet_compile"] = "true" if compile_network else "false"
+    plans = plan.plans_dict()
+    plans["continue_training"] = False
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer = trainer_class(name)(plans, CONFIGURATION, 0, plan.dataset_json(), device)
+        trainer.initialize()
+    return trainer
+
+
+def deep_supervision_scales(trainer) -> list[list[float]] | None:
+    scales = trainer._get_deep_supervision_scales()
+    return [list(map(float, s)) for s in scales] if scales is not None else None
+
+
+def parameter_count(trainer) -> int:
+    return sum(p.numel() for p in trainer.network.parameters())

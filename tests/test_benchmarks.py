@@ -1,0 +1,90 @@
+"""The benchmark entry runs end to end at its tiny size, and the loop reference agrees with the vectorized PDCR.
+
+No timing thresholds here: figures only have to exist and be finite. Speed targets are reported by the benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.pdcr_case import PDCR_CONFIG, make_case  # noqa: E402
+from benchmarks.pdcr_speed import agreement  # noqa: E402
+from benchmarks.plans import TINY  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread avoids thread-pool overhead on busy 2-core machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def test_tiny_run_prints_table_and_writes_json(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    # --placeholders on: the GPU machine's path (stand-ins for SimpleITK / imagecodecs) is exercised here too
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--device", "cpu", "--threads", "1",
+                           "--placeholders", "on", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    for text in ("nnunet-csse benchmarks", "machine: cpu", "torch " + torch.__version__, "A. PDCR loss",
+                 "B. nnU-Net train_step", "C. PDCR forward + backward scaling", "Targets",
+                 "SimpleITK, imagecodecs are tiny placeholder modules"):
+        assert text in out, f"{text!r} missing from the output:\n{out}"
+    for trainer in ("nnUNetTrainer ", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR", "nnUNetTrainerCSSE"):
+        assert trainer in out
+    assert sum(line.strip().startswith(("PASS", "MISS")) for line in out.splitlines()) == 3
+
+    results = json.loads((tmp_path / "benchmark_cpu_tiny.json").read_text())
+    assert (tmp_path / "benchmark_cpu_tiny.png").stat().st_size > 0
+    assert results["machine"]["torch"] == torch.__version__
+    assert results["settings"]["placeholders"] == ["SimpleITK", "imagecodecs"]
+    a = results["parts"]["pdcr_speed"]
+    assert all(_finite(a[k]) and a[k] > 0 for k in ("vectorized_s", "loop_s", "speedup"))
+    rows = results["parts"]["step_time"]["rows"]
+    assert [r["trainer"] for r in rows] == ["nnUNetTrainer", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR",
+                                            "nnUNetTrainerCSSE"]
+    for row in rows:
+        assert "failure" not in row, row["failure"]
+        for key in ("median_s", "time_ratio", "memory_ratio", "loss_first", "loss_last"):
+            assert _finite(row[key]), (row["trainer"], key, row.get(key))
+        assert _finite(row["memory"]["step_bytes"]) and row["memory"]["step_bytes"] > 0
+    scaling = results["parts"]["scaling"]
+    for key in ("anchors", "patch", "classes"):
+        assert scaling[key] and all(_finite(p["time_s"]) for p in scaling[key])
+    assert [t["status"] for t in results["targets"]] and all(t["status"] in ("PASS", "MISS")
+                                                             for t in results["targets"])
+    assert all(_finite(t["measured"]) for t in results["targets"])
+
+
+@pytest.mark.parametrize("variant", ["rf", "hpdcr", "ignore_label"])
+def test_loop_reference_agrees_with_vectorized_pdcr(variant):
+    config = dataclasses.replace(PDCR_CONFIG, pdcr_windows=(5, 7, 9)) if variant == "hpdcr" else PDCR_CONFIG
+    case = make_case(TINY, torch.device("cpu"), patch=(32, 24, 40), config=config, seed=3,
+                     ignore_label=4 if variant == "ignore_label" else None)
+    result = agreement(case)  # raises AssertionError on any disagreement of values or gradients
+    assert set(result["values"]) == {"encoder", "cross"}
+    for v in result["values"].values():
+        assert math.isclose(v["vectorized"], v["loop"], rel_tol=1e-4, abs_tol=1e-5)
+    assert result["max_rel_grad_error"] < 1e-3
+
+
