@@ -78,13 +78,18 @@ class PDCRCase:
         """Forward, weighted sum (0.01 each), backward into the feature maps and projection heads."""
         self.zero_grad()
         terms = terms_fn()
-        self.weighted(terms).backward()
+        # under AMP, scale like nnU-Net's GradScaler: unscaled fp16 gradients of 0.01-weighted terms underflow
+        (self.weighted(terms) * self.grad_scale).backward()
         return {k: v.detach() for k, v in terms.items()}
 
     def gradients(self) -> dict[str, torch.Tensor]:
         grads = {f"level{lv}": f.grad for lv, f in self.feature_maps.items()}
         grads.update({f"proj.{n}": p.grad for n, p in self.network.pdcr_projections.named_parameters()})
-        return {k: v.detach().clone() for k, v in grads.items() if v is not None}
+        return {k: v.detach().float() / self.grad_scale for k, v in grads.items() if v is not None}
+
+    @property
+    def grad_scale(self) -> float:
+        return 2.0**16 if self.amp else 1.0
 
 
 def make_case(plan: BenchPlan, device: torch.device, patch: tuple[int, ...] | None = None,

@@ -15,6 +15,7 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -101,12 +102,15 @@ def label_volume(onehot: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return volume
 
 
-def _window_matrix(centers: Sequence[int], window: int, size: int, dtype: torch.dtype,
+@functools.lru_cache(maxsize=256)
+def _window_matrix(grid_axis: tuple[int, int, int], stride: int, window: int, size: int, dtype: torch.dtype,
                    device: torch.device) -> torch.Tensor:
-    """(n, size) 0/1 matrix; row t marks ``[c_t - (w - 1) // 2, c_t - (w - 1) // 2 + w - 1]`` clipped to the axis."""
-    c = torch.tensor(centers, device=device)[:, None]
+    """(n, size) 0/1 matrix; row t marks ``[c_t - (w - 1) // 2, c_t - (w - 1) // 2 + w - 1]`` (clipped to the
+    axis by construction), ``c_t = stride * (offset + step * t)``. Built on the device from ``arange`` (no
+    host-to-device copy, which would synchronize) and cached: shapes repeat every training step."""
+    offset, step, count = grid_axis
+    lo = stride * (offset + step * torch.arange(count, device=device)[:, None]) - (window - 1) // 2
     position = torch.arange(size, device=device)[None, :]
-    lo = c - (window - 1) // 2
     return ((position >= lo) & (position <= lo + window - 1)).to(dtype)
 
 
@@ -165,7 +169,8 @@ def composition_vectors(
         for i, axis in enumerate(order):
             if i == 1:
                 counts = counts.double()
-            m = _window_matrix(all_centers[axis], window[axis], size[axis], counts.dtype, volume.device)
+            m = _window_matrix((grid.offsets[axis], grid.steps[axis], grid.counts[axis]), stride[axis], window[axis],
+                               size[axis], counts.dtype, volume.device)
             counts = torch.matmul(counts.movedim(2 + axis, -1), m.T).movedim(-1, 2 + axis)
     counts = counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
     n_valid = counts[..., -1:]

@@ -54,13 +54,29 @@ def check_windows_fit_patch(config: CSSEConfig, patch_size, configuration: str =
         )
 
 
+class _GradientGate(torch.autograd.Function):
+    """Identity; its backward passes the gradient only where ``state["open"]`` (a bool tensor that the loss sets
+    after computing the term) is True, and zeros otherwise (NaN included). No host synchronization."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, state: dict) -> torch.Tensor:
+        ctx.state = state
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return torch.where(ctx.state["open"], grad, torch.zeros_like(grad)), None
+
+
 class CSSELoss(nn.Module):
     """nnU-Net's segmentation loss plus weighted PDCR terms; keeps per-epoch statistics of the terms.
 
     In training the network returns ``(seg_output, hidden)``; then the loss is
     ``seg_loss(seg_output, target) + sum_t weight_t * PDCR_t``. Validation outputs (no hidden) pass straight to
-    nnU-Net's loss. A non-finite PDCR term is left out of that step (the segmentation loss still trains), logged
-    and counted in ``skipped``, so it never poisons the weights silently.
+    nnU-Net's loss. A non-finite PDCR term is left out of that step: its value is replaced by 0 and a gradient
+    gate on its anchors zeroes whatever its backward produces, so it never poisons the weights; the segmentation
+    loss still trains and the skip is counted. All of this stays on the device (no host sync per step); the
+    statistics are read once per epoch.
     """
 
     def __init__(self, seg_loss: nn.Module, pdcr: PDCRLoss, weights: Mapping[str, float]) -> None:
@@ -80,22 +96,24 @@ class CSSELoss(nn.Module):
             return self.seg_loss(output, target)
         seg_output, hidden = output
         loss = self.seg_loss(seg_output, target)
-        terms = self.pdcr(hidden, target[0] if isinstance(target, (list, tuple)) else target)
-        names = list(terms)
-        values = torch.stack([terms[n].detach() for n in names]).tolist()  # one host sync for all terms
-        for name, value in zip(names, values):
-            if np.isfinite(value):
-                loss = loss + self.weights[name] * terms[name]
-                self.sums[name] += value
-                self.counts[name] += 1
-            else:
-                self.skipped[name] += 1
-                # keep the anchored layers in the graph with a zero gradient (DDP expects every parameter used)
-                loss = loss + 0.0 * sum(torch.nan_to_num(t.float()).sum() for t in hidden[name])
+        gates = {name: {} for name in hidden}
+        gated = {name: tuple(_GradientGate.apply(t, gates[name]) for t in tensors) for name, tensors in hidden.items()}
+        terms = self.pdcr(gated, target[0] if isinstance(target, (list, tuple)) else target)
+        for name, term in terms.items():
+            finite = torch.isfinite(term)
+            gates[name]["open"] = finite
+            value = torch.where(finite, term, torch.zeros_like(term))
+            loss = loss + self.weights[name] * value
+            self.sums[name] = self.sums[name] + value.detach()
+            self.counts[name] = self.counts[name] + finite
+            self.skipped[name] = self.skipped[name] + ~finite
         return loss
 
-    def epoch_means(self) -> dict[str, float]:
-        return {n: (self.sums[n] / self.counts[n]) if self.counts[n] else float("nan") for n in self.weights}
+    def epoch_statistics(self) -> tuple[dict[str, float], dict[str, int]]:
+        """(mean of each term over the steps where it was finite, number of steps it was skipped)."""
+        means = {n: float(self.sums[n]) / int(self.counts[n]) if int(self.counts[n]) else float("nan")
+                 for n in self.weights}
+        return means, {n: int(self.skipped[n]) for n in self.weights}
 
 
 class CSSELocalLogger(LocalLogger):
@@ -195,8 +213,7 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         if not self.pdcr_terms:
             return
-        means = self.loss.epoch_means()
-        skipped = self.loss.skipped
+        means, skipped = self.loss.epoch_statistics()
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
             dist.all_gather_object(gathered, (means, skipped))

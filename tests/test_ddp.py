@@ -61,7 +61,7 @@ def _worker(rank: int, world: int, port: int, results) -> None:
         gathered = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(gathered, flat)
         results[rank] = {"max_weight_diff": float((gathered[0] - gathered[1]).abs().max()),
-                         "counts": dict(loss_fn.counts), "loss": float(loss)}
+                         "counts": {k: int(v) for k, v in loss_fn.counts.items()}, "loss": float(loss)}
     finally:
         dist.destroy_process_group()
 

@@ -112,20 +112,24 @@ def test_wrapper_adds_weighted_terms_and_skips_non_finite_ones():
     terms = pdcr(hidden, target)
     expected = _DiceStandIn()(seg, [target]) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
     torch.testing.assert_close(wrapper((seg, hidden), [target]), expected)
-    assert wrapper.counts == {"encoder": 1, "cross": 1} and wrapper.skipped == {"encoder": 0, "cross": 0}
+    means, skipped = wrapper.epoch_statistics()
+    assert skipped == {"encoder": 0, "cross": 0}
+    torch.testing.assert_close(torch.tensor(means["cross"]), terms["cross"].detach(), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(wrapper(seg, [target]), _DiceStandIn()(seg, [target]))  # validation path
 
     class NonFiniteCross(PDCRLoss):  # e.g. an overflow inside the term while the features are fine
         def forward(self, hidden, target):
             terms = super().forward(hidden, target)
-            return dict(terms, cross=terms["cross"] + float("inf"))
+            return dict(terms, cross=terms["cross"] * float("nan"))  # NaN inside the graph, too
 
     wrapper.pdcr = NonFiniteCross(net.encoder_anchor_layers, (), CSSE, 3)
     value = wrapper((seg, hidden), [target])
     assert torch.isfinite(value)
-    assert wrapper.skipped["cross"] == 1 and wrapper.counts["cross"] == 1 and wrapper.counts["encoder"] == 2
+    means, skipped = wrapper.epoch_statistics()
+    assert skipped == {"encoder": 0, "cross": 1}
+    assert int(wrapper.counts["cross"]) == 1 and int(wrapper.counts["encoder"]) == 2
     value.backward()
-    grads = [p.grad for p in net.parameters()]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    means = wrapper.epoch_means()
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert grads["pdcr_projections.0.weight"].abs().sum() == 0  # the skipped term's heads got a zero gradient
     assert math.isfinite(means["cross"]) and math.isfinite(means["encoder"])
