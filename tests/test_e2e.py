@@ -165,3 +165,17 @@ def test_compare_and_split_on_real_trainings(planned, tmp_path):
     for full, part in zip(original, limited):
         assert part["val"] == full["val"] and set(part["train"]) < set(full["train"])
         assert len(part["train"]) == -(-len(full["train"]) // 2)
+
+
+def test_validation_only_with_npz(planned):
+    """`nnUNetv2_train ... --val --npz` reloads the CSSE checkpoint and re-runs nnU-Net's validation."""
+    if planned["dim"] != 2:
+        pytest.skip("one dataset is enough")
+    trainer = "nnUNetTrainerCSSE_2epochs_10iters"
+    fold = trained(planned, trainer) / "fold_0"
+    summary_before = json.loads((fold / "validation" / "summary.json").read_text())
+    run(["nnUNetv2_train", planned["id"], planned["config"], "0", "-tr", trainer, "-p", PLANS, "-device", "cpu",
+         "--val", "--npz"], planned["env"])
+    assert sorted(fold.glob("validation/*.npz")), "no probabilities exported by --npz"
+    summary_after = json.loads((fold / "validation" / "summary.json").read_text())
+    assert summary_after["foreground_mean"]["Dice"] == pytest.approx(summary_before["foreground_mean"]["Dice"])
