@@ -224,10 +224,6 @@ class CSSEUNet(nn.Module):
                 hook.remove()
         return maps
 
-    @staticmethod
-    def initialize(module: nn.Module) -> None:
-        InitWeights_He(1e-2)(module)
-
 
 def build_csse_network(
     arch_class_name: str,
