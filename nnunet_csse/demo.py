@@ -192,7 +192,7 @@ class Demo:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_csse.uncertainty import predict_uncertainty, to_input_geometry
+        from nnunet_csse.uncertainty import predict_uncertainty, preprocess_case, to_input_geometry
 
         image_file = sorted((self.dataset_folder / "imagesTs").glob("*_0000.nii.gz"))[0]
         case = image_file.name[: -len("_0000.nii.gz")]
@@ -201,13 +201,8 @@ class Demo:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's trainer lookup is chatty
             predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])),
                                                            use_folds=(0,))
-        reader = predictor.plans_manager.image_reader_writer_class()
-        image, properties = reader.read_images([str(image_file)])
-        data, _, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
-            image, None, properties, predictor.plans_manager, predictor.configuration_manager,
-            predictor.dataset_json)
-        uncertainty = to_input_geometry(predict_uncertainty(predictor, torch.from_numpy(data)), predictor,
-                                        properties)[0]
+        image, data, properties = preprocess_case(predictor, [str(image_file)])
+        uncertainty = to_input_geometry(predict_uncertainty(predictor, data), predictor, properties)[0]
 
         def read(path: Path) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))

@@ -79,6 +79,16 @@ def to_input_geometry(maps: torch.Tensor | np.ndarray, predictor, properties: di
     return full.transpose([0] + [i + 1 for i in plans_manager.transpose_backward])
 
 
+def preprocess_case(predictor, files: Sequence[str]) -> tuple[np.ndarray, torch.Tensor, dict]:
+    """Read one case's channel files and preprocess them as nnU-Net's predictor does.
+
+    Returns (image (C, *input spatial) as read, preprocessed data (C, *spatial), properties)."""
+    image, properties = predictor.plans_manager.image_reader_writer_class().read_images(list(files))
+    data, _, properties = predictor.configuration_manager.preprocessor_class(verbose=False).run_case_npy(
+        image, None, properties, predictor.plans_manager, predictor.configuration_manager, predictor.dataset_json)
+    return image, torch.from_numpy(data), properties
+
+
 def write_float_image(array: np.ndarray, path: Path, properties: dict) -> None:
     """Write a (1 or Z, Y, X) float map with the input's spacing/origin/direction (SimpleITK-read inputs)."""
     import SimpleITK as sitk
@@ -151,14 +161,10 @@ def predict_folder_with_uncertainty(
         raise ValueError(f"no '{ending}' images named CASE_0000{ending} in {input_folder}")
     output_folder.mkdir(parents=True, exist_ok=True)
     reader = predictor.plans_manager.image_reader_writer_class()
-    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     written = []
     for files in cases:
         case = Path(files[0]).name[: -len(f"_0000{ending}")]
-        image, properties = reader.read_images(files)
-        data, _, properties = preprocessor.run_case_npy(image, None, properties, predictor.plans_manager,
-                                                        predictor.configuration_manager, predictor.dataset_json)
-        data = torch.from_numpy(data)
+        image, data, properties = preprocess_case(predictor, files)
         logits = predictor.predict_logits_from_preprocessed_data(data)
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
