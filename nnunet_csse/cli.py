@@ -1,6 +1,7 @@
 """The ``nnunet-csse`` command line.
 
     nnunet-csse trainers-path          print the folder to export as nnUNet_extTrainer
+    nnunet-csse check                  check nnUNet_extTrainer and nnU-Net's folders; print the fix if needed
     nnunet-csse synth ...              write a synthetic dataset in nnU-Net raw format
     nnunet-csse plans list             list the plans presets
     nnunet-csse plans apply PRESET -d DATASET [-c CONFIG ...]
@@ -24,17 +25,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_csse import compare, splits
-
-
-def trainers_path() -> str:
-    """The folder holding the trainer re-exports (works for editable and regular installs)."""
-    import nnunet_csse.ext_trainers as ext
-
-    return os.path.dirname(os.path.abspath(ext.__file__))
+from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, trainers_path
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
     print(trainers_path())
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    problems = [p for p in (ext_trainer_problem(), *nnunet_folder_problems()) if p]
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"ok: nnUNet_extTrainer lists {trainers_path()}; nnUNet_raw, nnUNet_preprocessed and nnUNet_results "
+          f"are existing folders")
     return 0
 
 
@@ -80,6 +86,9 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
         return 2
     print(f"wrote {target}")
     print(f"train with: nnUNetv2_train {args.dataset} CONFIG FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
+    problem = ext_trainer_problem()
+    if problem:
+        print(f"note: {problem}")
     return 0
 
 
@@ -120,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trainers-path", help="print the folder to use as nnUNet_extTrainer")
     p.set_defaults(func=_cmd_trainers_path)
+
+    p = sub.add_parser("check", help="check that nnU-Net finds the CSSE trainers and its folders (prints fixes)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("synth", help="write a seeded synthetic dataset in nnU-Net raw format")
     p.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id (1-999)")

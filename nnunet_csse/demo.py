@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_csse.environment import trainers_path
+
 DEMO_DATASET_ID = 987
 DEMO_NAME = "CSSEDemo"
 TRAINERS = {"baseline": "nnUNetTrainer_demo", "CSSE": "nnUNetTrainerCSSE_demo"}
@@ -73,8 +75,6 @@ class Demo:
                         nnUNet_compile="false", nnUNet_csse_demo_epochs=str(settings.epochs),
                         nnUNet_csse_demo_iterations=str(settings.iterations),
                         nnUNet_csse_demo_seed=str(settings.seed))
-        from nnunet_csse.cli import trainers_path
-
         self.env["nnUNet_extTrainer"] = trainers_path()
         self.dataset_folder = self.raw / f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}"
 

@@ -30,6 +30,21 @@ from nnunet_csse.uafs import UAFSBlock
 SUPPORTED_ARCHITECTURES = (PlainConvUNet, ResidualEncoderUNet)
 
 
+def unsupported_architecture_message(arch_class_name: str) -> str:
+    return (
+        f"nnunet-csse supports the network classes PlainConvUNet and ResidualEncoderUNet of "
+        f"dynamic_network_architectures (nnU-Net's default and ResEnc plans); this plan's configuration uses "
+        f"'{arch_class_name}'. Plan the dataset with nnU-Net's default planner or nnUNetPlannerResEnc(M/L/XL), "
+        f"or train this plan with a non-CSSE trainer."
+    )
+
+
+def check_supported_architecture(arch_class_name: str) -> None:
+    """Raise a ``ValueError`` naming the class and the fix if the plans' network class is not supported."""
+    if arch_class_name.split(".")[-1] not in {cls.__name__ for cls in SUPPORTED_ARCHITECTURES}:
+        raise ValueError(unsupported_architecture_message(arch_class_name))
+
+
 def resolve_levels(requested: Sequence[int], available: int) -> tuple[int, ...]:
     """Map requested resolution levels onto ``range(available)``.
 
@@ -60,12 +75,7 @@ class CSSEUNet(nn.Module):
     def __init__(self, base: nn.Module, config: CSSEConfig) -> None:
         super().__init__()
         if not isinstance(base, SUPPORTED_ARCHITECTURES) or type(base.decoder) is not UNetDecoder:
-            raise ValueError(
-                f"nnunet-csse supports the network classes PlainConvUNet and ResidualEncoderUNet of "
-                f"dynamic_network_architectures (nnU-Net's default and ResEnc plans); this plan uses "
-                f"{type(base).__module__}.{type(base).__name__}. Use a plan with one of the supported classes "
-                f"(e.g. nnUNetPlans or nnUNetResEncUNet*Plans)."
-            )
+            raise ValueError(unsupported_architecture_message(f"{type(base).__module__}.{type(base).__name__}"))
         self.config = config
         self.encoder = base.encoder
         self.decoder = base.decoder
@@ -237,13 +247,7 @@ def build_csse_network(
     """Build the plan's U-Net with nnU-Net's own builder, then wrap it with UAFS / PDCR parts."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    short = arch_class_name.split(".")[-1]
-    if short not in {cls.__name__ for cls in SUPPORTED_ARCHITECTURES}:
-        raise ValueError(
-            f"nnunet-csse supports the network classes PlainConvUNet and ResidualEncoderUNet (nnU-Net's default "
-            f"and ResEnc plans); this plan's configuration uses '{arch_class_name}'. Plan the dataset with "
-            f"nnU-Net's default planner or nnUNetPlannerResEnc(M/L/XL), or train it with a non-CSSE trainer."
-        )
+    check_supported_architecture(arch_class_name)
     base = get_network_from_plans(arch_class_name, arch_kwargs, arch_kwargs_req_import, num_input_channels,
                                   num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
     return CSSEUNet(base, config)

@@ -25,11 +25,12 @@ import torch
 import torch.distributed as dist
 from nnunetv2.training.logging.nnunet_logger import LocalLogger
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_csse.config import CSSEConfig, config_from_plans
-from nnunet_csse.network import CSSEUNet, build_csse_network
+from nnunet_csse.network import CSSEUNet, build_csse_network, check_supported_architecture
 from nnunet_csse.pdcr import PDCRLoss
 
 PDCR_TERMS = ("encoder", "cross", "decoder")
@@ -51,6 +52,19 @@ def check_windows_fit_patch(config: CSSEConfig, patch_size, configuration: str =
         raise ValueError(
             f"csse setting 'pdcr_windows' {list(config.pdcr_windows)} has window(s) {too_large} larger than the "
             f"patch {list(patch_size)} of configuration '{configuration}'; use windows <= {min(patch_size)} voxels"
+        )
+
+
+def check_labels_consecutive(label_manager: LabelManager, dataset_json: dict) -> None:
+    """nnU-Net's one-hot losses and PDCR's composition vectors index classes by label value, so the values
+    must run 0, 1, 2, ... (ignore label last); nnU-Net itself checks this only with --verify_dataset_integrity."""
+    values = [int(v) for v in label_manager.all_labels]
+    values = sorted(values + ([int(label_manager.ignore_label)] if label_manager.has_ignore_label else []))
+    if values != list(range(len(values))):
+        raise ValueError(
+            f"dataset.json labels {dataset_json['labels']} are not consecutive (0, 1, 2, ...): label values "
+            f"{values} leave gaps. Renumber the ground-truth files and dataset.json so the labels run 0..K-1 (the "
+            f"ignore label, if any, last), then re-run nnUNetv2_plan_and_preprocess --verify_dataset_integrity."
         )
 
 
@@ -163,10 +177,13 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        # validate the settings before nnU-Net's __init__ creates output folders and log files
-        configuration_manager = PlansManager(plans).get_configuration(configuration)
+        # validate plans, settings and labels before nnU-Net's __init__ creates output folders and log files
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        check_supported_architecture(configuration_manager.network_arch_class_name)
         csse_config = config_from_plans(self.csse_defaults, configuration_manager.configuration, configuration)
         check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
+        check_labels_consecutive(plans_manager.get_label_manager(dataset_json), dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.csse_config = csse_config
         self.pdcr_terms = tuple(t for t in PDCR_TERMS if getattr(self.csse_config, f"pdcr_{t}_weight") > 0)

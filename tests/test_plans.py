@@ -2,38 +2,13 @@ import json
 
 import pytest
 import torch
-from conftest import PLAIN, REQ_IMPORT, arch_kwargs
+from conftest import write_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_csse.cli import main
 from nnunet_csse.network import CSSEUNet
 from nnunet_csse.plans import apply_preset, list_presets, load_preset
 from nnunet_csse.training import nnUNetTrainerCSSE
-
-
-def write_plans(preprocessed, dataset="Dataset042_Toy"):
-    folder = preprocessed / dataset
-    folder.mkdir(parents=True)
-    configurations = {}
-    for dim, name in ((2, "2d"), (3, "3d_fullres")):
-        configurations[name] = {
-            "data_identifier": f"nnUNetPlans_{name}", "preprocessor_name": "DefaultPreprocessor", "batch_size": 4,
-            "patch_size": [32] * dim, "spacing": [1.0] * dim, "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [False], "resampling_fn_data": "resample_data_or_seg_to_shape",
-            "resampling_fn_seg": "resample_data_or_seg_to_shape", "resampling_fn_data_kwargs": {},
-            "resampling_fn_seg_kwargs": {}, "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-            "resampling_fn_probabilities_kwargs": {}, "batch_dice": True,
-            "architecture": {"network_class_name": PLAIN, "arch_kwargs": arch_kwargs(dim, PLAIN, features=32),
-                             "_kw_requires_import": REQ_IMPORT},
-        }
-    configurations["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_fullres"}
-    plans = {"dataset_name": dataset, "plans_name": "nnUNetPlans", "configurations": configurations,
-             "original_median_spacing_after_transp": [1, 1, 1], "original_median_shape_after_transp": [32, 32, 32],
-             "image_reader_writer": "SimpleITKIO", "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-             "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {}}
-    (folder / "nnUNetPlans.json").write_text(json.dumps(plans, indent=4))
-    return folder
 
 
 def test_shipped_presets_load():

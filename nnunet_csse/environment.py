@@ -1,0 +1,58 @@
+"""Diagnose the environment nnU-Net needs to find the CSSE trainers (``nnunet-csse check``).
+
+nnU-Net finds trainers outside its own package only through ``nnUNet_extTrainer`` (a list of folders joined
+with ``os.pathsep``). When the variable is unset or lists other folders only, ``nnUNetv2_train`` and
+``nnUNetv2_predict`` stop with "Could not find requested nnunet trainer ..."; this module says why and prints
+the export line that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+
+def trainers_path() -> str:
+    """The folder holding the trainer re-exports (works for editable and regular installs)."""
+    import nnunet_csse.ext_trainers as ext
+
+    return os.path.dirname(os.path.abspath(ext.__file__))
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+
+
+def ext_trainer_problem(environ: dict[str, str] | None = None) -> str | None:
+    """None when ``nnUNet_extTrainer`` lists this package's trainer folder, else the problem and its fix."""
+    environ = os.environ if environ is None else environ
+    ours = trainers_path()
+    current = environ.get("nnUNet_extTrainer", "")
+    folders = [f for f in current.split(os.pathsep) if f.strip()]
+    if any(_same_folder(folder, ours) for folder in folders):
+        return None
+    if not folders:
+        problem = "nnUNet_extTrainer is not set, so nnU-Net cannot find the CSSE trainers"
+        line = f"export nnUNet_extTrainer={shlex.quote(ours)}"
+    else:
+        problem = (f"nnUNet_extTrainer={current} does not list the CSSE trainer folder, so nnU-Net cannot find "
+                   f"the CSSE trainers")
+        # keep the user's own trainer folders: nnU-Net searches every folder in the list
+        line = f"export nnUNet_extTrainer={shlex.quote(current + os.pathsep + ours)}"
+    return (f"{problem} (nnUNetv2_train / nnUNetv2_predict stop with 'Could not find requested nnunet trainer').\n"
+            f"Fix: run\n    {line}\n(add it to your shell profile next to nnUNet_raw, nnUNet_preprocessed and "
+            f"nnUNet_results).")
+
+
+def nnunet_folder_problems(environ: dict[str, str] | None = None) -> list[str]:
+    """nnU-Net's three folder variables that are unset or point to no existing folder."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        value = environ.get(name)
+        if not value:
+            problems.append(f"{name} is not set. Fix: export {name}=/path/to/{name} (see nnU-Net's "
+                            f"documentation/set_environment_variables.md)")
+        elif not os.path.isdir(value):
+            problems.append(f"{name}={value} is not an existing folder. Fix: create it or point {name} elsewhere")
+    return problems

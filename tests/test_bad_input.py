@@ -1,0 +1,119 @@
+"""Bad input fails with a message naming the problem and the fix, and nothing lands in nnU-Net's folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import write_plans
+from nnunetv2.run.run_training import get_trainer_from_args
+
+from nnunet_csse.environment import ext_trainer_problem, trainers_path
+
+BIN = os.path.dirname(sys.executable)
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumor": 2},
+                "numTraining": 2, "file_ending": ".nii.gz"}
+
+
+@pytest.fixture
+def dataset(nnunet_dirs, monkeypatch):
+    """Plans + dataset.json of Dataset042_Toy in nnUNet_preprocessed (all nnUNetv2_train reads first)."""
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    folder = write_plans(nnunet_dirs["nnUNet_preprocessed"])
+    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
+    return folder
+
+
+def edit(folder, labels=None, network_class=None, csse=None) -> None:
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    fullres = plans["configurations"]["3d_fullres"]
+    if network_class:
+        fullres["architecture"]["network_class_name"] = network_class
+    if csse is not None:
+        fullres["csse"] = csse
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    if labels:
+        (folder / "dataset.json").write_text(json.dumps(dict(DATASET_JSON, labels=labels)))
+
+
+def start_training(trainer: str = "nnUNetTrainerCSSE"):
+    """What ``nnUNetv2_train 42 3d_fullres 0 -tr <trainer> -device cpu`` does before anything else."""
+    return get_trainer_from_args("42", "3d_fullres", 0, trainer, "nnUNetPlans", device=torch.device("cpu"))
+
+
+def test_valid_plans_start_a_training(dataset, nnunet_dirs):
+    """The control: with valid input the same call gets as far as nnU-Net's output folder."""
+    trainer = start_training()
+    assert trainer.csse_config.uafs_decoder and os.path.isdir(trainer.output_folder)
+    assert any(nnunet_dirs["nnUNet_results"].iterdir())
+
+
+@pytest.mark.parametrize("change,messages", [
+    ({"labels": {"background": 0, "organ": 1, "tumor": 3}},
+     ["not consecutive", "[0, 1, 3]", "--verify_dataset_integrity"]),
+    ({"labels": {"background": 0, "organ": 2}}, ["not consecutive", "[0, 2]"]),
+    ({"network_class": "dynamic_network_architectures.architectures.unet.ResidualUNet"},
+     ["ResidualUNet", "PlainConvUNet and ResidualEncoderUNet", "nnUNetPlannerResEnc"]),
+    ({"csse": {"pdcr_temprature": 1.0}}, ["unknown csse setting", "pdcr_temprature", "3d_fullres"]),
+    ({"csse": {"pdcr_encoder_weight": -0.5}}, ["pdcr_encoder_weight", "3d_fullres"]),
+    ({"csse": {"pdcr_windows": [5, 65]}}, ["larger than the patch", "3d_fullres"]),
+])
+def test_bad_input_is_named_before_nnunet_writes_anything(dataset, nnunet_dirs, change, messages):
+    edit(dataset, **change)
+    before = sorted(p.relative_to(dataset) for p in dataset.rglob("*"))
+    with pytest.raises(ValueError) as info:
+        start_training()
+    for message in messages:
+        assert message in str(info.value)
+    assert not any(nnunet_dirs["nnUNet_results"].iterdir()), "a results folder was created"
+    assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
+
+
+def test_ext_trainer_problem_and_fix(tmp_path):
+    ours = trainers_path()
+    assert ext_trainer_problem({"nnUNet_extTrainer": ours}) is None
+    assert ext_trainer_problem({"nnUNet_extTrainer": f"{tmp_path}{os.pathsep}{ours}{os.pathsep}"}) is None
+    unset = ext_trainer_problem({})
+    assert "not set" in unset and f"export nnUNet_extTrainer={ours}" in unset
+    elsewhere = ext_trainer_problem({"nnUNet_extTrainer": str(tmp_path)})
+    assert "does not list" in elsewhere and f"export nnUNet_extTrainer={tmp_path}{os.pathsep}{ours}" in elsewhere
+
+
+def run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([os.path.join(BIN, args[0]), *args[1:]], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("setting", ["unset", "elsewhere"])
+def test_missing_trainer_folder_is_explained_and_the_printed_line_fixes_it(setting, nnunet_dirs, tmp_path):
+    """nnU-Net's own lookup fails without writing anything; ``nnunet-csse check`` prints the line that fixes it,
+    keeping the user's own trainer folder in the list."""
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    own = tmp_path / "my_trainers"
+    own.mkdir()
+    (own / "my_trainer.py").write_text("from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+                                       "class nnUNetTrainerMine(nnUNetTrainer):\n    pass\n")
+    if setting == "elsewhere":
+        env["nnUNet_extTrainer"] = str(own)
+    failed = run(["nnUNetv2_train", "42", "3d_fullres", "0", "-tr", "nnUNetTrainerCSSE", "-device", "cpu"], env)
+    assert failed.returncode != 0
+    assert "Could not find requested nnunet trainer nnUNetTrainerCSSE" in failed.stderr
+    assert not any(nnunet_dirs["nnUNet_results"].iterdir())
+
+    check = run(["nnunet-csse", "check"], env)
+    assert check.returncode == 1
+    export = next(line.strip() for line in check.stderr.splitlines() if "export nnUNet_extTrainer=" in line)
+    assert "nnUNet_raw is not set" not in check.stderr  # the three folder variables are set here
+    wanted = ["nnUNetTrainerCSSE"] + (["nnUNetTrainerMine"] if setting == "elsewhere" else [])
+    lookup = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find; "
+              f"print([find(n).__name__ for n in {wanted!r}])")
+    fixed = subprocess.run(["bash", "-c", f"{export} && {shlex.quote(sys.executable)} -c {shlex.quote(lookup)} && "
+                            f"{shlex.quote(os.path.join(BIN, 'nnunet-csse'))} check"],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert fixed.returncode == 0, fixed.stderr
+    assert str(wanted) in fixed.stdout and "ok: nnUNet_extTrainer lists" in fixed.stdout
