@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -94,8 +97,9 @@ def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
         for term in ("encoder", "cross"):
             assert len(re.findall(rf": pdcr_{term} -?\d+\.\d+", log)) == 2  # one line per epoch
         assert "receptive field (23, 23, 23)" in log if planned["dim"] == 3 else "receptive field" in log
-        # the progress plot gets a PDCR panel under nnU-Net's three (30 x 54 inch figure at 100 dpi)
-        assert plt.imread(fold / "progress.png").shape[0] > 5400
+        # nnU-Net's progress plot stays as it is; the PDCR curves get their own small plot
+        assert plt.imread(fold / "progress.png").shape[:2] == (5400, 3000)
+        assert plt.imread(fold / "progress_pdcr.png").shape[:2] == (500, 1200)
 
     raw = next((planned["root"] / "nnUNet_raw").glob(f"Dataset{planned['id']}_*"))
     out = tmp_path / "pred"
@@ -179,3 +183,64 @@ def test_validation_only_with_npz(planned):
     assert sorted(fold.glob("validation/*.npz")), "no probabilities exported by --npz"
     summary_after = json.loads((fold / "validation" / "summary.json").read_text())
     assert summary_after["foreground_mean"]["Dice"] == pytest.approx(summary_before["foreground_mean"]["Dice"])
+
+
+def test_resume_after_interruption(planned, tmp_path, monkeypatch):
+    """A CSSE training killed in epoch 1 continues with ``--c`` from checkpoint_latest: same network (UAFS and
+    projection heads included), optimizer state, PDCR logs and epoch."""
+    if planned["dim"] != 2:
+        pytest.skip("one dataset is enough")
+    trainer, env = "nnUNetTrainerCSSE_2epochs_10iters", dict(planned["env"], nnUNet_n_proc_DA="0")
+    cmd = [os.path.join(BIN, "nnUNetv2_train"), planned["id"], planned["config"], "1", "-tr", trainer, "-p", PLANS,
+           "-device", "cpu"]
+    results = planned["root"] / "nnUNet_results"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    logs = "*/*/fold_1/training_log_*"
+    while not any(re.search(r": Epoch 1 ?$", log.read_text(), re.M) for log in results.glob(logs)):
+        assert proc.poll() is None and time.time() < deadline, "the training ended before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the interruption: no clean shutdown
+    proc.wait()
+    fold = next(results.glob(f"*/{trainer}__{PLANS}__{planned['config']}")) / "fold_1"
+    assert (fold / "checkpoint_latest.pth").exists() and not (fold / "checkpoint_final.pth").exists()
+    latest = shutil.copy(fold / "checkpoint_latest.pth", tmp_path / "latest.pth")  # --c deletes it when done
+    logs_before = set(fold.glob("training_log_*.txt"))
+
+    run(["nnUNetv2_train", *cmd[1:], "--c"], env)
+    new_logs = set(fold.glob("training_log_*.txt")) - logs_before
+    assert len(new_logs) == 1
+    new_log = new_logs.pop().read_text()
+    assert re.search(r": Epoch 1 ?$", new_log, re.M) and not re.search(r": Epoch 0 ?$", new_log, re.M)
+    assert len(re.findall(r": pdcr_encoder -?\d+\.\d+", new_log)) == 1
+    final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    assert len(final["logging"]["pdcr_encoder"]) == 2 and np.isfinite(final["logging"]["pdcr_encoder"]).all()
+
+    # what --c restored (nnU-Net's own loading path, in process)
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        monkeypatch.setenv(name, env[name])
+    saved = torch.load(latest, map_location="cpu", weights_only=False)
+    resumed = get_trainer_from_args(planned["id"], planned["config"], 1, trainer, PLANS, continue_training=True,
+                                    device=torch.device("cpu"))
+    resumed.load_checkpoint(str(latest))
+    assert resumed.current_epoch == saved["current_epoch"] == 1
+    state = resumed.network.state_dict()
+    assert state.keys() == saved["network_weights"].keys()
+    assert any(k.startswith("pdcr_projections.") for k in state) and any(k.startswith("decoder_uafs.") for k in state)
+    for key, value in saved["network_weights"].items():
+        assert torch.equal(state[key], value), key
+    # every parameter was being optimized (UAFS and projection heads included) and gets its momentum back;
+    # only the lowest-resolution segmentation head has none: nnU-Net weights that output 0 outside DDP
+    optimizer_state = resumed.optimizer.state_dict()["state"]
+    names = [name for name, _ in resumed.network.named_parameters()]
+    assert {names[i] for i in range(len(names)) if i not in optimizer_state} == \
+        {"decoder.seg_layers.0.weight", "decoder.seg_layers.0.bias"}
+    assert optimizer_state.keys() == saved["optimizer_state"]["state"].keys()
+    for index, buffers in saved["optimizer_state"]["state"].items():
+        assert torch.equal(optimizer_state[index]["momentum_buffer"], buffers["momentum_buffer"]), names[index]
+    assert resumed.logger.local_logger.my_fantastic_logging["pdcr_encoder"] == saved["logging"]["pdcr_encoder"]
+    assert any(not torch.equal(final["network_weights"][k], v) for k, v in saved["network_weights"].items())

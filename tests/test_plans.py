@@ -47,7 +47,8 @@ def test_csse_settings_reach_the_trainer_network(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    write_plans(tmp_path)
+    folder = write_plans(tmp_path)
+    before = sorted(folder.iterdir())
     with pytest.raises(ValueError, match="dataset '7' not found"):
         apply_preset("cpu_tiny", 7, preprocessed_root=tmp_path)
     with pytest.raises(ValueError, match=r"\['3d_lowres'\] do not exist"):
@@ -60,6 +61,7 @@ def test_errors_name_the_problem(tmp_path):
     bad.write_text(json.dumps({"csse": {"pdcr_encoder_weight": -1}}))
     with pytest.raises(ValueError, match="pdcr_encoder_weight"):
         apply_preset(str(bad), 42, preprocessed_root=tmp_path)
+    assert sorted(folder.iterdir()) == before  # nothing written by the failed calls
     foreign = tmp_path / "Dataset042_Toy" / "nnUNetPlansCSSE_cpu_tiny.json"
     foreign.write_text("{}")
     with pytest.raises(ValueError, match="not written by nnunet-csse"):
