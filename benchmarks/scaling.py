@@ -6,7 +6,7 @@ computation) on fresh leaf feature maps; the median of ``reps`` timed calls afte
 - anchors: fixed patch, anchor spacing swept with the min/max anchor bounds lifted (N per layer, the similarity
   and distance matrices are N x N per sample);
 - patch: the trainer's default anchor settings, patch side swept (label volume and anchor count both grow);
-- classes: fixed patch and anchors, K swept (the one-hot masks and summed-area table have K + 1 channels).
+- classes: fixed patch and anchors, K swept (the label volume and its window sums have K + 1 channels).
 """
 
 from __future__ import annotations

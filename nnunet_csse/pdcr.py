@@ -260,8 +260,9 @@ def pdcr_pair_loss(
 class PDCRLoss(nn.Module):
     """The PDCR terms of one training step (method.md section 2, steps 1-7), unweighted.
 
-    Composition vectors of every anchored layer come from one summed-area table of the full-resolution target,
-    on the anchor grid the network used (``CSSEConfig.anchor_grid``), so no loop runs over anchors or voxels.
+    Composition vectors of every anchored layer come from separable window sums over one label volume of the
+    full-resolution target (``composition_vectors``), on the anchor grid the network used
+    (``CSSEConfig.anchor_grid``), so no loop runs over anchors or voxels.
 
     Args:
         encoder_layers: anchored encoder maps (``CSSEUNet.encoder_anchor_layers``); the first two also form the
