@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 
 
 def trainers_path() -> str:
@@ -23,7 +24,7 @@ def _same_folder(a: str, b: str) -> bool:
     return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
 
 
-def ext_trainer_problem(environ: dict[str, str] | None = None) -> str | None:
+def ext_trainer_problem(environ: Mapping[str, str] | None = None) -> str | None:
     """None when ``nnUNet_extTrainer`` lists this package's trainer folder, else the problem and its fix."""
     environ = os.environ if environ is None else environ
     ours = trainers_path()
@@ -44,7 +45,7 @@ def ext_trainer_problem(environ: dict[str, str] | None = None) -> str | None:
             f"nnUNet_results).")
 
 
-def nnunet_folder_problems(environ: dict[str, str] | None = None) -> list[str]:
+def nnunet_folder_problems(environ: Mapping[str, str] | None = None) -> list[str]:
     """nnU-Net's three folder variables that are unset or point to no existing folder."""
     environ = os.environ if environ is None else environ
     problems = []
@@ -52,7 +53,7 @@ def nnunet_folder_problems(environ: dict[str, str] | None = None) -> list[str]:
         value = environ.get(name)
         if not value:
             problems.append(f"{name} is not set. Fix: export {name}=/path/to/{name} (see nnU-Net's "
-                            f"documentation/set_environment_variables.md)")
+                            f"documentation/setting_up_paths.md)")
         elif not os.path.isdir(value):
             problems.append(f"{name}={value} is not an existing folder. Fix: create it or point {name} elsewhere")
     return problems
