@@ -8,6 +8,8 @@
                                        write a new plans identifier <source>CSSE_<PRESET> from a preset
     nnunet-csse demo [--workdir DIR] [--device cpu|cuda] [--dim 2d|3d] [--epochs N]
                                        baseline vs CSSE on a hard synthetic dataset, end to end
+    nnunet-csse pretrained -i CHECKPOINT -o OUT -d DATASET -c CONFIG [-tr TRAINER] [-p PLANS]
+                                       plain nnU-Net weights + fresh CSSE modules, for -pretrained_weights
     nnunet-csse uncertainty -i IN -o OUT -m MODEL_FOLDER [-f FOLD]
                                        segmentations + UAFS uncertainty maps (same geometry as the input)
     nnunet-csse split -d DATASET --fraction 0.25 [--seed S] [--install | --restore]
@@ -109,6 +111,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrained(args: argparse.Namespace) -> int:
+    from nnunet_csse.pretrained import add_csse_modules
+
+    try:
+        added = add_csse_modules(args.input, args.output, args.dataset, args.configuration, args.trainer, args.plans)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}: the pretrained weights plus {len(added)} freshly initialized CSSE tensors")
+    print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer} -p {args.plans} "
+          f"-pretrained_weights {args.output}")
+    return 0
+
+
 def _cmd_uncertainty(args: argparse.Namespace) -> int:
     from nnunet_csse.uncertainty import predict_folder_with_uncertainty
 
@@ -173,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reset", action="store_true", help="delete earlier demo outputs in --workdir first")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("pretrained", help="add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
+    p.add_argument("-i", "--input", required=True, help="nnU-Net checkpoint (e.g. .../fold_0/checkpoint_final.pth)")
+    p.add_argument("-o", "--output", required=True, help="new checkpoint file to write")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name you will fine-tune on")
+    p.add_argument("-c", "--configuration", required=True, help="configuration you will train")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainerCSSE", help="CSSE trainer you will train with")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier you will train with")
+    p.set_defaults(func=_cmd_pretrained)
 
     p = sub.add_parser("uncertainty", help="segment a folder and write UAFS uncertainty maps + PNG overlays")
     p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> images")
