@@ -12,6 +12,8 @@ import os
 import shlex
 from collections.abc import Mapping
 
+REEXPORT_MODULE = "nnunet_csse_trainers.py"
+
 
 def trainers_path() -> str:
     """The folder holding the trainer re-exports (works for editable and regular installs)."""
@@ -20,8 +22,12 @@ def trainers_path() -> str:
     return os.path.dirname(os.path.abspath(ext.__file__))
 
 
-def _same_folder(a: str, b: str) -> bool:
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
+def _is_csse_trainer_folder(folder: str, ours: str) -> bool:
+    """Our folder, or another copy of it (e.g. the ``trainers/`` folder of a checkout next to a regular
+    install): its re-export module imports the installed ``nnunet_csse`` either way."""
+    if not os.path.isdir(folder):
+        return False
+    return os.path.samefile(folder, ours) or os.path.isfile(os.path.join(folder, REEXPORT_MODULE))
 
 
 def ext_trainer_problem(environ: Mapping[str, str] | None = None) -> str | None:
@@ -30,7 +36,7 @@ def ext_trainer_problem(environ: Mapping[str, str] | None = None) -> str | None:
     ours = trainers_path()
     current = environ.get("nnUNet_extTrainer", "")
     folders = [f for f in current.split(os.pathsep) if f.strip()]
-    if any(_same_folder(folder, ours) for folder in folders):
+    if any(_is_csse_trainer_folder(folder, ours) for folder in folders):
         return None
     if not folders:
         problem = "nnUNet_extTrainer is not set, so nnU-Net cannot find the CSSE trainers"

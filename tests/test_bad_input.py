@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +79,10 @@ def test_ext_trainer_problem_and_fix(tmp_path):
     ours = trainers_path()
     assert ext_trainer_problem({"nnUNet_extTrainer": ours}) is None
     assert ext_trainer_problem({"nnUNet_extTrainer": f"{tmp_path}{os.pathsep}{ours}{os.pathsep}"}) is None
+    checkout = tmp_path / "checkout" / "trainers"  # another copy of the re-export folder
+    checkout.mkdir(parents=True)
+    shutil.copy(os.path.join(ours, "nnunet_csse_trainers.py"), checkout)
+    assert ext_trainer_problem({"nnUNet_extTrainer": str(checkout)}) is None
     unset = ext_trainer_problem({})
     assert "not set" in unset and f"export nnUNet_extTrainer={ours}" in unset
     elsewhere = ext_trainer_problem({"nnUNet_extTrainer": str(tmp_path)})
