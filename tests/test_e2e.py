@@ -39,6 +39,11 @@ def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
     return proc
 
 
+def logged_pdcr(log: str, term: str) -> list[float]:
+    """The per-epoch values of one PDCR term in an nnU-Net training log (``...: pdcr_encoder 4.1234``)."""
+    return [float(v) for v in re.findall(rf": pdcr_{term} (-?\d+\.\d+|nan|-?inf)", log)]
+
+
 def nnunet_env(root) -> dict:
     env = dict(os.environ)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -95,7 +100,8 @@ def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
     log = next(fold.glob("training_log_*.txt")).read_text()
     if "CSSE" in trainer:  # PDCR terms logged next to nnU-Net's losses
         for term in ("encoder", "cross"):
-            assert len(re.findall(rf": pdcr_{term} -?\d+\.\d+", log)) == 2  # one line per epoch
+            values = logged_pdcr(log, term)
+            assert len(values) == 2 and np.isfinite(values).all()  # one line per epoch
         assert "receptive field (23, 23, 23)" in log if planned["dim"] == 3 else "receptive field" in log
         # nnU-Net's progress plot stays as it is; the PDCR curves get their own small plot
         assert plt.imread(fold / "progress.png").shape[:2] == (5400, 3000)
@@ -213,7 +219,7 @@ def test_resume_after_interruption(planned, tmp_path, monkeypatch):
     assert len(new_logs) == 1
     new_log = new_logs.pop().read_text()
     assert re.search(r": Epoch 1 ?$", new_log, re.M) and not re.search(r": Epoch 0 ?$", new_log, re.M)
-    assert len(re.findall(r": pdcr_encoder -?\d+\.\d+", new_log)) == 1
+    assert len(logged_pdcr(new_log, "encoder")) == 1
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 2
     assert len(final["logging"]["pdcr_encoder"]) == 2 and np.isfinite(final["logging"]["pdcr_encoder"]).all()

@@ -7,11 +7,10 @@ patches without foreground are covered by the cascade dataset of ``test_workflow
 from __future__ import annotations
 
 import json
-import re
 
 import numpy as np
 import pytest
-from test_e2e import PLANS, nnunet_env, run
+from test_e2e import PLANS, logged_pdcr, nnunet_env, run
 
 pytestmark = pytest.mark.e2e
 TRAINER = "nnUNetTrainerCSSE_2epochs_10iters"
@@ -32,7 +31,7 @@ def test_csse_trains_on_awkward_datasets(name, synth, config, tmp_path):
     fold = next((tmp_path / "nnUNet_results").glob("Dataset910_*")) / f"{TRAINER}__{PLANS}__{config}" / "fold_0"
     log = next(fold.glob("training_log_*.txt")).read_text()
     for term in ("encoder", "cross"):
-        values = [float(v) for v in re.findall(rf": pdcr_{term} (-?\d+\.\d+|nan)", log)]
+        values = logged_pdcr(log, term)
         assert len(values) == 2 and all(np.isfinite(values)), values
     assert "non-finite" not in log
     summary = json.loads((fold / "validation" / "summary.json").read_text())

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_e2e import nnunet_env, run
+from test_e2e import logged_pdcr, nnunet_env, run
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.network import CSSEUNet
@@ -78,7 +78,7 @@ def test_resenc_anisotropic_lowres_and_cascade_train(workflow, monkeypatch):
         fold = model_folder(workflow["root"], config) / "fold_0"
         log = next(fold.glob("training_log_*.txt")).read_text()
         for term in ("encoder", "cross"):
-            values = [float(v) for v in re.findall(rf": pdcr_{term} (-?\d+\.\d+|nan)", log)]
+            values = logged_pdcr(log, term)
             assert len(values) == 2 and all(np.isfinite(values)), values
         assert "non-finite" not in log
         # anisotropic receptive fields: the 4 mm axis grows slower than the in-plane ones
