@@ -22,12 +22,10 @@ def trainers_path() -> str:
     return os.path.dirname(os.path.abspath(ext.__file__))
 
 
-def _is_csse_trainer_folder(folder: str, ours: str) -> bool:
+def _is_csse_trainer_folder(folder: str) -> bool:
     """Our folder, or another copy of it (e.g. the ``trainers/`` folder of a checkout next to a regular
     install): its re-export module imports the installed ``nnunet_csse`` either way."""
-    if not os.path.isdir(folder):
-        return False
-    return os.path.samefile(folder, ours) or os.path.isfile(os.path.join(folder, REEXPORT_MODULE))
+    return os.path.isfile(os.path.join(folder, REEXPORT_MODULE))
 
 
 def ext_trainer_problem(environ: Mapping[str, str] | None = None) -> str | None:
@@ -36,7 +34,7 @@ def ext_trainer_problem(environ: Mapping[str, str] | None = None) -> str | None:
     ours = trainers_path()
     current = environ.get("nnUNet_extTrainer", "")
     folders = [f for f in current.split(os.pathsep) if f.strip()]
-    if any(_is_csse_trainer_folder(folder, ours) for folder in folders):
+    if any(_is_csse_trainer_folder(folder) for folder in folders):
         return None
     if not folders:
         problem = "nnUNet_extTrainer is not set, so nnU-Net cannot find the CSSE trainers"

@@ -64,3 +64,18 @@ def write_plans(preprocessed, dataset="Dataset042_Toy"):
              "foreground_intensity_properties_per_channel": {}}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans, indent=4))
     return folder
+
+
+TOY_DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4,
+                    "file_ending": ".nii.gz"}
+
+
+def write_toy_dataset(preprocessed):
+    """What nnUNetv2_train reads before loading any data: ``write_plans``, dataset.json and, per configuration,
+    an empty ``.b2nd`` file in its data folder (``initialize()`` only infers the dataset class from file endings)."""
+    folder = write_plans(preprocessed)
+    (folder / "dataset.json").write_text(json.dumps(TOY_DATASET_JSON))
+    for configuration in ("2d", "3d_fullres"):
+        (folder / f"nnUNetPlans_{configuration}").mkdir()
+        (folder / f"nnUNetPlans_{configuration}" / "case.b2nd").touch()
+    return folder

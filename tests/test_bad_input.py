@@ -11,23 +11,17 @@ import sys
 
 import pytest
 import torch
-from conftest import write_plans
+from conftest import TOY_DATASET_JSON, write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args
 
-from nnunet_csse.environment import ext_trainer_problem, trainers_path
+from nnunet_csse.environment import REEXPORT_MODULE, ext_trainer_problem, trainers_path
 
 BIN = os.path.dirname(sys.executable)
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "tumor": 2},
-                "numTraining": 2, "file_ending": ".nii.gz"}
-
-
 @pytest.fixture
 def dataset(nnunet_dirs, monkeypatch):
-    """Plans + dataset.json of Dataset042_Toy in nnUNet_preprocessed (all nnUNetv2_train reads first)."""
+    """Dataset042_Toy in nnUNet_preprocessed, as far as nnUNetv2_train reads it before the data."""
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
-    folder = write_plans(nnunet_dirs["nnUNet_preprocessed"])
-    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    return folder
+    return write_toy_dataset(nnunet_dirs["nnUNet_preprocessed"])
 
 
 def edit(folder, labels=None, network_class=None, csse=None) -> None:
@@ -39,7 +33,7 @@ def edit(folder, labels=None, network_class=None, csse=None) -> None:
         fullres["csse"] = csse
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     if labels:
-        (folder / "dataset.json").write_text(json.dumps(dict(DATASET_JSON, labels=labels)))
+        (folder / "dataset.json").write_text(json.dumps(dict(TOY_DATASET_JSON, labels=labels)))
 
 
 def start_training(trainer: str = "nnUNetTrainerCSSE"):
@@ -55,9 +49,9 @@ def test_valid_plans_start_a_training(dataset, nnunet_dirs):
 
 
 @pytest.mark.parametrize("change,messages", [
-    ({"labels": {"background": 0, "organ": 1, "tumor": 3}},
+    ({"labels": {"background": 0, "a": 1, "b": 3}},
      ["not consecutive", "[0, 1, 3]", "--verify_dataset_integrity"]),
-    ({"labels": {"background": 0, "organ": 2}}, ["not consecutive", "[0, 2]"]),
+    ({"labels": {"background": 0, "a": 2}}, ["not consecutive", "[0, 2]"]),
     ({"network_class": "dynamic_network_architectures.architectures.unet.ResidualUNet"},
      ["ResidualUNet", "PlainConvUNet and ResidualEncoderUNet", "nnUNetPlannerResEnc"]),
     ({"csse": {"pdcr_temprature": 1.0}}, ["unknown csse setting", "pdcr_temprature", "3d_fullres"]),
@@ -81,7 +75,7 @@ def test_ext_trainer_problem_and_fix(tmp_path):
     assert ext_trainer_problem({"nnUNet_extTrainer": f"{tmp_path}{os.pathsep}{ours}{os.pathsep}"}) is None
     checkout = tmp_path / "checkout" / "trainers"  # another copy of the re-export folder
     checkout.mkdir(parents=True)
-    shutil.copy(os.path.join(ours, "nnunet_csse_trainers.py"), checkout)
+    shutil.copy(os.path.join(ours, REEXPORT_MODULE), checkout)
     assert ext_trainer_problem({"nnUNet_extTrainer": str(checkout)}) is None
     unset = ext_trainer_problem({})
     assert "not set" in unset and f"export nnUNet_extTrainer={ours}" in unset

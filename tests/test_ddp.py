@@ -19,10 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import write_plans
-
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4,
-                "file_ending": ".nii.gz"}
+from conftest import TOY_DATASET_JSON, write_toy_dataset
 
 
 def _free_port() -> int:
@@ -49,7 +46,7 @@ def _worker(rank: int, world: int, port: int, root: str, results) -> None:
         folder = os.path.join(root, "nnUNet_preprocessed", "Dataset042_Toy")
         plans = json.load(open(os.path.join(folder, "nnUNetPlans.json")))
         plans["continue_training"] = False  # set by nnU-Net's get_trainer_from_args
-        trainer = nnUNetTrainerCSSE(plans, "2d", 0, DATASET_JSON, device=torch.device("cpu"))
+        trainer = nnUNetTrainerCSSE(plans, "2d", 0, TOY_DATASET_JSON, device=torch.device("cpu"))
         assert trainer.is_ddp
         trainer.device, trainer.grad_scaler = torch.device("cpu"), None  # nnU-Net set cuda:<rank> under DDP
         trainer.initialize()
@@ -84,10 +81,7 @@ def _worker(rank: int, world: int, port: int, root: str, results) -> None:
 def test_ddp_train_steps_keep_ranks_in_sync(tmp_path):
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         (tmp_path / name).mkdir()
-    folder = write_plans(tmp_path / "nnUNet_preprocessed")
-    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    (folder / "nnUNetPlans_2d").mkdir()
-    (folder / "nnUNetPlans_2d" / "case.b2nd").touch()  # nnU-Net infers its dataset class from the file endings
+    write_toy_dataset(tmp_path / "nnUNet_preprocessed")
     manager = mp.Manager()
     results = manager.dict()
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), results), nprocs=2, join=True)

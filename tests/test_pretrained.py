@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import write_plans
+from conftest import write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
 from nnunet_csse.cli import main
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.pretrained import CSSE_PREFIXES, add_csse_modules
 
-DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1, "b": 2}, "numTraining": 4,
-                "file_ending": ".nii.gz"}
-
 
 @pytest.fixture
 def dataset(nnunet_dirs, monkeypatch):
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
-    folder = write_plans(nnunet_dirs["nnUNet_preprocessed"])
-    (folder / "dataset.json").write_text(json.dumps(DATASET_JSON))
-    for configuration in ("2d", "3d_fullres"):  # initialize() infers the dataset class from file endings
-        (folder / f"nnUNetPlans_{configuration}").mkdir()
-        (folder / f"nnUNetPlans_{configuration}" / "case.b2nd").touch()
-    return folder
+    return write_toy_dataset(nnunet_dirs["nnUNet_preprocessed"])
 
 
 def trainer(name: str, configuration: str = "2d"):

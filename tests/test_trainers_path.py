@@ -9,6 +9,7 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 import nnunet_csse.training as training
 from nnunet_csse.cli import main, trainers_path
+from nnunet_csse.environment import REEXPORT_MODULE
 
 
 def public_trainers():
@@ -20,7 +21,7 @@ def public_trainers():
 def test_trainers_path_prints_the_reexport_folder(capsys):
     assert main(["trainers-path"]) == 0
     folder = capsys.readouterr().out.strip()
-    assert folder == trainers_path() and os.path.isfile(os.path.join(folder, "nnunet_csse_trainers.py"))
+    assert folder == trainers_path() and os.path.isfile(os.path.join(folder, REEXPORT_MODULE))
 
 
 def test_every_trainer_is_found_by_nnunet_and_picklable(monkeypatch):
