@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from torch import nn
 from nnunet_csse.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.config import CSSEConfig
 
-__all__ = ["label_masks", "label_volume", "composition_vectors", "pdcr_pair_loss", "PDCRLoss"]
+__all__ = ["label_masks", "label_volume", "composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss",
+           "PDCRLoss"]
 
 
 def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
@@ -192,6 +194,162 @@ def _check_side(feats: torch.Tensor, comp: torch.Tensor, valid: torch.Tensor, si
         )
 
 
+class PairJob(NamedTuple):
+    """One PDCR pair for :func:`pdcr_pair_losses`: anchors of ``features[a]`` against anchors of ``features[b]``
+    (self-layer PDCR: ``a == b``), with the composition vectors (B, N, K) and validity (B, N) of each side."""
+
+    a: int
+    b: int
+    comp_a: torch.Tensor
+    valid_a: torch.Tensor
+    comp_b: torch.Tensor
+    valid_b: torch.Tensor
+
+
+def _pad_to(t: torch.Tensor, n: int, c: int | None = None) -> torch.Tensor:
+    """Zero-pad axis 1 (anchors) of a (B, N[, C]) tensor to ``n`` (and axis 2 to ``c``)."""
+    pad = (0, n - t.shape[1]) if t.ndim == 2 else (0, (c or t.shape[2]) - t.shape[2], 0, n - t.shape[1])
+    return F.pad(t, pad) if any(pad) else t
+
+
+_NORM_EPS = 1e-8  # F.normalize's eps: all-zero vectors (padding) normalize to zero
+
+
+class _PairLosses(torch.autograd.Function):
+    """All PDCR pairs of a step in one batched computation, with the gradient in closed form.
+
+    Autograd through the loss formula records ~120 small kernels per pair; on a GPU their launches, not their
+    arithmetic, are the cost. Stacking the pairs (zero-padded anchors are simply invalid; zero-padded channels do
+    not change a cosine) and writing dL/ds directly brings a step to a few dozen kernels, whatever the number of
+    pairs. With p = softmax_j(s_ij d_ij) over valid j, per sample
+
+        dL/ds_ij = -(1 / (n_a n_b)) [ valid_ij (1 - d_ij) - n_b valid_a_i p_ij d_ij ]
+
+    then through s = <u_i, v_j> / tau and u = x / max(|x|, eps) (F.normalize). Float32 throughout (float64 when
+    a feature tensor is float64, for gradient checks).
+    """
+
+    @staticmethod
+    def forward(ctx, job_a: tuple[int, ...], job_b: tuple[int, ...], comp_a: torch.Tensor, valid_a: torch.Tensor,
+                comp_b: torch.Tensor, valid_b: torch.Tensor, temperature: float, distance_scale: float,
+                *features: torch.Tensor) -> torch.Tensor:
+        n_max = comp_a.shape[2]
+        c_max = max(f.shape[2] for f in features)
+        x = torch.stack([_pad_to(f.to(comp_a.dtype), n_max, c_max) for f in features])  # (F, B, N, C)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        unit = x / norm.clamp(min=_NORM_EPS)
+        unit_a = torch.stack([unit[i] for i in job_a])  # (P, B, N, C)
+        unit_b = unit_a if job_b == job_a else torch.stack([unit[i] for i in job_b])
+        s = torch.matmul(unit_a, unit_b.transpose(-1, -2)) / temperature  # (P, B, N, N)
+        d = distance_scale * torch.cdist(comp_a, comp_b, p=1)
+        pair = valid_a[..., :, None] & valid_b[..., None, :]
+        # Samples without any valid b anchor keep all columns so the LSE stays finite (no NaN, even discarded);
+        # they are dropped from the mean below.
+        cols = valid_b | ~valid_b.any(-1, keepdim=True)
+        logits = (s * d).masked_fill(~cols[..., None, :], float("-inf"))
+        lse = torch.logsumexp(logits, dim=-1)  # (P, B, N)
+        n_a, n_b = valid_a.sum(-1), valid_b.sum(-1)  # (P, B)
+        tug = torch.where(pair, s * (1.0 - d), 0.0).sum((-1, -2))
+        rep = torch.where(valid_a, lse, 0.0).sum(-1) * n_b  # LSE_i does not depend on j
+        ok = (n_a > 0) & (n_b > 0)
+        # per-sample mean over its pairs, then the mean over samples with valid anchors on both sides
+        weight = ok.to(s.dtype) / ((n_a * n_b).clamp(min=1) * ok.sum(-1, keepdim=True).clamp(min=1))
+        losses = torch.where(ok, (rep - tug) * weight, 0.0).sum(-1)
+        ctx.save_for_backward(unit, norm, unit_a, unit_b, logits, lse, d, pair, valid_a, n_b, weight)
+        ctx.jobs = (job_a, job_b)
+        ctx.temperature = temperature
+        ctx.shapes = [(f.shape[1], f.shape[2], f.dtype) for f in features]
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad_losses: torch.Tensor):
+        unit, norm, unit_a, unit_b, logits, lse, d, pair, valid_a, n_b, weight = ctx.saved_tensors
+        job_a, job_b = ctx.jobs
+        g = (grad_losses.to(weight.dtype)[:, None] * weight)[..., None, None]  # (P, B, 1, 1)
+        p = torch.exp(logits - lse[..., None])  # softmax over valid columns (0 elsewhere)
+        rep = (n_b[..., None] * valid_a)[..., None] * p * d
+        grad_s = g * (rep - torch.where(pair, 1.0 - d, 0.0)) / ctx.temperature
+        grad_unit_a = torch.matmul(grad_s, unit_b)
+        grad_unit_b = torch.matmul(grad_s.transpose(-1, -2), unit_a)
+        grad_unit = torch.zeros_like(unit)
+        for p_index, (a, b) in enumerate(zip(job_a, job_b)):
+            grad_unit[a] += grad_unit_a[p_index]
+            grad_unit[b] += grad_unit_b[p_index]
+        # through u = x / max(|x|, eps): the radial part vanishes unless the clamp is active
+        radial = (unit * grad_unit).sum(-1, keepdim=True) * (norm > _NORM_EPS)
+        grad_x = (grad_unit - unit * radial) / norm.clamp(min=_NORM_EPS)
+        grads = [grad_x[i, :, :n, :c].to(dtype) if ctx.needs_input_grad[8 + i] else None
+                 for i, (n, c, dtype) in enumerate(ctx.shapes)]
+        return (None,) * 8 + tuple(grads)
+
+
+def pdcr_pair_losses(
+    features: Sequence[torch.Tensor], jobs: Sequence[PairJob], temperature: float, distance_scale: float = 0.5
+) -> torch.Tensor:
+    """PDCR losses of several anchor pairs in one batched computation (method.md section 2, steps 3-6).
+
+    For each job, with s_ij = cos(f_a_i, f_b_j) / temperature, d_ij = distance_scale * sum_k |r_a_ik - r_b_jk|
+    and a_ij = 1 - d_ij, per sample
+
+        L = -(1 / (n_a n_b)) sum_{i valid in a} sum_{j valid in b} [ s_ij a_ij - log sum_{k valid in b} exp(s_ik d_ik) ]
+
+    averaged over samples with n_a > 0 and n_b > 0 (paper eq. 4-6). Self-layer PDCR is ``b = a`` (the diagonal
+    i = j included). ``distance_scale`` 0.5 makes d the total variation between class distributions; for
+    overlapping regions pass 1 / R (mean per-region total variation). Computed in float32 with autocast disabled;
+    no global max shift (it would not be loss-invariant).
+
+    Args:
+        features: anchor features (B, N_f, C_f), any float dtype; pairs are formed between entries (a job's two
+            sides must have the same width C).
+        jobs: the pairs, each indexing ``features`` with comp (B, N, K) and valid (B, N) bool for both sides.
+            Invalid anchors are excluded entirely.
+        temperature: tau > 0 (authors: 0.5 in 3D, 1 in 2D).
+        distance_scale: factor on the L1 distance between composition vectors.
+
+    Returns:
+        (len(jobs),) float32 losses. A job without a sample that has valid anchors on both sides gets 0, still
+        connected to the graph of its features (so DDP sees every parameter used), with all-zero gradients.
+    """
+    if not jobs:
+        raise ValueError("pdcr_pair_losses needs at least one PairJob")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = features[0].shape[0] if features and features[0].ndim == 3 else None
+    for job in jobs:
+        if not (0 <= job.a < len(features) and 0 <= job.b < len(features)):
+            raise ValueError(f"PairJob indices ({job.a}, {job.b}) out of range for {len(features)} feature tensors")
+        fa, fb = features[job.a], features[job.b]
+        _check_side(fa, job.comp_a, job.valid_a, "a")
+        _check_side(fb, job.comp_b, job.valid_b, "b")
+        if fa.shape[0] != batch or fb.shape[0] != batch or fa.shape[2] != fb.shape[2]:
+            raise ValueError(
+                f"feats_a {tuple(fa.shape)} and feats_b {tuple(fb.shape)} must agree in batch size ({batch}) and "
+                "width C"
+            )
+        if job.comp_a.shape[2] != jobs[0].comp_a.shape[2] or job.comp_b.shape[2] != job.comp_a.shape[2]:
+            raise ValueError(
+                f"comp_a has K={job.comp_a.shape[2]} entries but comp_b has K={job.comp_b.shape[2]} (all jobs need "
+                f"K={jobs[0].comp_a.shape[2]})"
+            )
+    n_max = max(f.shape[1] for f in features)
+    if n_max == 0:
+        return (sum(f.float().sum() for f in features) * 0.0).expand(len(jobs))
+
+    dtype = torch.float64 if any(f.dtype == torch.float64 for f in features) else torch.float32
+
+    def stacked(field: str) -> torch.Tensor:
+        parts = [getattr(job, field) for job in jobs]
+        if parts[0].is_floating_point():
+            parts = [t.to(dtype) for t in parts]
+        return torch.stack([_pad_to(t, n_max) for t in parts])  # (P, B, N_max[, K]), padding invalid
+
+    with torch.autocast(device_type=features[0].device.type, enabled=False):
+        return _PairLosses.apply(
+            tuple(job.a for job in jobs), tuple(job.b for job in jobs), stacked("comp_a"), stacked("valid_a"),
+            stacked("comp_b"), stacked("valid_b"), float(temperature), float(distance_scale), *features,
+        )
+
+
 def pdcr_pair_loss(
     feats_a: torch.Tensor,
     comp_a: torch.Tensor,
@@ -202,59 +360,21 @@ def pdcr_pair_loss(
     temperature: float,
     distance_scale: float = 0.5,
 ) -> torch.Tensor:
-    """PDCR loss between anchors of a and anchors of b (method.md section 2, steps 3-6; paper eq. 4-6).
-
-    With s_ij = cos(f_a_i, f_b_j) / temperature, d_ij = distance_scale * sum_k |r_a_ik - r_b_jk| and
-    a_ij = 1 - d_ij, per sample
-
-        L = -(1 / (n_a n_b)) sum_{i valid in a} sum_{j valid in b} [ s_ij a_ij - log sum_{k valid in b} exp(s_ik d_ik) ]
-
-    averaged over samples with n_a > 0 and n_b > 0. Self-layer PDCR is ``b = a`` (the diagonal i = j included).
-    ``distance_scale`` 0.5 makes d the total variation between class distributions; for overlapping regions pass
-    1 / R (mean per-region total variation). Computed in float32 with autocast disabled; no global max shift
-    (it would not be loss-invariant).
+    """PDCR loss between anchors of a and anchors of b: :func:`pdcr_pair_losses` for one pair.
 
     Args:
-        feats_a: (B, Na, C) anchor features (any float dtype); feats_b: (B, Nb, C).
+        feats_a: (B, Na, C) anchor features (any float dtype); feats_b: (B, Nb, C) (pass the same tensor for
+            self-layer PDCR).
         comp_a: (B, Na, K) composition vectors; comp_b: (B, Nb, K).
-        valid_a: (B, Na) bool; valid_b: (B, Nb) bool. Invalid anchors are excluded entirely.
-        temperature: tau > 0 (authors: 0.5 in 3D, 1 in 2D).
-        distance_scale: factor on the L1 distance between composition vectors.
+        valid_a: (B, Na) bool; valid_b: (B, Nb) bool.
+        temperature, distance_scale: see :func:`pdcr_pair_losses`.
 
     Returns:
-        Scalar float32 loss. If no sample has valid anchors on both sides it is a zero still connected to the
-        graph of both feature tensors (so DDP sees every parameter used), with all-zero gradients.
+        Scalar float32 loss.
     """
-    _check_side(feats_a, comp_a, valid_a, "a")
-    _check_side(feats_b, comp_b, valid_b, "b")
-    if feats_a.shape[0] != feats_b.shape[0] or feats_a.shape[2] != feats_b.shape[2]:
-        raise ValueError(
-            f"feats_a {tuple(feats_a.shape)} and feats_b {tuple(feats_b.shape)} must agree in batch size and width C"
-        )
-    if comp_a.shape[2] != comp_b.shape[2]:
-        raise ValueError(f"comp_a has K={comp_a.shape[2]} entries but comp_b has K={comp_b.shape[2]}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if feats_a.shape[1] == 0 or feats_b.shape[1] == 0:
-        return (feats_a.float().sum() + feats_b.float().sum()) * 0.0
-    with torch.autocast(device_type=feats_a.device.type, enabled=False):
-        fa = F.normalize(feats_a.float(), dim=-1, eps=1e-8)
-        fb = F.normalize(feats_b.float(), dim=-1, eps=1e-8)
-        s = torch.bmm(fa, fb.transpose(1, 2)) / temperature  # (B, Na, Nb)
-        d = distance_scale * torch.cdist(comp_a.float(), comp_b.float(), p=1)
-        pair = valid_a[:, :, None] & valid_b[:, None, :]
-        # Samples without any valid b anchor keep all columns so the LSE stays finite (no NaN, even discarded);
-        # they are dropped from the mean below.
-        cols = valid_b | ~valid_b.any(1, keepdim=True)
-        lse = torch.logsumexp((s * d).masked_fill(~cols[:, None, :], float("-inf")), dim=-1)  # (B, Na)
-        n_a = valid_a.sum(1)
-        n_b = valid_b.sum(1)
-        tug = torch.where(pair, s * (1.0 - d), 0.0).sum((1, 2))
-        rep = torch.where(valid_a, lse, 0.0).sum(1) * n_b  # LSE_i does not depend on j
-        per_sample = -(tug - rep) / (n_a * n_b).clamp(min=1)
-        ok = (n_a > 0) & (n_b > 0)
-        # Masked mean without a host sync; with no qualifying sample it is a graph-connected zero.
-        return torch.where(ok, per_sample, 0.0).sum() / ok.sum().clamp(min=1)
+    features = [feats_a] if feats_b is feats_a else [feats_a, feats_b]
+    job = PairJob(0, len(features) - 1, comp_a, valid_a, comp_b, valid_b)
+    return pdcr_pair_losses(features, [job], temperature, distance_scale)[0]
 
 
 class PDCRLoss(nn.Module):
@@ -323,21 +443,28 @@ class PDCRLoss(nn.Module):
                 cache[layer.name] = [composition_vectors(volume, grid, layer.stride, w) for w in self.windows(layer)]
             return cache[layer.name]
 
-        def pair(fa, ca, fb, cb) -> torch.Tensor:
-            losses = [pdcr_pair_loss(fa, ra, va, fb, rb, vb, self.config.pdcr_temperature, self.distance_scale)
-                      for (ra, va), (rb, vb) in zip(ca, cb)]
-            return torch.stack(losses).mean()
+        features: list[torch.Tensor] = []
+        jobs: list[PairJob] = []
+        spans: dict[str, tuple[int, int]] = {}
 
-        terms = {}
+        def add_pairs(term: str, fa: torch.Tensor, layer_a: AnchorLayer, fb: torch.Tensor, layer_b: AnchorLayer):
+            a = len(features)
+            features.append(fa)
+            b = a if fb is fa else len(features)
+            if fb is not fa:
+                features.append(fb)
+            start = spans[term][0] if term in spans else len(jobs)
+            for (ra, va), (rb, vb) in zip(compositions(layer_a, fa.shape[1]), compositions(layer_b, fb.shape[1])):
+                jobs.append(PairJob(a, b, ra, va, rb, vb))
+            spans[term] = (start, len(jobs))
+
         for key in ("encoder", "decoder"):
-            if key in hidden:
-                per_layer = []
-                for layer, feats in zip(self.layers[key], hidden[key]):
-                    comps = compositions(layer, feats.shape[1])
-                    per_layer.append(pair(feats, comps, feats, comps))
-                terms[key] = torch.stack(per_layer).mean()
+            for layer, feats in zip(self.layers[key], hidden.get(key, ())):
+                add_pairs(key, feats, layer, feats, layer)
         if "cross" in hidden:
             (first, second), (proj_first, proj_second) = self.layers["encoder"][:2], hidden["cross"]
-            terms["cross"] = pair(proj_first, compositions(first, proj_first.shape[1]),
-                                  proj_second, compositions(second, proj_second.shape[1]))
-        return terms
+            add_pairs("cross", proj_first, first, proj_second, second)
+        # All pairs of the step in one batched call. Every layer has the same number of windows, so the mean over
+        # a term's jobs is the mean over its layers of the per-layer mean over window sizes.
+        losses = pdcr_pair_losses(features, jobs, self.config.pdcr_temperature, self.distance_scale)
+        return {term: losses[start:end].mean() for term, (start, end) in spans.items()}

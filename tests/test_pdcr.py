@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_csse.anchors import AnchorGrid, anchor_grid
-from nnunet_csse.pdcr import composition_vectors, label_masks, label_volume, pdcr_pair_loss
+from nnunet_csse.pdcr import PairJob, composition_vectors, label_masks, label_volume, pdcr_pair_loss, pdcr_pair_losses
 
 IGNORE = 7
 
@@ -231,6 +231,91 @@ def test_loss_and_gradients_finite(case, scenario):
         assert torch.all(fmap_a.grad == 0) and torch.all(fmap_b.grad == 0)
     else:
         assert fmap_a.grad.abs().sum() > 0 and fmap_b.grad.abs().sum() > 0
+
+
+def _autograd_oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
+    """The formula of method.md section 2, step 5 as a plain float64 loop of torch scalars: autograd through it is
+    the gradient oracle for the closed-form backward."""
+    losses = []
+    for b in range(fa.shape[0]):
+        ia, ib = va[b].nonzero()[:, 0].tolist(), vb[b].nonzero()[:, 0].tolist()
+        if not ia or not ib:
+            continue
+
+        def s(i, j, b=b):
+            x, y = fa[b, i], fb[b, j]
+            return torch.dot(x, y) / (x.norm() * y.norm()) / tau
+
+        def d(i, j, b=b):
+            return scale * (ca[b, i] - cb[b, j]).abs().sum()
+
+        total = 0.0
+        for i in ia:
+            lse = torch.logsumexp(torch.stack([s(i, k) * d(i, k) for k in ib]), 0)
+            for j in ib:
+                total = total + s(i, j) * (1 - d(i, j)) - lse
+        losses.append(-total / (len(ia) * len(ib)))
+    return torch.stack(losses).mean() if losses else torch.zeros((), dtype=fa.dtype)
+
+
+def test_batched_pairs_match_autograd_oracle_in_value_and_gradient():
+    """Several pairs of different anchor counts and widths in one call (zero padding inside), sharing feature
+    tensors (self pairs, a cross pair, two windows of one layer): every loss and every feature gradient equals the
+    loop oracle's."""
+    gen = torch.Generator().manual_seed(11)
+    f0, c0, v0 = _random_side(gen, 2, 6, 5, 3)
+    f1, c1, v1 = _random_side(gen, 2, 4, 5, 3)
+    f2, c2, v2 = _random_side(gen, 2, 5, 3, 3)
+    _, c0b, _ = _random_side(gen, 2, 6, 5, 3)  # a second window size of layer 0
+    v0[0], v1[1, 0], v2[1] = True, True, False  # sample 1 of the f2 pair has no valid anchor: left out
+    features = [f.double().requires_grad_(True) for f in (f0, f1, f2)]
+    jobs = [PairJob(0, 0, c0, v0, c0, v0), PairJob(0, 0, c0b, v0, c0b, v0), PairJob(0, 1, c0, v0, c1, v1),
+            PairJob(2, 2, c2, v2, c2, v2)]
+    weights = torch.tensor([0.3, -1.2, 0.7, 2.0], dtype=torch.float64)
+    tau, scale = 0.6, 0.5
+    losses = pdcr_pair_losses(features, jobs, temperature=tau, distance_scale=scale)
+    assert losses.shape == (4,) and losses.dtype == torch.float64
+    (losses * weights).sum().backward()
+    grads = [f.grad.clone() for f in features]
+    for f in features:
+        f.grad = None
+    oracle = torch.stack([
+        _autograd_oracle_loss(features[j.a], j.comp_a.double(), j.valid_a, features[j.b], j.comp_b.double(),
+                              j.valid_b, tau, scale) for j in jobs
+    ])
+    torch.testing.assert_close(losses.detach(), oracle.detach(), rtol=1e-10, atol=1e-12)
+    (oracle * weights).sum().backward()
+    for got, f in zip(grads, features):
+        assert f.grad.abs().sum() > 0
+        torch.testing.assert_close(got, f.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_pair_losses_gradcheck():
+    """Finite differences against the closed-form backward; an all-zero anchor vector (F.normalize's clamp, also
+    what padding produces) gets a finite gradient."""
+    gen = torch.Generator().manual_seed(12)
+    fa, ca, va = _random_side(gen, 2, 5, 4, 3)
+    fb, cb, vb = _random_side(gen, 2, 3, 4, 3)
+    fa, fb = fa.double().requires_grad_(True), fb.double().requires_grad_(True)
+    jobs = [PairJob(0, 1, ca, va, cb, vb), PairJob(0, 0, ca, va, ca, va)]
+    assert torch.autograd.gradcheck(lambda a, b: pdcr_pair_losses([a, b], jobs, 0.5), (fa, fb))
+    zero = fa.detach().clone()
+    zero[1, 2] = 0.0
+    va[1, 2] = True
+    zero.requires_grad_(True)
+    pdcr_pair_losses([zero, fb], jobs, 0.5).sum().backward()
+    assert torch.isfinite(zero.grad).all()
+
+
+def test_low_precision_gradients_come_back_in_input_dtype():
+    gen = torch.Generator().manual_seed(13)
+    fa, ca, va = _random_side(gen, 2, 8, 6, 3)
+    half = fa.to(torch.bfloat16).requires_grad_(True)
+    full = half.detach().float().requires_grad_(True)
+    pdcr_pair_loss(half, ca, va, half, ca, va, temperature=0.5).backward()
+    pdcr_pair_loss(full, ca, va, full, ca, va, temperature=0.5).backward()
+    assert half.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(half.grad.float(), full.grad, rtol=1e-2, atol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
