@@ -12,7 +12,9 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 
 def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -35,10 +37,75 @@ def normalized_entropy(logits: torch.Tensor) -> torch.Tensor:
     return entropy / math.log(num_branches)
 
 
+def instance_norm_by_statistics(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """``F.instance_norm`` (input statistics, biased variance) from ``var_mean`` and one fused multiply-add.
+
+    Args:
+        x: (B, C, *spatial), any float dtype; the output keeps it (autocast is disabled inside).
+        weight, bias: (C,) affine parameters, or None.
+        eps: added to the variance.
+
+    Returns:
+        (B, C, *spatial) normalized ``x``; statistics in at least float32.
+    """
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        var, mean = torch.var_mean(x, dim=tuple(range(2, x.ndim)), keepdim=True, correction=0)
+        stats_dtype = torch.promote_types(x.dtype, torch.float32)
+        scale = torch.rsqrt(var.to(stats_dtype) + eps)
+        shift = -mean.to(stats_dtype) * scale
+        if weight is not None:
+            shape = (1, -1) + (1,) * (x.ndim - 2)
+            scale = scale * weight.view(shape)
+            shift = shift * weight.view(shape) + bias.view(shape)
+        return torch.addcmul(shift.to(x.dtype), x, scale.to(x.dtype))
+
+
+class InstanceNormByStatistics(nn.Module):
+    """Instance normalization (the math of ``nn.InstanceNormNd`` without running statistics); on CUDA computed by
+    :func:`instance_norm_by_statistics`.
+
+    Why: on CUDA, ``nn.InstanceNormNd`` runs cuDNN's batch norm on a (1, B * C, *S) view, whose kernels
+    parallelize over channels; the UAFS branch has only B * C // 4 of them at full resolution, where they are the
+    block's slowest kernels. On other devices this calls ``F.instance_norm`` (faster there). Same parameters and
+    state-dict keys (``weight``, ``bias``) as the module it replaces; the output keeps the input dtype.
+
+    Shapes: (B, C, *spatial) -> (B, C, *spatial).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = False) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    @classmethod
+    def replacing(cls, norm: _InstanceNorm) -> InstanceNormByStatistics:
+        """The same normalization as ``norm`` (an ``nn.InstanceNormNd`` without running statistics)."""
+        new = cls(norm.num_features, norm.eps, norm.affine)
+        if norm.affine:
+            new.load_state_dict(norm.state_dict())
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim < 3 or x.shape[1] != self.num_features:
+            raise ValueError(f"expected (B, {self.num_features}, *spatial), got shape {tuple(x.shape)}")
+        if x.device.type != "cuda":  # the CPU kernels of instance_norm are the faster ones there
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, use_input_stats=True, eps=self.eps)
+        return instance_norm_by_statistics(x, self.weight, self.bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
+
+
 class UAFSBlock(nn.Module):
     """Uncertainty-aware feature selection, dimension-agnostic (built from the plan's ops).
 
-    Branch: conv k (C -> max(C // 4, 1)) -> norm -> nonlin -> conv 1x1 (-> M). Authors: k = 3, M = 2.
+    Branch: conv k (C -> max(C // 4, 1)) -> norm -> nonlin -> conv 1x1 (-> M). Authors: k = 3, M = 2. An
+    ``nn.InstanceNormNd`` norm_op (nnU-Net's plans) runs as :class:`InstanceNormByStatistics`: same math and
+    state-dict keys, faster on the branch's few channels.
 
     Args:
         channels: C, channels of the feature map the block re-weights.
@@ -78,7 +145,10 @@ class UAFSBlock(nn.Module):
             conv_op(channels, hidden, kernel, 1, tuple(k // 2 for k in kernel), bias=conv_bias)
         ]
         if norm_op is not None:
-            layers.append(norm_op(hidden, **(norm_op_kwargs or {})))
+            norm = norm_op(hidden, **(norm_op_kwargs or {}))
+            if isinstance(norm, _InstanceNorm) and not norm.track_running_stats:
+                norm = InstanceNormByStatistics.replacing(norm)
+            layers.append(norm)
         if nonlin is not None:
             layers.append(nonlin(**(nonlin_kwargs or {})))
         layers.append(conv_op(hidden, num_branches, 1, 1, 0, bias=True))

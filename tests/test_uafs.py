@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_csse.uafs import UAFSBlock, normalized_entropy
+from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock, instance_norm_by_statistics, normalized_entropy
 
 
 def test_entropy_hand_values():
@@ -69,3 +69,44 @@ def test_anisotropic_kernel_and_bad_arguments():
         UAFSBlock(4, nn.Linear)
     with pytest.raises(ValueError, match="logits"):
         normalized_entropy(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_by_statistics_matches_instance_norm(dim, affine):
+    """Values and gradients (input, weight, bias) against torch's instance_norm, in float64."""
+    gen = torch.Generator().manual_seed(dim)
+    x = (torch.randn((2, 3, *([7] * dim)), generator=gen, dtype=torch.float64) * 3 + 1).requires_grad_(True)
+    weight = (torch.rand(3, generator=gen, dtype=torch.float64) + 0.5).requires_grad_(True) if affine else None
+    bias = torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_(True) if affine else None
+    grad_out = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    inputs = [t for t in (x, weight, bias) if t is not None]
+    ours = instance_norm_by_statistics(x, weight, bias, eps=1e-5)
+    ref = torch.nn.functional.instance_norm(x, weight=weight, bias=bias, use_input_stats=True, eps=1e-5)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(ours, inputs, grad_out), torch.autograd.grad(ref, inputs, grad_out)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_instance_norm_by_statistics_keeps_low_precision_dtype():
+    x = torch.randn(2, 4, 6, 6, 6) * 2 + 3
+    out = instance_norm_by_statistics(x.bfloat16(), None, None, eps=1e-5)
+    assert out.dtype == torch.bfloat16
+    ref = torch.nn.functional.instance_norm(x, eps=1e-5)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_block_replaces_instance_norm_keeping_state_dict_keys():
+    block = UAFSBlock(16, nn.Conv3d, nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, nn.LeakyReLU, None)
+    norm = block.branch[1]
+    assert isinstance(norm, InstanceNormByStatistics) and norm.eps == 1e-5
+    plain = nn.Sequential(nn.Conv3d(16, 4, 3, 1, 1), nn.InstanceNorm3d(4, affine=True), nn.LeakyReLU(),
+                          nn.Conv3d(4, 2, 1))
+    assert block.branch.state_dict().keys() == plain.state_dict().keys()
+    block.branch.load_state_dict(plain.state_dict())  # checkpoints with nn.InstanceNorm3d keep loading
+    x = torch.randn(2, 16, 5, 5, 5)
+    torch.testing.assert_close(block.branch(x), plain(x))
+    with pytest.raises(ValueError, match="expected \\(B, 4, \\*spatial\\)"):
+        norm(torch.randn(2, 3, 5, 5, 5))
+    tracked = UAFSBlock(16, nn.Conv3d, nn.InstanceNorm3d, {"track_running_stats": True}, None, None)
+    assert type(tracked.branch[1]) is nn.InstanceNorm3d  # running statistics: the plan's module as it is
