@@ -2,15 +2,18 @@
 # One GPU benchmark run on a bare NVIDIA machine (Python 3.12 + torch with CUDA, no nnU-Net), from the repo root.
 #
 # Before: bash benchmarks/fetch_gpu_wheels.sh   (fills .whl/, ~16 MiB; .whl/ is git-ignored, so carry it)
-# Device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=540)
+# Device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=570)
 #
-# Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 450 s): each step gets a
+# Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 500 s): each step gets a
 # timeout from what is left, in order of importance:
+#   0. the CUDA-only code paths against their references (benchmarks/cuda_checks.py);
 #   1. eager (no torch.compile), AMP: PDCR vs loop (A) and train_step time/memory of nnUNetTrainer, UAFS, PDCR
-#      and CSSE (B) at nnU-Net's default 3d_fullres plan (patch 128^3, batch 2, features 32..320, 6 stages);
-#   2. torch.compile on (nnU-Net's own nnUNet_compile path), nnUNetTrainer vs CSSE, fewer steps; a compile
-#      failure is printed with its text, a timeout is reported as such;
-#   3. PDCR scaling curves (C).
+#      and CSSE (B) at nnU-Net's default 3d_fullres plan (patch 128^3, batch 2, features 32..320, 6 stages), plus
+#      the benchmark-only variant CSSE[cudnn-IN] (the UAFS norm before its fix) for before/after in one run;
+#   2. an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (benchmarks/profile_step.py);
+#   3. torch.compile on (nnU-Net's own nnUNet_compile path), the 4 trainers, fewer steps; a compile failure is
+#      printed with its text, a timeout is reported as such;
+#   4. PDCR scaling curves (C).
 # Results: $OUT/benchmark_*.json and *.png, the printed tables in $OUT/gpu_results.txt (at most 7 files).
 # SimpleITK and imagecodecs are not carried (too large): the benchmark puts placeholder modules for them on
 # sys.path for this run only and says so in its output.
@@ -19,7 +22,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BUDGET=${GPU_CHECK_BUDGET_S:-450}
+BUDGET=${GPU_CHECK_BUDGET_S:-500}
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 SIZE=${GPU_CHECK_SIZE:-full}
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -68,10 +71,16 @@ python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch'
 
 BENCH=(python3 -m benchmarks --device "$DEVICE" --size "$SIZE" --out "$OUT")
 # reserves: time kept back for the later, less important steps
-step "1/3 eager: PDCR vs loop + train_step (4 trainers)" 200 "${BENCH[@]}" --parts pdcr,step --tag "${DEVICE}_${SIZE}"
-step "2/3 torch.compile: train_step nnUNetTrainer vs nnUNetTrainerCSSE" 45 "${BENCH[@]}" --parts step --compile \
-  --trainers nnUNetTrainer,nnUNetTrainerCSSE --warmup 3 --steps 10 --tag "${DEVICE}_${SIZE}_compile"
-step "3/3 PDCR scaling" 5 "${BENCH[@]}" --parts scaling --tag "${DEVICE}_${SIZE}_scaling"
+step "0/4 CUDA-only code paths vs their references" 420 python3 -m benchmarks.cuda_checks
+step "1/4 eager: PDCR vs loop + train_step (4 trainers + the UAFS norm before its fix)" 330 "${BENCH[@]}" \
+  --parts pdcr,step --tag "${DEVICE}_${SIZE}" \
+  --trainers "nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE,nnUNetTrainerCSSE[cudnn-IN]"
+step "2/4 eager op profile: nnUNetTrainer vs nnUNetTrainerCSSE" 290 python3 -m benchmarks.profile_step \
+  --device "$DEVICE" --size "$SIZE" --trainers nnUNetTrainer,nnUNetTrainerCSSE --top 15
+step "3/4 torch.compile: train_step of the 4 trainers" 35 "${BENCH[@]}" --parts step --compile \
+  --trainers nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE --warmup 3 --steps 10 \
+  --tag "${DEVICE}_${SIZE}_compile"
+step "4/4 PDCR scaling" 5 "${BENCH[@]}" --parts scaling --tag "${DEVICE}_${SIZE}_scaling"
 
 say "=== summary of all targets ($((SECONDS - START)) s elapsed)"
 python3 -m benchmarks.summary "$OUT"/benchmark_*.json 2>&1 | tee -a "$LOG"

@@ -111,20 +111,21 @@ def _step_lines(b: dict) -> list[str]:
                      "other load on a shared machine); wall time shown too")
     if b.get("interrupted"):
         lines.append(f"   INTERRUPTED: {b['interrupted']}")
-    header = f"   {'trainer':22s} {'params':>10s} {'wall':>12s} {'ratio':>8s}"
+    width = max(22, *(len(r["trainer"]) for r in b["rows"]))
+    header = f"   {'trainer':{width}s} {'params':>10s} {'wall':>12s} {'ratio':>8s}"
     if cpu:
         header += f" {'CPU time':>12s} {'ratio':>8s}"
     lines.append(header + f" {'step MiB':>9s} {'ratio':>8s}   loss first -> last")
     for r in b["rows"]:
         if "failure" in r:
-            lines.append(f"   {r['trainer']:22s} FAILED: {r['failure'].splitlines()[0][:300]}")
+            lines.append(f"   {r['trainer']:{width}s} FAILED: {r['failure'].splitlines()[0][:300]}")
             continue
         if "median_s" not in r:
-            lines.append(f"   {r['trainer']:22s} no timed step")
+            lines.append(f"   {r['trainer']:{width}s} no timed step")
             continue
         mem = r.get("memory", {})
         loss = f"{r['loss_first']:.4f} -> {r['loss_last']:.4f}" if "loss_first" in r else ""
-        line = f"   {r['trainer']:22s} {r.get('parameters', 0):10d} {_ms(r['median_s']):>12s} " \
+        line = f"   {r['trainer']:{width}s} {r.get('parameters', 0):10d} {_ms(r['median_s']):>12s} " \
                f"{_ratio(r.get('time_ratio')):>8s}"
         if cpu:
             line += f" {_ms(r['median_cpu_s']):>12s} {_ratio(r.get('cpu_time_ratio')):>8s}"
@@ -132,6 +133,10 @@ def _step_lines(b: dict) -> list[str]:
         if "error" in mem:
             line += f"  memory error: {mem['error'][:200]}"
         lines.append(line)
+    from benchmarks.trainers import VARIANTS
+
+    lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']][0]}: {VARIANTS[r['trainer']][1]}"
+              for r in b["rows"] if r["trainer"] in VARIANTS]
     for r in b["rows"]:
         if "failure" in r:
             lines += ["", f"   failure text of {r['trainer']}:", *("     " + x for x in r["failure"].splitlines())]

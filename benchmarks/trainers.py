@@ -40,7 +40,49 @@ def prepare_nnunet_folders(root: Path) -> dict[str, str]:
     return env
 
 
+# Benchmark-only variants: the shipped trainer with one optimization undone, so before/after come from one run.
+VARIANTS = {
+    "nnUNetTrainerCSSE[cudnn-IN]": ("nnUNetTrainerCSSE", "UAFS branches normalize with nn.InstanceNormNd (cuDNN "
+                                                         "batch norm), as before InstanceNormByStatistics"),
+    "nnUNetTrainerUAFS[cudnn-IN]": ("nnUNetTrainerUAFS", "as above, UAFS only"),
+}
+
+
+def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
+    """Put ``nn.InstanceNormNd`` back into every UAFS branch (same parameters)."""
+    from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock
+
+    for block in network.modules():
+        if isinstance(block, UAFSBlock):
+            for i, layer in enumerate(block.branch):
+                if isinstance(layer, InstanceNormByStatistics):
+                    norm_class = {1: torch.nn.InstanceNorm1d, 2: torch.nn.InstanceNorm2d,
+                                  3: torch.nn.InstanceNorm3d}[len(block.kernel_size)]
+                    norm = norm_class(layer.num_features, eps=layer.eps, affine=layer.weight is not None)
+                    norm.load_state_dict(layer.state_dict())
+                    block.branch[i] = norm
+    return network
+
+
+def _variant_class(name: str) -> type:
+    base = trainer_class(VARIANTS[name][0])
+
+    class Variant(base):
+        @classmethod
+        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            # nnU-Net inspects this signature for 'plans_manager'
+            return _with_module_instance_norm(super().build_network_architecture(
+                plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                enable_deep_supervision))
+
+    Variant.__name__ = Variant.__qualname__ = name
+    return Variant
+
+
 def trainer_class(name: str) -> type:
+    if name in VARIANTS:
+        return _variant_class(name)
     if name == BASELINE:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -50,7 +92,7 @@ def trainer_class(name: str) -> type:
     try:
         return getattr(training, name)
     except AttributeError:
-        raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS}") from None
+        raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS} or {tuple(VARIANTS)}") from None
 
 
 def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_network: bool):

@@ -110,3 +110,11 @@ def test_block_replaces_instance_norm_keeping_state_dict_keys():
         norm(torch.randn(2, 3, 5, 5, 5))
     tracked = UAFSBlock(16, nn.Conv3d, nn.InstanceNorm3d, {"track_running_stats": True}, None, None)
     assert type(tracked.branch[1]) is nn.InstanceNorm3d  # running statistics: the plan's module as it is
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the statistics path runs on CUDA only)")
+def test_instance_norm_by_statistics_cuda_path():
+    from benchmarks.cuda_checks import instance_norm_checks
+
+    for name, err, tol in instance_norm_checks(torch.device("cuda")):
+        assert err <= tol, name
