@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", choices=("tiny", "small", "full"), default=None,
                    help="tiny: smoke test; small: CPU default; full: nnU-Net's default 3D plan (CUDA default)")
     p.add_argument("--compile", action="store_true",
-                   help="nnUNet_compile=true for the trainers (nnU-Net itself never compiles on CPU)")
+                   help="nnUNet_compile=true for the trainers (nnU-Net itself never compiles on CPU); on CUDA part A "
+                        "also times torch.compile(PDCRLoss), as the trainers then run it")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="autocast the PDCR parts' feature maps (default: on for CUDA). train_step always follows "
                         "nnU-Net: autocast on CUDA, none on CPU")
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = results["failures"] = {}
     jobs = {
         "pdcr": ("pdcr_speed", f"[A] PDCR vs loop on {prof.pdcr_plan.describe()} ...",
-                 lambda: pdcr_speed.run(prof.pdcr_plan, device, prof.speed, amp=amp)),
+                 lambda: pdcr_speed.run(prof.pdcr_plan, device, prof.speed, amp=amp,
+                                        compile_loss=args.compile and device_name == "cuda")),
         "step": ("step_time", f"[B] train_step on {prof.step_plan.describe()}, trainers {', '.join(trainers)} ...",
                  lambda: step_time.run(prof.step_plan, size, device, trainers, prof.step,
                                        compile_network=args.compile, threads=threads)),

@@ -17,7 +17,8 @@ from nnunet_csse.uafs import InstanceNormByStatistics
 
 
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp(min=1e-12))
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
 def instance_norm_checks(device: torch.device) -> list[tuple[str, float, float]]:
@@ -58,7 +59,7 @@ def pdcr_checks(device: torch.device) -> list[tuple[str, float, float]]:
     weights = torch.tensor([0.5, 1.0, -2.0])
     results = []
     for dev in (torch.device("cpu"), device):
-        feats = [f.to(dev).requires_grad_(True) for f in (f0, f1, f2)]
+        feats = [f.detach().to(dev).requires_grad_(True) for f in (f0, f1, f2)]  # fresh leaves per device
         moved = [PairJob(j.a, j.b, *(t.to(dev) for t in j[2:])) for j in jobs]
         losses = pdcr_pair_losses(feats, moved, temperature=0.5)
         (losses * weights.to(dev)).sum().backward()

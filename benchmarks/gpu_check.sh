@@ -4,16 +4,18 @@
 # Before: bash benchmarks/fetch_gpu_wheels.sh   (fills .whl/, ~16 MiB; .whl/ is git-ignored, so carry it)
 # Device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=570)
 #
-# Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 500 s): each step gets a
-# timeout from what is left, in order of importance:
-#   0. the CUDA-only code paths against their references (benchmarks/cuda_checks.py);
-#   1. eager (no torch.compile), AMP: PDCR vs loop (A) and train_step time/memory of nnUNetTrainer, UAFS, PDCR
-#      and CSSE (B) at nnU-Net's default 3d_fullres plan (patch 128^3, batch 2, features 32..320, 6 stages), plus
-#      the benchmark-only variant CSSE[cudnn-IN] (the UAFS norm before its fix) for before/after in one run;
-#   2. an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (benchmarks/profile_step.py);
-#   3. torch.compile on (nnU-Net's own nnUNet_compile path), the 4 trainers, fewer steps; a compile failure is
-#      printed with its text, a timeout is reported as such;
-#   4. PDCR scaling curves (C).
+# Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 500 s): each step's timeout is
+# what is left minus what the later steps need. Steps (GPU_CHECK_STEPS, default all, in this order):
+#   checks   the CUDA-only code paths against their references (benchmarks/cuda_checks.py);
+#   eager    no torch.compile, AMP: PDCR vs loop (A) and train_step time/memory (B) at nnU-Net's default
+#            3d_fullres plan (patch 128^3, batch 2, features 32..320, 6 stages) of GPU_CHECK_EAGER_TRAINERS
+#            (default: nnUNetTrainer, UAFS, PDCR, CSSE and the benchmark-only variant CSSE[cudnn-IN], the UAFS norm
+#            before its fix, for before/after in one run; parts: GPU_CHECK_EAGER_PARTS, default pdcr,step);
+#   profile  an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (benchmarks/profile_step.py);
+#   compile  torch.compile on (nnU-Net's own nnUNet_compile path, which also compiles PDCRLoss in our trainers):
+#            A with the compiled loss and B of GPU_CHECK_COMPILE_TRAINERS (default the 4 trainers), fewer steps; a
+#            compile failure is printed with its text, a timeout is reported as such;
+#   scaling  PDCR scaling curves (C).
 # Results: $OUT/benchmark_*.json and *.png, the printed tables in $OUT/gpu_results.txt (at most 7 files).
 # SimpleITK and imagecodecs are not carried (too large): the benchmark puts placeholder modules for them on
 # sys.path for this run only and says so in its output.
@@ -70,17 +72,33 @@ python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch'
   2>&1 | tee -a "$LOG"
 
 BENCH=(python3 -m benchmarks --device "$DEVICE" --size "$SIZE" --out "$OUT")
-# reserves: time kept back for the later, less important steps
-step "0/4 CUDA-only code paths vs their references" 420 python3 -m benchmarks.cuda_checks
-step "1/4 eager: PDCR vs loop + train_step (4 trainers + the UAFS norm before its fix)" 330 "${BENCH[@]}" \
-  --parts pdcr,step --tag "${DEVICE}_${SIZE}" \
-  --trainers "nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE,nnUNetTrainerCSSE[cudnn-IN]"
-step "2/4 eager op profile: nnUNetTrainer vs nnUNetTrainerCSSE" 290 python3 -m benchmarks.profile_step \
-  --device "$DEVICE" --size "$SIZE" --trainers nnUNetTrainer,nnUNetTrainerCSSE --top 15
-step "3/4 torch.compile: train_step of the 4 trainers" 35 "${BENCH[@]}" --parts step --compile \
-  --trainers nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE --warmup 3 --steps 10 \
-  --tag "${DEVICE}_${SIZE}_compile"
-step "4/4 PDCR scaling" 5 "${BENCH[@]}" --parts scaling --tag "${DEVICE}_${SIZE}_scaling"
+ORDER=(checks eager profile compile scaling)
+declare -A NEEDS=([checks]=20 [eager]=60 [profile]=40 [compile]=230 [scaling]=30)  # seconds each step needs
+WANTED=" ${GPU_CHECK_STEPS:-${ORDER[*]}} "
+EAGER_TRAINERS=${GPU_CHECK_EAGER_TRAINERS:-nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE,\
+nnUNetTrainerCSSE[cudnn-IN]}
+COMPILE_TRAINERS=${GPU_CHECK_COMPILE_TRAINERS:-nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE}
+wanted() { [[ "$WANTED" == *" $1 "* ]]; }
+# reserve: what the wanted steps after NAME need, kept back from NAME's timeout
+reserve_after() {
+  local total=0 seen=0 s
+  for s in "${ORDER[@]}"; do
+    if [ "$seen" = 1 ] && wanted "$s"; then total=$((total + NEEDS[$s])); fi
+    [ "$s" = "$1" ] && seen=1
+  done
+  echo "$total"
+}
+wanted checks && step "checks: CUDA-only code paths vs their references" "$(reserve_after checks)" \
+  python3 -m benchmarks.cuda_checks
+wanted eager && step "eager: train_step ($EAGER_TRAINERS), PDCR vs loop" "$(reserve_after eager)" "${BENCH[@]}" \
+  --parts "${GPU_CHECK_EAGER_PARTS:-pdcr,step}" --trainers "$EAGER_TRAINERS" --tag "${DEVICE}_${SIZE}"
+wanted profile && step "profile: eager op profile, nnUNetTrainer vs nnUNetTrainerCSSE" "$(reserve_after profile)" \
+  python3 -m benchmarks.profile_step --device "$DEVICE" --size "$SIZE" --trainers nnUNetTrainer,nnUNetTrainerCSSE \
+  --top 15
+wanted compile && step "compile: train_step ($COMPILE_TRAINERS), compiled PDCR vs loop" "$(reserve_after compile)" \
+  "${BENCH[@]}" --parts "${GPU_CHECK_COMPILE_PARTS:-pdcr,step}" --compile --trainers "$COMPILE_TRAINERS" \
+  --warmup 3 --steps 10 --tag "${DEVICE}_${SIZE}_compile"
+wanted scaling && step "scaling: PDCR scaling curves" 5 "${BENCH[@]}" --parts scaling --tag "${DEVICE}_${SIZE}_scaling"
 
 say "=== summary of all targets ($((SECONDS - START)) s elapsed)"
 python3 -m benchmarks.summary "$OUT"/benchmark_*.json 2>&1 | tee -a "$LOG"

@@ -7,6 +7,7 @@ projection heads and the same target; their values (and gradients) must agree be
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +76,28 @@ def composition_breakdown(case: PDCRCase, reps: int) -> dict:
     return {"composition_s": median(time_repeated(compositions, case.device, reps))}
 
 
-def run(plan: BenchPlan, device: torch.device, settings: SpeedSettings, amp: bool = False) -> dict:
-    """Part A on ``plan`` (labels B x patch, the plan's anchored layers). Returns a JSON-able dict."""
+def compiled_figures(case: PDCRCase, settings: SpeedSettings, loop_s: float) -> dict:
+    """The same forward + backward with ``torch.compile(PDCRLoss)``, as the trainers run it when nnU-Net compiles;
+    checked against the loop reference first."""
+    eager_loss = case.loss
+    case.loss = torch.compile(eager_loss)
+    try:
+        started = time.perf_counter()
+        case.forward_backward(case.vectorized_terms)  # compiles
+        compile_s = time.perf_counter() - started
+        check = agreement(case)
+        times = time_repeated(lambda: case.forward_backward(case.vectorized_terms), case.device,
+                              settings.reps_vectorized, warmup=1)
+    finally:
+        case.loss = eager_loss
+    return {"compiled_s": median(times), "compiled_times_s": times, "compile_first_call_s": compile_s,
+            "speedup": loop_s / median(times), "max_rel_grad_error": check["max_rel_grad_error"]}
+
+
+def run(plan: BenchPlan, device: torch.device, settings: SpeedSettings, amp: bool = False,
+        compile_loss: bool = False) -> dict:
+    """Part A on ``plan`` (labels B x patch, the plan's anchored layers); with ``compile_loss`` also the compiled
+    loss. Returns a JSON-able dict."""
     case = make_case(plan, device, amp=amp)
     check = agreement(case)
     vec_times = time_repeated(lambda: case.forward_backward(case.vectorized_terms), device,
@@ -90,7 +111,8 @@ def run(plan: BenchPlan, device: torch.device, settings: SpeedSettings, amp: boo
                "feature_shape": list(case.feature_maps[layer.level].shape[2:]), "anchors_per_sample": n}
               for layer, n in zip(case.network.encoder_anchor_layers, case.num_anchors)]
     speedup = loop / vec if vec > 0 else math.inf
-    return {
+    extra = {"compiled": compiled_figures(case, settings, loop)} if compile_loss else {}
+    return {**extra,
         "labels_shape": list(case.target.shape), "num_classes": case.num_classes, "amp": amp, "layers": layers,
         "terms": ["encoder", "cross"], "agreement": check,
         "vectorized_s": vec, "vectorized_times_s": vec_times, "loop_s": loop, "loop_times_s": loop_times,

@@ -40,14 +40,6 @@ def prepare_nnunet_folders(root: Path) -> dict[str, str]:
     return env
 
 
-# Benchmark-only variants: the shipped trainer with one optimization undone, so before/after come from one run.
-VARIANTS = {
-    "nnUNetTrainerCSSE[cudnn-IN]": ("nnUNetTrainerCSSE", "UAFS branches normalize with nn.InstanceNormNd (cuDNN "
-                                                         "batch norm), as before InstanceNormByStatistics"),
-    "nnUNetTrainerUAFS[cudnn-IN]": ("nnUNetTrainerUAFS", "as above, UAFS only"),
-}
-
-
 def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
     """Put ``nn.InstanceNormNd`` back into every UAFS branch (same parameters)."""
     from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock
@@ -64,17 +56,66 @@ def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
+class _ChannelsLastInput(torch.nn.Module):
+    """Runs ``conv`` on a channels-last copy of its input (cuDNN's native layout for half-precision convs)."""
+
+    def __init__(self, conv: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+        return self.conv(x.contiguous(memory_format=layout))
+
+
+def _with_channels_last_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
+    from nnunet_csse.uafs import UAFSBlock
+
+    for block in network.modules():
+        if isinstance(block, UAFSBlock):
+            block.branch[0] = _ChannelsLastInput(block.branch[0])
+    return network
+
+
+def _with_eager_pdcr(loss: torch.nn.Module) -> torch.nn.Module:
+    if hasattr(getattr(loss, "pdcr", None), "_orig_mod"):
+        loss.pdcr = loss.pdcr._orig_mod
+    return loss
+
+
+def _unchanged(obj):
+    return obj
+
+
+# Benchmark-only variants: the shipped trainer with one optimization undone (or one candidate applied), so
+# before/after come from one run. name: (base trainer, what differs, network modifier, loss modifier)
+VARIANTS = {
+    "nnUNetTrainerCSSE[cudnn-IN]": ("nnUNetTrainerCSSE", "UAFS branches normalize with nn.InstanceNormNd (cuDNN "
+                                    "batch norm), as before InstanceNormByStatistics",
+                                    _with_module_instance_norm, _unchanged),
+    "nnUNetTrainerCSSE[eager-PDCR]": ("nnUNetTrainerCSSE", "PDCRLoss left uncompiled when nnU-Net compiles",
+                                      _unchanged, _with_eager_pdcr),
+    "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "candidate: the UAFS branch conv runs on a "
+                                              "channels-last copy of its input", _with_channels_last_branch_conv,
+                                              _unchanged),
+}
+
+
 def _variant_class(name: str) -> type:
-    base = trainer_class(VARIANTS[name][0])
+    base_name, _, modify_network, modify_loss = VARIANTS[name]
+    base = trainer_class(base_name)
 
     class Variant(base):
         @classmethod
         def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
                                        num_output_channels, enable_deep_supervision=True):
             # nnU-Net inspects this signature for 'plans_manager'
-            return _with_module_instance_norm(super().build_network_architecture(
+            return modify_network(super().build_network_architecture(
                 plans_manager, configuration_manager, num_input_channels, num_output_channels,
                 enable_deep_supervision))
+
+        def _build_loss(self):
+            return modify_loss(super()._build_loss())
 
     Variant.__name__ = Variant.__qualname__ = name
     return Variant

@@ -167,12 +167,14 @@ def composition_vectors(
     # The last axis first: it is contiguous, so the one full-volume product needs no transposed copy.
     order = [dims - 1, *sorted(range(dims - 1), key=lambda a: grid.counts[a])]
     counts = volume
+    # under torch.compile the matrices are built inside the graph: the cache is not needed (dynamo warns about it)
+    window_matrix = _window_matrix.__wrapped__ if torch.compiler.is_compiling() else _window_matrix
     with torch.autocast(device_type=volume.device.type, enabled=False):
         for i, axis in enumerate(order):
             if i == 1:
                 counts = counts.double()
-            m = _window_matrix((grid.offsets[axis], grid.steps[axis], grid.counts[axis]), stride[axis], window[axis],
-                               size[axis], counts.dtype, volume.device)
+            m = window_matrix((grid.offsets[axis], grid.steps[axis], grid.counts[axis]), stride[axis], window[axis],
+                              size[axis], counts.dtype, volume.device)
             counts = torch.matmul(counts.movedim(2 + axis, -1), m.T).movedim(-1, 2 + axis)
     counts = counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
     n_valid = counts[..., -1:]

@@ -217,6 +217,10 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         for layer in (*network.encoder_anchor_layers, *network.decoder_anchor_layers):
             self.print_to_log_file(f"PDCR layer {layer.name}: cumulative stride {layer.stride}, "
                                    f"receptive field {layer.receptive_field}")
+        if self._do_i_compile():
+            # as nnU-Net compiles its Dice loss: PDCR is ~160 small kernels in eager mode, whose launches sit on the
+            # step's critical path once the network itself is compiled; one graph, shapes fixed by the patch
+            pdcr = torch.compile(pdcr)
         return CSSELoss(loss, pdcr, {t: getattr(self.csse_config, f"pdcr_{t}_weight") for t in self.pdcr_terms})
 
     def on_train_epoch_start(self):

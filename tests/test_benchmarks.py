@@ -88,3 +88,27 @@ def test_loop_reference_agrees_with_vectorized_pdcr(variant):
     assert result["max_rel_grad_error"] < 1e-3
 
 
+
+
+def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypatch):
+    """nnU-Net compiles only on CUDA; forcing its switch on CPU shows the wiring: the CSSE trainer then wraps its
+    PDCRLoss in torch.compile (built lazily: nothing is compiled here), the benchmark's [eager-PDCR] variant not."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from benchmarks.trainers import prepare_nnunet_folders, trainer_class
+    from nnunet_csse.pdcr import PDCRLoss
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, str(tmp_path / name))  # restored after the test
+    prepare_nnunet_folders(tmp_path)
+    losses = {}
+    for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[eager-PDCR]"):
+        compiling = type("Compiling", (trainer_class(name),), {"_do_i_compile": lambda self: True})
+        plans = dict(TINY.plans_dict(), continue_training=False)  # nnUNetv2_train adds this key
+        trainer = compiling(plans, "3d_fullres", 0, TINY.dataset_json(), torch.device("cpu"))
+        trainer.initialize()
+        assert isinstance(trainer.network, OptimizedModule)  # nnU-Net's own compile of the network
+        losses[name] = trainer.loss.pdcr
+    assert isinstance(losses["nnUNetTrainerCSSE"], OptimizedModule)
+    assert isinstance(losses["nnUNetTrainerCSSE"]._orig_mod, PDCRLoss)
+    assert type(losses["nnUNetTrainerCSSE[eager-PDCR]"]) is PDCRLoss

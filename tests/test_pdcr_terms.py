@@ -133,3 +133,30 @@ def test_wrapper_adds_weighted_terms_and_skips_non_finite_ones():
     assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
     assert grads["pdcr_projections.0.weight"].abs().sum() == 0  # the skipped term's heads got a zero gradient
     assert math.isfinite(means["cross"]) and math.isfinite(means["encoder"])
+
+
+@pytest.mark.parametrize("windows", ["rf", (5, 7)], ids=["RF-PDCR", "H-PDCR"])
+def test_loss_traces_into_one_graph_with_equal_values_and_gradients(windows):
+    """The trainers compile PDCRLoss when nnU-Net compiles (CUDA): one graph, no break (fullgraph), and the
+    traced forward and backward (the closed-form one included) equal eager mode. aot_eager traces exactly what
+    inductor would compile, without generating kernels (nnU-Net never compiles on CPU)."""
+    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01, pdcr_windows=windows)
+    net, x, target, loss = setup(3, config)
+    target[:, :, :4] = 3  # an ignore label
+    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config, 3, ignore_label=3)
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (loss, compiled):
+        net.zero_grad()
+        _, hidden = net(x)
+        terms = fn(hidden, target)
+        sum(terms.values()).backward()
+        results.append((terms, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+    (eager_terms, eager_grads), (compiled_terms, compiled_grads) = results
+    assert eager_terms.keys() == compiled_terms.keys() == {"encoder", "cross", "decoder"}
+    for name in eager_terms:
+        torch.testing.assert_close(compiled_terms[name], eager_terms[name], rtol=1e-6, atol=1e-7)
+    assert eager_grads.keys() == compiled_grads.keys() and "pdcr_projections.0.weight" in eager_grads
+    for name in eager_grads:
+        torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-5, atol=1e-7)
