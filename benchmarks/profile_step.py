@@ -1,7 +1,7 @@
 """``python -m benchmarks.profile_step``: where a CSSE trainer's extra train_step time goes, op by op.
 
 Profiles a few ``train_step`` calls of each trainer (after warm-up) with ``torch.profiler`` and prints, per aten op,
-the device time per step of each trainer and the difference to nnUNetTrainer, largest differences first. On CUDA
+the device time per step of each trainer and the difference to nnUNetTrainer, largest (either way) first. On CUDA
 the device time is the GPU kernel time; on CPU it is the op's own CPU time. A diagnosis tool: the step-time
 targets come from ``python -m benchmarks`` (interleaved medians), not from this profile.
 """
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         total, base_total = sum(ops.values()), sum(base.values())
         print(f"\n{name}: {total:.2f} ms vs {BASELINE} {base_total:.2f} ms ({total - base_total:+.2f} ms); "
               f"aten op calls per step {calls} vs {base_calls}")
-        diff = sorted(((ops.get(k, 0.0) - base.get(k, 0.0), k) for k in set(ops) | set(base)), reverse=True)
+        diff = sorted(((ops.get(k, 0.0) - base.get(k, 0.0), k) for k in set(ops) | set(base)),
+                      key=lambda item: -abs(item[0]))  # largest differences either way
         print(f"   {'aten op':44s} {name[:14]:>14s} {BASELINE[:14]:>14s} {'difference':>11s}")
         for delta, key in diff[:args.top]:
             print(f"   {key[:44]:44s} {ops.get(key, 0.0):14.3f} {base.get(key, 0.0):14.3f} {delta:+11.3f}")

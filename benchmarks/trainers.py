@@ -95,9 +95,9 @@ VARIANTS = {
                                     _with_module_instance_norm, _unchanged),
     "nnUNetTrainerCSSE[eager-PDCR]": ("nnUNetTrainerCSSE", "PDCRLoss left uncompiled when nnU-Net compiles",
                                       _unchanged, _with_eager_pdcr),
-    "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "candidate: the UAFS branch conv runs on a "
-                                              "channels-last copy of its input", _with_channels_last_branch_conv,
-                                              _unchanged),
+    "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "the UAFS branch conv runs on a channels-last "
+                                              "copy of its input (tried, not adopted)",
+                                              _with_channels_last_branch_conv, _unchanged),
 }
 
 
@@ -144,6 +144,9 @@ def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_netwo
     os.environ["nnUNet_compile"] = "true" if compile_network else "false"
     plans = plan.plans_dict()
     plans["continue_training"] = False
+    # the same seed for every trainer: its U-Net (built before any CSSE module) starts from the same weights, so
+    # step times do not differ by initialization (on CPU, e.g., by how many denormal values a network produces)
+    torch.manual_seed(0)
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = trainer_class(name)(plans, CONFIGURATION, 0, plan.dataset_json(), device)
         trainer.initialize()
