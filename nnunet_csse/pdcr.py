@@ -10,7 +10,8 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
    class fractions r_i inside a window centered at the anchor (the paper's "patch"): the grid is separable, so
    all window sums are one small matrix product per axis, instead of the authors' per-anchor loop with
    ``torch.unique``.
-4. :func:`pdcr_pair_loss` is the loss of step 5 (self-layer: b == a; cross-layer: two projected layers).
+4. :func:`pdcr_pair_losses` is the loss of step 5 for every pair of a step in one batched call, with a closed-form
+   gradient (self-layer: b == a; cross-layer: two projected layers); :func:`pdcr_pair_loss` is one pair.
 """
 
 from __future__ import annotations
@@ -215,6 +216,7 @@ def _pad_to(t: torch.Tensor, n: int, c: int | None = None) -> torch.Tensor:
 
 
 _NORM_EPS = 1e-8  # F.normalize's eps: all-zero vectors (padding) normalize to zero
+_NON_FEATURE_ARGS = 8  # _PairLosses.forward's arguments before *features
 
 
 class _PairLosses(torch.autograd.Function):
@@ -280,9 +282,9 @@ class _PairLosses(torch.autograd.Function):
         # through u = x / max(|x|, eps): the radial part vanishes unless the clamp is active
         radial = (unit * grad_unit).sum(-1, keepdim=True) * (norm > _NORM_EPS)
         grad_x = (grad_unit - unit * radial) / norm.clamp(min=_NORM_EPS)
-        grads = [grad_x[i, :, :n, :c].to(dtype) if ctx.needs_input_grad[8 + i] else None
+        grads = [grad_x[i, :, :n, :c].to(dtype) if ctx.needs_input_grad[_NON_FEATURE_ARGS + i] else None
                  for i, (n, c, dtype) in enumerate(ctx.shapes)]
-        return (None,) * 8 + tuple(grads)
+        return (None,) * _NON_FEATURE_ARGS + tuple(grads)
 
 
 def pdcr_pair_losses(
@@ -297,8 +299,8 @@ def pdcr_pair_losses(
 
     averaged over samples with n_a > 0 and n_b > 0 (paper eq. 4-6). Self-layer PDCR is ``b = a`` (the diagonal
     i = j included). ``distance_scale`` 0.5 makes d the total variation between class distributions; for
-    overlapping regions pass 1 / R (mean per-region total variation). Computed in float32 with autocast disabled;
-    no global max shift (it would not be loss-invariant).
+    overlapping regions pass 1 / R (mean per-region total variation). Computed in float32 (float64 if a feature
+    tensor is float64) with autocast disabled; no global max shift (it would not be loss-invariant).
 
     Args:
         features: anchor features (B, N_f, C_f), any float dtype; pairs are formed between entries (a job's two
