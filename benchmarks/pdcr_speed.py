@@ -16,7 +16,7 @@ from benchmarks.pdcr_case import PDCRCase, make_case
 from benchmarks.pdcr_reference import reference_terms
 from benchmarks.plans import BenchPlan
 from benchmarks.timing import median, time_repeated
-from nnunet_csse.pdcr import composition_vectors, label_masks, label_volume
+from nnunet_csse.pdcr import composition_vectors, label_volume
 
 TARGET_SPEEDUP = 100.0
 
@@ -64,11 +64,11 @@ def agreement(case: PDCRCase, rtol: float | None = None, atol: float | None = No
 
 
 def composition_breakdown(case: PDCRCase, reps: int) -> dict:
-    """Time of the composition step alone (label masks + one-hot volume + window sums), as PDCRLoss runs it."""
+    """Time of the composition step alone (label volume + window sums), as PDCRLoss runs it."""
     spatial = tuple(case.target.shape[2:])
 
     def compositions():
-        volume = label_volume(*label_masks(case.target, case.num_classes, case.loss.ignore_label))
+        volume = label_volume(case.target, case.num_classes, case.loss.ignore_label)
         return [composition_vectors(volume, case.config.anchor_grid(layer.feature_shape(spatial), layer.stride),
                                     layer.stride, layer.receptive_field)
                 for layer in case.network.encoder_anchor_layers]

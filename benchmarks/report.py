@@ -105,7 +105,7 @@ def _pdcr_lines(a: dict) -> list[str]:
                      f"compilation {comp['compile_first_call_s']:.1f} s; agrees with the loop, gradients max rel. "
                      f"error {comp['max_rel_grad_error']:.1e})   speed ratio loop/compiled {comp['speedup']:.2f}x")
     c = a["composition"]
-    lines.append(f"   composition step alone (label masks + one-hot volume + separable window sums): "
+    lines.append(f"   composition step alone (one-hot label volume + separable window sums): "
                  f"{_ms(c['composition_s'])}")
     return lines
 

@@ -3,14 +3,13 @@
 Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segmentation", IEEE TMI 41(11), 2022
 (arXiv 2201.08779), section III-B. Pipeline for one feature map with cumulative stride ``J``:
 
-1. :func:`label_masks` turns nnU-Net's full-resolution target into a one-hot map and a validity map
-   (ignore label / ignore channel).
-2. :func:`label_volume` stacks them into one float 0/1 volume (last channel: valid voxels).
-3. :func:`composition_vectors` computes, for every anchor of an :class:`~nnunet_csse.anchors.AnchorGrid`, the
+1. :func:`label_volume` turns nnU-Net's full-resolution target into one float 0/1 volume: one-hot classes (or
+   regions) and a last channel of valid voxels (ignore label / ignore channel).
+2. :func:`composition_vectors` computes, for every anchor of an :class:`~nnunet_csse.anchors.AnchorGrid`, the
    class fractions r_i inside a window centered at the anchor (the paper's "patch"): the grid is separable, so
    all window sums are one small matrix product per axis, instead of the authors' per-anchor loop with
    ``torch.unique``.
-4. :func:`pdcr_pair_losses` is the loss of step 5 for every pair of a step in one batched call, with a closed-form
+3. :func:`pdcr_pair_losses` is the loss of step 5 for every pair of a step in one batched call, with a closed-form
    gradient (self-layer: b == a; cross-layer: two projected layers); :func:`pdcr_pair_loss` is one pair.
 """
 
@@ -27,7 +26,7 @@ from torch import nn
 from nnunet_csse.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.config import CSSEConfig
 
-__all__ = ["label_masks", "label_volume", "composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss",
+__all__ = ["label_volume", "composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss",
            "PDCRLoss"]
 
 
@@ -36,16 +35,19 @@ def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected {layout} with 2 or 3 spatial axes")
 
 
-def label_masks(
+def label_volume(
     target: torch.Tensor,
     num_classes: int | None = None,
     ignore_label: int | None = None,
     has_regions: bool = False,
     region_ignore_channel: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One-hot class (or region) masks and a validity mask from an nnU-Net training target.
+) -> torch.Tensor:
+    """Float 0/1 class (or region) masks plus a validity channel from an nnU-Net training target: the input of
+    :func:`composition_vectors`, built once per step and shared by every layer and window.
 
-    Ignore-label voxels count for nothing (method.md section 2): they are False in both outputs.
+    Ignore-label voxels count for nothing (method.md section 2): they are 0 in every channel. Each channel is
+    written straight from ``target`` by one comparison into the float output (no bool intermediates: this pass
+    over the full-resolution target is memory-bound; on CPU it was most of the PDCR loss's time).
 
     Args:
         target: label mode: (B, 1, *S) integer class ids in [0, num_classes) (any dtype, nnU-Net passes float),
@@ -53,56 +55,62 @@ def label_masks(
             overlapping (BraTS-style); with ``region_ignore_channel`` the last channel is nnU-Net's ignore mask.
         num_classes: K, background included. Required in label mode; in region mode it is checked against the
             number of region channels if given.
-        ignore_label: label mode only (region mode marks ignored voxels with the extra channel instead).
+        ignore_label: label mode only (region mode marks ignored voxels with the extra channel instead); nnU-Net
+            requires it to be the highest label, so it must not be a class id in [0, num_classes).
         has_regions: nnU-Net region-based training.
-        region_ignore_channel: region mode: the last channel of ``target`` is the ignore mask (True = ignored).
+        region_ignore_channel: region mode: the last channel of ``target`` is the ignore mask (nonzero = ignored).
 
     Returns:
-        onehot: (B, K, *S) bool, K = num_classes (label mode) or the number of region channels.
-        valid: (B, 1, *S) bool, False where the voxel is ignored.
+        (B, K + 1, *S) float32: channel k is 1 where the voxel belongs to class (region) k and is not ignored;
+        the last channel is 1 where the voxel is not ignored.
     """
     _check_spatial(target, "target", "(B, C, *S)")
     if has_regions:
-        regions = target.bool()
-        if region_ignore_channel:
-            if regions.shape[1] < 2:
-                raise ValueError(
-                    f"region target has shape {tuple(target.shape)}; with an ignore channel it needs at least "
-                    "one region channel plus the trailing ignore channel"
-                )
-            valid = ~regions[:, -1:]
-            regions = regions[:, :-1]
-        else:
-            valid = torch.ones_like(regions[:, :1])
-        if num_classes is not None and regions.shape[1] != num_classes:
+        num_regions = target.shape[1] - int(region_ignore_channel)
+        if region_ignore_channel and num_regions < 1:
             raise ValueError(
-                f"region target has {regions.shape[1]} region channels (after removing any ignore channel) "
+                f"region target has shape {tuple(target.shape)}; with an ignore channel it needs at least "
+                "one region channel plus the trailing ignore channel"
+            )
+        if num_classes is not None and num_regions != num_classes:
+            raise ValueError(
+                f"region target has {num_regions} region channels (after removing any ignore channel) "
                 f"but num_classes={num_classes}"
             )
-        return regions & valid, valid
+        volume = target.new_empty((target.shape[0], num_regions + 1, *target.shape[2:]), dtype=torch.float32)
+        _compare_into(volume[:, :-1], torch.ne, target[:, :num_regions], 0)
+        if region_ignore_channel:
+            _compare_into(volume[:, -1:], torch.eq, target[:, -1:], 0)
+            volume[:, :-1].mul_(volume[:, -1:])
+        else:
+            volume[:, -1:].fill_(1.0)
+        return volume
     if region_ignore_channel:
         raise ValueError("region_ignore_channel=True requires has_regions=True")
     if target.shape[1] != 1:
         raise ValueError(f"label target has shape {tuple(target.shape)}; expected (B, 1, *S) class ids")
     if num_classes is None or num_classes < 1:
         raise ValueError(f"label mode needs num_classes >= 1 (background included), got {num_classes}")
-    if ignore_label is None:
-        valid = torch.ones(target.shape, dtype=torch.bool, device=target.device)
-    else:
-        valid = target != ignore_label
+    if ignore_label is not None and 0 <= ignore_label < num_classes:
+        raise ValueError(f"ignore_label {ignore_label} is one of the {num_classes} class ids; nnU-Net's ignore "
+                         f"label must be the highest label (e.g. {num_classes})")
+    volume = target.new_empty((target.shape[0], num_classes + 1, *target.shape[2:]), dtype=torch.float32)
     classes = torch.arange(num_classes, device=target.device, dtype=target.dtype)
-    onehot = (target == classes.view(1, -1, *([1] * (target.ndim - 2)))) & valid
-    return onehot, valid
-
-
-def label_volume(onehot: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, K, *S) one-hot and (B, 1, *S) valid masks -> (B, K + 1, *S) float32 0/1 volume (last channel: valid),
-    the input of :func:`composition_vectors` (built once per step, shared by every layer and window)."""
-    volume = torch.empty((onehot.shape[0], onehot.shape[1] + 1, *onehot.shape[2:]), dtype=torch.float32,
-                         device=onehot.device)
-    volume[:, :-1].copy_(onehot)  # one converting pass each, no concatenated bool copy
-    volume[:, -1:].copy_(valid)
+    _compare_into(volume[:, :-1], torch.eq, target, classes.view(1, -1, *([1] * (target.ndim - 2))))
+    if ignore_label is None:
+        volume[:, -1:].fill_(1.0)
+    else:
+        _compare_into(volume[:, -1:], torch.ne, target, ignore_label)
     return volume
+
+
+def _compare_into(out: torch.Tensor, compare, a: torch.Tensor, b) -> None:
+    """``out[...] = compare(a, b)`` converted to out's dtype. Eager: written straight into ``out``, no bool
+    temporary. Under torch.compile (dynamo rejects a non-contiguous ``out=``) as a copy, which inductor fuses."""
+    if torch.compiler.is_compiling():
+        out.copy_(compare(a, b))
+    else:
+        compare(a, b, out=out)
 
 
 @functools.lru_cache(maxsize=256)
@@ -431,8 +439,8 @@ class PDCRLoss(nn.Module):
 
     def forward(self, hidden: Mapping[str, Sequence[torch.Tensor]], target: torch.Tensor) -> dict[str, torch.Tensor]:
         spatial = tuple(target.shape[2:])
-        volume = label_volume(*label_masks(target, self.num_classes, self.ignore_label, self.has_regions,
-                                           self.region_ignore_channel))
+        volume = label_volume(target, self.num_classes, self.ignore_label, self.has_regions,
+                              self.region_ignore_channel)
         cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
         def compositions(layer: AnchorLayer, num_anchors: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_csse.anchors import AnchorGrid, anchor_grid
-from nnunet_csse.pdcr import PairJob, composition_vectors, label_masks, label_volume, pdcr_pair_loss, pdcr_pair_losses
+from nnunet_csse.pdcr import PairJob, composition_vectors, label_volume, pdcr_pair_loss, pdcr_pair_losses
 
 IGNORE = 7
 
@@ -67,8 +67,8 @@ def _oracle_labels(labels: np.ndarray, grid, stride, window, num_classes, ignore
     return comp, valid
 
 
-def _pipeline(onehot, valid, grid, stride, window):
-    return composition_vectors(label_volume(onehot, valid), grid, stride, window)
+def _pipeline(target, grid, stride, window, **volume_kwargs):
+    return composition_vectors(label_volume(target, **volume_kwargs), grid, stride, window)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,10 +78,13 @@ def test_composition_vectors_label_mode(case):
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 4, (2, *shape), generator=gen)
     labels[torch.rand(labels.shape, generator=gen) < 0.2] = IGNORE
-    onehot, valid = label_masks(labels[:, None].float(), num_classes=4, ignore_label=IGNORE)
-    assert onehot.shape == (2, 4, *shape) and onehot.dtype == torch.bool
-    assert valid.shape == (2, 1, *shape) and valid.dtype == torch.bool
-    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    volume = label_volume(labels[:, None].float(), num_classes=4, ignore_label=IGNORE)
+    assert volume.shape == (2, 5, *shape) and volume.dtype == torch.float32
+    is_valid = labels != IGNORE
+    for k in range(4):
+        assert torch.equal(volume[:, k].bool(), (labels == k) & is_valid)
+    assert torch.equal(volume[:, 4].bool(), is_valid)
+    comp, valid_anchor = composition_vectors(volume, grid, stride, window)
     ref_comp, ref_valid = _oracle_labels(labels.numpy(), grid, stride, window, 4, IGNORE)
     assert comp.dtype == torch.float32 and comp.shape == (2, grid.num_anchors, 4)
     np.testing.assert_allclose(comp.numpy(), ref_comp, rtol=1e-6, atol=1e-7)
@@ -107,9 +110,9 @@ def test_composition_vectors_region_mode(case):
     grid = _grid(shape, stride, spacing)
     gen = torch.Generator().manual_seed(1)
     target = torch.rand((2, 4, *shape), generator=gen) < 0.4  # 3 overlapping regions + ignore channel
-    onehot, valid = label_masks(target.float(), has_regions=True, region_ignore_channel=True, num_classes=3)
-    assert onehot.shape == (2, 3, *shape) and valid.shape == (2, 1, *shape)
-    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    volume = label_volume(target.float(), has_regions=True, region_ignore_channel=True, num_classes=3)
+    assert volume.shape == (2, 4, *shape)
+    comp, valid_anchor = composition_vectors(volume, grid, stride, window)
     t = target.numpy()
     centers = _anchor_centers(grid, stride)
     for b in range(2):
@@ -125,8 +128,8 @@ def test_composition_vectors_region_mode(case):
 
 def test_region_mode_without_ignore_channel():
     target = torch.tensor([[[[1, 0], [1, 1]], [[0, 0], [1, 0]]]], dtype=torch.uint8)
-    onehot, valid = label_masks(target, has_regions=True)
-    assert valid.all() and torch.equal(onehot, target.bool())
+    volume = label_volume(target, has_regions=True)
+    assert torch.all(volume[:, -1] == 1) and torch.equal(volume[:, :-1], target.float())
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -138,8 +141,7 @@ def test_fully_ignored_window(case):
     first = _anchor_centers(grid, stride)[0]
     box = tuple(slice(0, c - (w - 1) // 2 + w) for c, w in zip(first, window, strict=True))
     labels[(0, 0, *box)] = IGNORE
-    onehot, valid = label_masks(labels, num_classes=3, ignore_label=IGNORE)
-    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    comp, valid_anchor = _pipeline(labels, grid, stride, window, num_classes=3, ignore_label=IGNORE)
     assert not valid_anchor[0, 0] and torch.all(comp[0, 0] == 0)
     assert valid_anchor[0, 1:].all()
     torch.testing.assert_close(comp[0, 1:].sum(-1), torch.ones(grid.num_anchors - 1))
@@ -213,8 +215,7 @@ def test_loss_and_gradients_finite(case, scenario):
         labels.zero_()
     elif scenario == "all_ignored":
         labels.fill_(IGNORE)
-    onehot, valid = label_masks(labels, num_classes=num_classes, ignore_label=IGNORE)
-    comp, valid_anchor = _pipeline(onehot, valid, grid, stride, window)
+    comp, valid_anchor = _pipeline(labels, grid, stride, window, num_classes=num_classes, ignore_label=IGNORE)
     feat_shape = _feature_shape(shape, stride)
     fmap_a = torch.randn((2, 8, *feat_shape), requires_grad=True)
     fmap_b = torch.randn((2, 8, *feat_shape), requires_grad=True)
@@ -341,9 +342,8 @@ def test_cuda_matches_cpu(case):
     shape, stride, spacing, window = CASES[case]
     grid = _grid(shape, stride, spacing)
     labels = torch.randint(0, 3, (2, 1, *shape), generator=torch.Generator().manual_seed(7))
-    onehot, valid = label_masks(labels, num_classes=3)
-    comp, va = _pipeline(onehot, valid, grid, stride, window)
-    comp_gpu, va_gpu = _pipeline(onehot.cuda(), valid.cuda(), grid, stride, window)
+    comp, va = _pipeline(labels, grid, stride, window, num_classes=3)
+    comp_gpu, va_gpu = _pipeline(labels.cuda(), grid, stride, window, num_classes=3)
     torch.testing.assert_close(comp_gpu.cpu(), comp)
     assert torch.equal(va_gpu.cpu(), va)
     feats = torch.randn((2, grid.num_anchors, 16), dtype=torch.float16)
@@ -356,15 +356,17 @@ def test_cuda_matches_cpu(case):
 def test_bad_shapes_raise():
     t2 = torch.zeros((2, 1, 4, 4))
     with pytest.raises(ValueError, match="expected \\(B, C, \\*S\\)"):
-        label_masks(torch.zeros((2, 4, 4)), num_classes=2)
+        label_volume(torch.zeros((2, 4, 4)), num_classes=2)
     with pytest.raises(ValueError, match="expected \\(B, 1, \\*S\\)"):
-        label_masks(torch.zeros((2, 3, 4, 4)), num_classes=2)
+        label_volume(torch.zeros((2, 3, 4, 4)), num_classes=2)
     with pytest.raises(ValueError, match="num_classes"):
-        label_masks(t2)
+        label_volume(t2)
     with pytest.raises(ValueError, match="num_classes=2"):
-        label_masks(torch.zeros((2, 4, 4, 4)), num_classes=2, has_regions=True, region_ignore_channel=True)
+        label_volume(torch.zeros((2, 4, 4, 4)), num_classes=2, has_regions=True, region_ignore_channel=True)
     with pytest.raises(ValueError, match="ignore channel"):
-        label_masks(t2, has_regions=True, region_ignore_channel=True)
+        label_volume(t2, has_regions=True, region_ignore_channel=True)
+    with pytest.raises(ValueError, match="ignore label must be the highest"):
+        label_volume(t2, num_classes=3, ignore_label=2)
     with pytest.raises(ValueError, match="2 or 3 spatial axes"):
         composition_vectors(torch.zeros((2, 2, 4)), AnchorGrid((0,), (1,), (1,)), (1,), (1,))
 

@@ -9,7 +9,7 @@ from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import build_csse_network
-from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_masks, label_volume, pdcr_pair_loss
+from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_volume, pdcr_pair_loss
 from nnunet_csse.training import CSSELoss
 
 CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
@@ -47,8 +47,7 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
     net, x, target, loss = setup(3)
     _, hidden = net(x)
     terms = loss(hidden, target)
-    onehot, valid = label_masks(target, 3)
-    sat = label_volume(onehot, valid)
+    sat = label_volume(target, 3)
     per_layer, comps = [], []
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         fmap_shape = tuple(math.ceil(32 / j) for j in layer.stride)
@@ -67,8 +66,7 @@ def test_hierarchical_windows_average_per_size_losses():
     net, x, target, loss = setup(2, config)
     _, hidden = net(x)
     terms = loss(hidden, target)
-    onehot, valid = label_masks(target, 3)
-    sat = label_volume(onehot, valid)
+    sat = label_volume(target, 3)
     per_layer = []
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         grid = config.anchor_grid(tuple(math.ceil(32 / j) for j in layer.stride), layer.stride)
