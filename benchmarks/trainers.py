@@ -77,6 +77,24 @@ def _with_channels_last_branch_conv(network: torch.nn.Module) -> torch.nn.Module
     return network
 
 
+def _with_pointwise_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
+    """The first UAFS branch conv as 1 x 1 (what ``"uafs_kernel_size": 1`` in a plan builds; fresh weights)."""
+    from nnunet_csse.uafs import UAFSBlock
+
+    for block in network.modules():
+        if isinstance(block, UAFSBlock):
+            conv = block.branch[0]
+            block.branch[0] = type(conv)(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None).to(
+                device=conv.weight.device, dtype=conv.weight.dtype)
+    return network
+
+
+def _without_full_resolution_uafs(network: torch.nn.Module) -> torch.nn.Module:
+    """No UAFS block after the last (full-resolution) decoder stage."""
+    network.decoder_uafs[-1] = torch.nn.Identity()
+    return network
+
+
 def _with_eager_pdcr(loss: torch.nn.Module) -> torch.nn.Module:
     if hasattr(getattr(loss, "pdcr", None), "_orig_mod"):
         loss.pdcr = loss.pdcr._orig_mod
@@ -98,6 +116,11 @@ VARIANTS = {
     "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "the UAFS branch conv runs on a channels-last "
                                               "copy of its input (tried, not adopted)",
                                               _with_channels_last_branch_conv, _unchanged),
+    # method departures, measured so their price and gain are known (not the authors' design: method.md section 1)
+    "nnUNetTrainerCSSE[uafs-k1]": ("nnUNetTrainerCSSE", "UAFS branch conv 1 x 1 instead of the authors' 3 x 3 (x 3) "
+                                   "(method departure)", _with_pointwise_branch_conv, _unchanged),
+    "nnUNetTrainerCSSE[no-full-res-UAFS]": ("nnUNetTrainerCSSE", "no UAFS block after the full-resolution decoder "
+                                            "stage (method departure)", _without_full_resolution_uafs, _unchanged),
 }
 
 

@@ -112,3 +112,33 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
     assert isinstance(losses["nnUNetTrainerCSSE"], OptimizedModule)
     assert isinstance(losses["nnUNetTrainerCSSE"]._orig_mod, PDCRLoss)
     assert type(losses["nnUNetTrainerCSSE[eager-PDCR]"]) is PDCRLoss
+
+
+def test_network_variants_change_what_they_name_and_train(tmp_path, monkeypatch):
+    """Each benchmark-only network variant makes its one change, and the trainer still takes a finite step."""
+    from benchmarks.plans import synthetic_batch
+    from benchmarks.trainers import VARIANTS, deep_supervision_scales, make_trainer, prepare_nnunet_folders
+    from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile"):
+        monkeypatch.setenv(name, "")  # records the user's value: restored after the test (the helpers set these)
+    prepare_nnunet_folders(tmp_path)
+    for name, (_, _, modify_network, _) in VARIANTS.items():
+        if modify_network.__name__ == "_unchanged":
+            continue
+        trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False)
+        net = trainer.network
+        blocks = [m for m in net.modules() if isinstance(m, UAFSBlock)]
+        if name.endswith("[cudnn-IN]"):
+            assert all(isinstance(b.branch[1], torch.nn.InstanceNorm3d) for b in blocks)
+            assert not any(isinstance(m, InstanceNormByStatistics) for m in net.modules())
+        elif name.endswith("[uafs-k1]"):
+            assert len(blocks) == len(net.decoder_uafs) and all(b.branch[0].kernel_size == (1, 1, 1) for b in blocks)
+        elif name.endswith("[no-full-res-UAFS]"):
+            assert isinstance(net.decoder_uafs[-1], torch.nn.Identity) and len(blocks) == len(net.decoder_uafs) - 1
+        elif name.endswith("[channels-last-UAFS]"):
+            assert all(type(b.branch[0]).__name__ == "_ChannelsLastInput" for b in blocks)
+        else:
+            raise AssertionError(f"no check written for network variant {name}")
+        step = trainer.train_step(synthetic_batch(TINY, deep_supervision_scales(trainer)))
+        assert math.isfinite(step["loss"]), name
