@@ -9,8 +9,9 @@
 #   checks   the CUDA-only code paths against their references (benchmarks/cuda_checks.py);
 #   eager    no torch.compile, AMP: PDCR vs loop (A) and train_step time/memory (B) at nnU-Net's default
 #            3d_fullres plan (patch 128^3, batch 2, features 32..320, 6 stages) of GPU_CHECK_EAGER_TRAINERS
-#            (default: nnUNetTrainer, UAFS, PDCR, CSSE and the benchmark-only variant CSSE[cudnn-IN], the UAFS norm
-#            before its fix, for before/after in one run; parts: GPU_CHECK_EAGER_PARTS, default pdcr,step);
+#            (default: nnUNetTrainer, UAFS, PDCR, CSSE and the benchmark-only variants CSSE[uafs-k1] and
+#            CSSE[no-full-res-UAFS], which price two departures from the authors' UAFS design in the same run;
+#            parts: GPU_CHECK_EAGER_PARTS, default pdcr,step);
 #   profile  an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (benchmarks/profile_step.py);
 #   compile  torch.compile on (nnU-Net's own nnUNet_compile path, which also compiles PDCRLoss in our trainers):
 #            A with the compiled loss and B of GPU_CHECK_COMPILE_TRAINERS (default the 4 trainers), fewer steps; a
@@ -76,7 +77,7 @@ ORDER=(checks eager profile compile scaling)
 declare -A NEEDS=([checks]=20 [eager]=60 [profile]=40 [compile]=230 [scaling]=30)  # seconds each step needs
 WANTED=" ${GPU_CHECK_STEPS:-${ORDER[*]}} "
 EAGER_TRAINERS=${GPU_CHECK_EAGER_TRAINERS:-nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE,\
-nnUNetTrainerCSSE[cudnn-IN]}
+nnUNetTrainerCSSE[uafs-k1],nnUNetTrainerCSSE[no-full-res-UAFS]}
 COMPILE_TRAINERS=${GPU_CHECK_COMPILE_TRAINERS:-nnUNetTrainer,nnUNetTrainerUAFS,nnUNetTrainerPDCR,nnUNetTrainerCSSE}
 wanted() { [[ "$WANTED" == *" $1 "* ]]; }
 # reserve: what the wanted steps after NAME need, kept back from NAME's timeout
