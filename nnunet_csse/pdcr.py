@@ -16,7 +16,7 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -104,7 +104,7 @@ def label_volume(
     return volume
 
 
-def _compare_into(out: torch.Tensor, compare, a: torch.Tensor, b) -> None:
+def _compare_into(out: torch.Tensor, compare: Callable[..., torch.Tensor], a: torch.Tensor, b) -> None:
     """``out[...] = compare(a, b)`` converted to out's dtype. Eager: written straight into ``out``, no bool
     temporary. Under torch.compile (dynamo rejects a non-contiguous ``out=``) as a copy, which inductor fuses."""
     if torch.compiler.is_compiling():
