@@ -40,19 +40,25 @@ def prepare_nnunet_folders(root: Path) -> dict[str, str]:
     return env
 
 
+def uafs_blocks(network: torch.nn.Module) -> list:
+    """The network's UAFS blocks (encoder and decoder), in module order."""
+    from nnunet_csse.uafs import UAFSBlock
+
+    return [m for m in network.modules() if isinstance(m, UAFSBlock)]
+
+
 def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
     """Put ``nn.InstanceNormNd`` back into every UAFS branch (same parameters)."""
-    from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock
+    from nnunet_csse.uafs import InstanceNormByStatistics
 
-    for block in network.modules():
-        if isinstance(block, UAFSBlock):
-            for i, layer in enumerate(block.branch):
-                if isinstance(layer, InstanceNormByStatistics):
-                    norm_class = {1: torch.nn.InstanceNorm1d, 2: torch.nn.InstanceNorm2d,
-                                  3: torch.nn.InstanceNorm3d}[len(block.kernel_size)]
-                    norm = norm_class(layer.num_features, eps=layer.eps, affine=layer.weight is not None)
-                    norm.load_state_dict(layer.state_dict())
-                    block.branch[i] = norm
+    for block in uafs_blocks(network):
+        for i, layer in enumerate(block.branch):
+            if isinstance(layer, InstanceNormByStatistics):
+                norm_class = {1: torch.nn.InstanceNorm1d, 2: torch.nn.InstanceNorm2d,
+                              3: torch.nn.InstanceNorm3d}[len(block.kernel_size)]
+                norm = norm_class(layer.num_features, eps=layer.eps, affine=layer.weight is not None)
+                norm.load_state_dict(layer.state_dict())
+                block.branch[i] = norm
     return network
 
 
@@ -69,23 +75,17 @@ class _ChannelsLastInput(torch.nn.Module):
 
 
 def _with_channels_last_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
-    from nnunet_csse.uafs import UAFSBlock
-
-    for block in network.modules():
-        if isinstance(block, UAFSBlock):
-            block.branch[0] = _ChannelsLastInput(block.branch[0])
+    for block in uafs_blocks(network):
+        block.branch[0] = _ChannelsLastInput(block.branch[0])
     return network
 
 
 def _with_pointwise_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
     """The first UAFS branch conv as 1 x 1 (what ``"uafs_kernel_size": 1`` in a plan builds; fresh weights)."""
-    from nnunet_csse.uafs import UAFSBlock
-
-    for block in network.modules():
-        if isinstance(block, UAFSBlock):
-            conv = block.branch[0]
-            block.branch[0] = type(conv)(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None).to(
-                device=conv.weight.device, dtype=conv.weight.dtype)
+    for block in uafs_blocks(network):
+        conv = block.branch[0]
+        block.branch[0] = type(conv)(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None).to(
+            device=conv.weight.device, dtype=conv.weight.dtype)
     return network
 
 

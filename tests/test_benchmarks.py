@@ -117,18 +117,25 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
 def test_network_variants_change_what_they_name_and_train(tmp_path, monkeypatch):
     """Each benchmark-only network variant makes its one change, and the trainer still takes a finite step."""
     from benchmarks.plans import synthetic_batch
-    from benchmarks.trainers import VARIANTS, deep_supervision_scales, make_trainer, prepare_nnunet_folders
-    from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock
+    from benchmarks.trainers import (
+        VARIANTS,
+        _unchanged,
+        deep_supervision_scales,
+        make_trainer,
+        prepare_nnunet_folders,
+        uafs_blocks,
+    )
+    from nnunet_csse.uafs import InstanceNormByStatistics
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile"):
         monkeypatch.setenv(name, "")  # records the user's value: restored after the test (the helpers set these)
     prepare_nnunet_folders(tmp_path)
     for name, (_, _, modify_network, _) in VARIANTS.items():
-        if modify_network.__name__ == "_unchanged":
+        if modify_network is _unchanged:
             continue
         trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False)
         net = trainer.network
-        blocks = [m for m in net.modules() if isinstance(m, UAFSBlock)]
+        blocks = uafs_blocks(net)
         if name.endswith("[cudnn-IN]"):
             assert all(isinstance(b.branch[1], torch.nn.InstanceNorm3d) for b in blocks)
             assert not any(isinstance(m, InstanceNormByStatistics) for m in net.modules())
