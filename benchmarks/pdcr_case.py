@@ -49,8 +49,8 @@ class PDCRCase:
     @property
     def num_anchors(self) -> list[int]:
         """Anchors per sample of each anchored layer."""
-        return [self.config.anchor_grid(self.feature_maps[layer.level].shape[2:], layer.stride).num_anchors
-                for layer in self.network.encoder_anchor_layers]
+        grid = self.config.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
+        return [grid.num_anchors for _ in self.network.encoder_anchor_layers]
 
     def autocast(self):
         if not self.amp:
@@ -61,8 +61,9 @@ class PDCRCase:
         """The terms exactly as the trainer computes them: ``AnchorGrid.take`` of each anchored map, the
         network's projection heads for the cross term, then :class:`PDCRLoss` on the full-resolution target."""
         with self.autocast():
-            anchors = tuple(self.config.anchor_grid(self.feature_maps[layer.level].shape[2:], layer.stride)
-                            .take(self.feature_maps[layer.level]) for layer in self.network.encoder_anchor_layers)
+            grid = self.config.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
+            anchors = tuple(grid.on_layer(layer.stride).take(self.feature_maps[layer.level])
+                            for layer in self.network.encoder_anchor_layers)
             hidden = {"encoder": anchors,
                       "cross": tuple(p(a) for p, a in zip(self.network.pdcr_projections, anchors))}
             return self.loss(hidden, self.target)

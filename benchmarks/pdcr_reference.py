@@ -2,7 +2,7 @@
 
 Written like the authors' 3D code (a Python loop over samples and anchors that crops each anchor's window out
 of the label map and counts classes with ``torch.bincount``; then the loss row by row in a loop), but with the
-spec's definitions (shared/method.md section 2): composition by class id, windows clipped exactly at both
+spec's definitions (docs/method.md section 2): composition by class id, windows clipped exactly at both
 borders, fractions among the valid (non-ignored) voxels the window really holds, total-variation distance over
 all classes, no global max shift. It shares no code with :mod:`nnunet_csse.pdcr`: it is the independent
 reference the vectorized loss must agree with, and the baseline of the speed comparison.
@@ -30,14 +30,17 @@ def anchor_vectors(fmap: torch.Tensor, grid: AnchorGrid) -> torch.Tensor:
 
 
 def loop_compositions(target: torch.Tensor, grid: AnchorGrid, stride: Sequence[int], window: Sequence[int],
-                      num_classes: int, ignore_label: int | None = None) -> Compositions:
+                      num_classes: int, ignore_label: int | None = None, regions: bool = False,
+                      region_ignore_channel: bool = False) -> Compositions:
     """Composition vector of every anchor, one window crop and one ``torch.bincount`` per anchor.
 
     Args:
-        target: (B, 1, X, Y, Z) class ids (float, as nnU-Net passes them).
+        target: (B, 1, X, Y, Z) class ids (float, as nnU-Net passes them); with ``regions``, (B, R[+1], X, Y, Z)
+            0/1 region maps (the last channel nnU-Net's ignore mask if ``region_ignore_channel``).
         grid, stride: the anchor grid on a map of cumulative stride ``stride``; anchor (t0, t1, t2) sits at input
             voxel ``stride * (offset + step * t)`` per axis.
         window: window size per axis in input voxels.
+        num_classes: K classes (label mode) or R regions.
     """
     out: Compositions = []
     size = target.shape[2:]
@@ -53,7 +56,12 @@ def loop_compositions(target: torch.Tensor, grid: AnchorGrid, stride: Sequence[i
                         start = center - (window[axis] - 1) // 2
                         lo.append(max(start, 0))
                         hi.append(min(start + window[axis] - 1, size[axis] - 1))
-                    crop = labels[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1].reshape(-1).long()
+                    box = (slice(lo[0], hi[0] + 1), slice(lo[1], hi[1] + 1), slice(lo[2], hi[2] + 1))
+                    if regions:
+                        per_anchor.append(_region_fractions(target[b][(slice(None), *box)], num_classes,
+                                                            region_ignore_channel))
+                        continue
+                    crop = labels[box].reshape(-1).long()
                     if ignore_label is not None:
                         crop = crop[crop != ignore_label]
                     if crop.numel() == 0:
@@ -63,6 +71,20 @@ def loop_compositions(target: torch.Tensor, grid: AnchorGrid, stride: Sequence[i
                     per_anchor.append((counts.double() / crop.numel()).float())
         out.append(per_anchor)
     return out
+
+
+def _region_fractions(crop: torch.Tensor, num_regions: int, ignore_channel: bool) -> torch.Tensor | None:
+    """(R[+1], *window) region crop -> (R,) fraction of the valid voxels inside each region, None if none valid."""
+    valid = crop[-1] == 0 if ignore_channel else torch.ones_like(crop[0], dtype=torch.bool)
+    if not valid.any():
+        return None
+    inside = [((crop[r] != 0) & valid).sum() for r in range(num_regions)]
+    return (torch.stack(inside).double() / valid.sum()).float()
+
+
+def pooled_over_batch(feats: torch.Tensor, comps: Compositions) -> tuple[torch.Tensor, Compositions]:
+    """"batch" pairs: the anchors of all samples as the anchors of one sample, sample by sample."""
+    return feats.reshape(1, -1, feats.shape[-1]), [[c for sample in comps for c in sample]]
 
 
 def loop_pair_loss(feats_a: torch.Tensor, comps_a: Compositions, feats_b: torch.Tensor, comps_b: Compositions,
@@ -95,28 +117,40 @@ def loop_pair_loss(feats_a: torch.Tensor, comps_a: Compositions, feats_b: torch.
 
 def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[AnchorLayer],
                     projections: nn.ModuleList | None, config: CSSEConfig, target: torch.Tensor,
-                    num_classes: int, ignore_label: int | None = None) -> dict[str, torch.Tensor]:
+                    num_classes: int, ignore_label: int | None = None, regions: bool = False,
+                    region_ignore_channel: bool = False) -> dict[str, torch.Tensor]:
     """Encoder and cross-layer PDCR terms (unweighted), as the trainer defines them, by loops.
 
     Args:
         feature_maps: encoder output per resolution level (only the anchored levels are read).
-        layers: the anchored encoder layers (stride, receptive field) of the network.
+        layers: the anchored encoder layers (stride, receptive field) of the network; encoder fields are centred
+            on ``J * t`` with the same size R at every position, so the windows are centred crops of size R.
         projections: the network's two cross-layer heads, or None for no cross term.
+        regions, region_ignore_channel: region-based targets (see :func:`loop_compositions`); the distance is then
+            the mean per-region total variation (scale 1 / R).
     """
     spatial = tuple(target.shape[2:])
+    shared = config.input_grid(spatial, layers)
+    distance_scale = 1.0 / num_classes if regions else 0.5
     anchors, comps = [], []
     for layer in layers:
         fmap = feature_maps[layer.level]
-        grid = config.anchor_grid(fmap.shape[2:], layer.stride)
+        grid = shared.on_layer(layer.stride)
         if layer.feature_shape(spatial) != tuple(fmap.shape[2:]):
             raise ValueError(f"{layer.name}: feature map {tuple(fmap.shape[2:])} does not match target {spatial}")
         windows = [layer.receptive_field] if config.pdcr_windows == "rf" else \
             [(w,) * len(layer.stride) for w in config.pdcr_windows]
         anchors.append(anchor_vectors(fmap, grid))
-        comps.append([loop_compositions(target, grid, layer.stride, w, num_classes, ignore_label) for w in windows])
+        comps.append([loop_compositions(target, grid, layer.stride, w, num_classes, ignore_label, regions,
+                                        region_ignore_channel) for w in windows])
 
     def pair(fa, ca, fb, cb) -> torch.Tensor:
-        return torch.stack([loop_pair_loss(fa, wa, fb, wb, config.pdcr_temperature) for wa, wb in zip(ca, cb)]).mean()
+        losses = []
+        for wa, wb in zip(ca, cb):
+            xa, wa = (fa, wa) if config.pdcr_pairs == "sample" else pooled_over_batch(fa, wa)
+            xb, wb = (fb, wb) if config.pdcr_pairs == "sample" else pooled_over_batch(fb, wb)
+            losses.append(loop_pair_loss(xa, wa, xb, wb, config.pdcr_temperature, distance_scale))
+        return torch.stack(losses).mean()
 
     terms = {}
     if config.pdcr_encoder_weight > 0:

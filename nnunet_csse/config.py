@@ -12,33 +12,39 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnunet_csse.anchors import AnchorGrid, anchor_grid
+from nnunet_csse.anchors import AnchorLayer, InputGrid, input_grid
 
 PLANS_KEY = "csse"
+PAIR_MODES = ("sample", "batch")
 
 
 @dataclass(frozen=True)
 class CSSEConfig:
-    """Settings of UAFS (network) and PDCR (loss). Defaults are the authors' 3D setup (method.md).
+    """Settings of UAFS (network) and PDCR (loss). Defaults are the authors' 3D setup (docs/method.md).
 
     Network (change the checkpoint layout, so they are read from the plans at inference too):
         uafs_decoder: UAFS after every decoder stage (authors' 3D code).
         uafs_encoder: UAFS after every encoder stage too (authors' 2D configs).
         uafs_num_branches: M, branch output channels (authors: 2).
-        uafs_kernel_size: k of the branch's first conv (authors: 3; clipped to the stage's own kernel per axis).
+        uafs_kernel_size: k of the branch's first conv (authors: 3; their ablation: 1, 3, 5, 7), built on every axis
+            where the stage's own kernel is > 1 and 1 on the axes where the stage uses 1 (anisotropic plans).
         pdcr_projection_channels: width of the cross-layer 1x1 projection heads (None: the shallower layer's
             channel count).
     Loss:
         pdcr_encoder_weight / pdcr_cross_weight / pdcr_decoder_weight: weights of the encoder, cross-layer and
             decoder PDCR terms (authors' 3D: 0.01, 0.01, 0).
         pdcr_encoder_stages / pdcr_decoder_stages: resolution levels (0 = full resolution) whose outputs are
-            anchored. Authors' 3D: levels 2 and 3 (cumulative stride 4 and 8 in nnU-Net's default plans).
-            Levels beyond the network's depth fall back to the deepest available ones.
+            anchored. Encoder, authors' 3D: levels 2 and 3 (cumulative stride 4 and 8 in nnU-Net's default plans).
+            Decoder (not in the authors' 3D code): levels 1 and 2, which every plan of 4 or more stages has.
+            Levels outside the network (encoder: 0..n_stages-1, decoder: 0..n_stages-2) are an error.
         pdcr_windows: "rf" (window = each layer's theoretical receptive field, RF-PDCR) or a list of window
             sizes in input voxels (H-PDCR; loss per size, then averaged; authors' 2D: [5, 7, 9]).
         pdcr_temperature: tau (authors: 0.5 in 3D, 1 in 2D).
         pdcr_anchor_spacing: distance between anchors in input voxels (authors: 32).
+            All anchored layers sample one input-space grid (see ``anchors.input_grid``).
         pdcr_min_anchors / pdcr_max_anchors: bounds on anchors per sample and layer (memory is N^2).
+        pdcr_pairs: "sample" (the paper: pairs within each sample, B matrices N x N) or "batch" (the anchors of all
+            samples of the batch form one set: one (B N) x (B N) matrix; cross-image pairs).
     """
 
     uafs_decoder: bool = False
@@ -49,17 +55,18 @@ class CSSEConfig:
     pdcr_cross_weight: float = 0.0
     pdcr_decoder_weight: float = 0.0
     pdcr_encoder_stages: tuple[int, ...] = (2, 3)
-    pdcr_decoder_stages: tuple[int, ...] = (2, 3)
+    pdcr_decoder_stages: tuple[int, ...] = (1, 2)
     pdcr_windows: str | tuple[int, ...] = "rf"
     pdcr_temperature: float = 0.5
     pdcr_anchor_spacing: int = 32
     pdcr_min_anchors: int = 32
     pdcr_max_anchors: int = 512
     pdcr_projection_channels: int | None = None
+    pdcr_pairs: str = "sample"
     _source: str = field(default="defaults", compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        where = f" (from {self._source})"
+        where = self._where()
         for name in ("uafs_decoder", "uafs_encoder"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"csse setting '{name}' must be true or false{where}")
@@ -95,6 +102,9 @@ class CSSEConfig:
         if w != "rf" and (not _is_int_tuple(w) or len(w) == 0 or any(v < 1 for v in w)):
             raise ValueError(f"csse setting 'pdcr_windows' must be \"rf\" or a non-empty list of window sizes "
                              f">= 1 voxel, got {w!r}{where}")
+        if self.pdcr_pairs not in PAIR_MODES:
+            raise ValueError(f"csse setting 'pdcr_pairs' must be one of {list(PAIR_MODES)}, got "
+                             f"{self.pdcr_pairs!r}{where}")
         p = self.pdcr_projection_channels
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
             raise ValueError(f"csse setting 'pdcr_projection_channels' must be null or an integer >= 1, "
@@ -104,11 +114,30 @@ class CSSEConfig:
     def uses_pdcr(self) -> bool:
         return self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0 or self.pdcr_decoder_weight > 0
 
-    def anchor_grid(self, feature_shape: Sequence[int], stride: Sequence[int]) -> AnchorGrid:
-        """The PDCR anchor grid on a map of ``feature_shape`` with cumulative ``stride`` (network and loss
-        both call this, so anchors and composition vectors line up)."""
-        return anchor_grid(feature_shape, stride, self.pdcr_anchor_spacing, self.pdcr_min_anchors,
-                           self.pdcr_max_anchors)
+    def input_grid(self, input_shape: Sequence[int], layers: Sequence[AnchorLayer]) -> InputGrid:
+        """The one PDCR anchor grid (input voxels) of all anchored ``layers`` for an input of ``input_shape``
+        (network and loss both call this, so anchors and composition vectors line up)."""
+        return input_grid(input_shape, [layer.stride for layer in layers], self.pdcr_anchor_spacing,
+                          self.pdcr_min_anchors, self.pdcr_max_anchors)
+
+    def check_levels(self, n_stages: int) -> None:
+        """Raise a ``ValueError`` if a used PDCR level lies outside a network of ``n_stages`` resolution levels."""
+        checks = []
+        if self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0:
+            checks.append(("pdcr_encoder_stages", self.pdcr_encoder_stages, n_stages - 1, "encoder"))
+        if self.pdcr_decoder_weight > 0:
+            checks.append(("pdcr_decoder_stages", self.pdcr_decoder_stages, n_stages - 2, "decoder"))
+        for name, levels, deepest, part in checks:
+            outside = [lv for lv in levels if lv > deepest]
+            if outside:
+                allowed = f"0..{deepest}" if deepest >= 0 else "none"
+                raise ValueError(
+                    f"csse setting '{name}' {list(levels)} has level(s) {outside} outside this network: its {part} "
+                    f"has levels {allowed} ({n_stages} stages; 0 = full resolution). Set '{name}' in the plans' "
+                    f"\"{PLANS_KEY}\" settings to levels in {allowed}{self._where()}")
+
+    def _where(self) -> str:
+        return f" (from {self._source})"
 
     def with_overrides(self, overrides: Mapping[str, Any] | None, source: str = "overrides") -> CSSEConfig:
         """A copy with ``overrides`` (e.g. a plans file's ``"csse"`` dict) applied and validated."""

@@ -24,7 +24,7 @@ from torch import nn
 
 from nnunet_csse.anchors import AnchorLayer
 from nnunet_csse.config import CSSEConfig
-from nnunet_csse.receptive_field import FieldState, module_geometry, propagate
+from nnunet_csse.receptive_field import ExactField, module_geometry
 from nnunet_csse.uafs import UAFSBlock
 
 SUPPORTED_ARCHITECTURES = (PlainConvUNet, ResidualEncoderUNet)
@@ -43,22 +43,6 @@ def check_supported_architecture(arch_class_name: str) -> None:
     """Raise a ``ValueError`` naming the class and the fix if the plans' network class is not supported."""
     if arch_class_name.split(".")[-1] not in {cls.__name__ for cls in SUPPORTED_ARCHITECTURES}:
         raise ValueError(unsupported_architecture_message(arch_class_name))
-
-
-def resolve_levels(requested: Sequence[int], available: int) -> tuple[int, ...]:
-    """Map requested resolution levels onto ``range(available)``.
-
-    Levels beyond the network are clipped to the deepest one; if that merges levels, shallower neighbours are
-    added so the number of distinct levels is kept where the network allows it (e.g. (2, 3) on a 3-level
-    network -> (1, 2)).
-    """
-    if available < 1:
-        raise ValueError("the network has no resolution level to anchor PDCR at")
-    wanted = len(set(requested))
-    levels = sorted({min(level, available - 1) for level in requested})
-    while len(levels) < min(wanted, available):
-        levels = sorted({levels[0] - 1, *levels}) if levels[0] > 0 else sorted({*levels, levels[-1] + 1})
-    return tuple(levels)
 
 
 class CSSEUNet(nn.Module):
@@ -82,13 +66,13 @@ class CSSEUNet(nn.Module):
         encoder = self.encoder
         self.dim = len(encoder.strides[0])
         n_levels = len(encoder.stages)
+        config.check_levels(n_levels)
         init = InitWeights_He(1e-2)
 
         def uafs(channels: int, stage_kernel: Sequence[int] | int) -> UAFSBlock:
             stage_kernel = (stage_kernel,) * self.dim if isinstance(stage_kernel, int) else stage_kernel
-            # anisotropic stages (kernel 1 along an axis) keep the branch in-plane along that axis too
-            kernel = tuple(min(config.uafs_kernel_size, k) if k % 2 else config.uafs_kernel_size
-                           for k in stage_kernel)
+            # k on every axis the stage convolves along; anisotropic stages (kernel 1 on an axis) stay in-plane
+            kernel = tuple(config.uafs_kernel_size if k > 1 else 1 for k in stage_kernel)
             block = UAFSBlock(channels, encoder.conv_op, encoder.norm_op, encoder.norm_op_kwargs, encoder.nonlin,
                               encoder.nonlin_kwargs, config.uafs_num_branches, kernel)
             block.apply(init)
@@ -109,23 +93,16 @@ class CSSEUNet(nn.Module):
         self.decoder_anchor_layers: tuple[AnchorLayer, ...] = ()
         if config.pdcr_encoder_weight > 0 or config.pdcr_cross_weight > 0:
             self.encoder_anchor_layers = tuple(
-                AnchorLayer(f"encoder{lv}", lv, self.encoder_fields[lv].stride,
-                            self.encoder_fields[lv].receptive_field)
-                for lv in resolve_levels(config.pdcr_encoder_stages, n_levels)
+                AnchorLayer(f"encoder{lv}", lv, self.encoder_fields[lv].stride, self.encoder_fields[lv])
+                for lv in sorted(set(config.pdcr_encoder_stages))
             )
         if config.pdcr_decoder_weight > 0:
             self.decoder_anchor_layers = tuple(
-                AnchorLayer(f"decoder{lv}", lv, self.decoder_fields[lv].stride,
-                            self.decoder_fields[lv].receptive_field)
-                for lv in resolve_levels(config.pdcr_decoder_stages, n_levels - 1)
+                AnchorLayer(f"decoder{lv}", lv, self.decoder_fields[lv].stride, self.decoder_fields[lv])
+                for lv in sorted(set(config.pdcr_decoder_stages))
             )
         self.pdcr_projections = None
         if config.pdcr_cross_weight > 0:
-            if len(self.encoder_anchor_layers) < 2:
-                raise ValueError(
-                    f"cross-layer PDCR needs two encoder levels but this network has {n_levels}; set "
-                    f"'pdcr_cross_weight' to 0 in the plans' \"csse\" settings"
-                )
             first, second = self.encoder_anchor_layers[:2]
             width = config.pdcr_projection_channels or encoder.output_channels[first.level]
             self.pdcr_projections = nn.ModuleList(
@@ -134,31 +111,39 @@ class CSSEUNet(nn.Module):
         self.return_hidden = False
 
     # ----------------------------------------------------------------------------------------- geometry
-    def _encoder_fields(self) -> list[FieldState]:
-        state = FieldState.identity(self.dim)
+    def _encoder_fields(self) -> list[ExactField]:
+        """Exact field of each encoder stage's output (after its UAFS block, if any), by resolution level."""
+        field = ExactField(self.dim)
         stem = getattr(self.encoder, "stem", None)
         if stem is not None:
-            state = propagate(state, module_geometry(stem, self.dim))
+            field = field.then(module_geometry(stem, self.dim))
         fields = []
         for s, stage in enumerate(self.encoder.stages):
-            state = propagate(state, module_geometry(stage, self.dim))
+            field = field.then(module_geometry(stage, self.dim))
             if self.encoder_uafs is not None:
-                state = propagate(state, module_geometry(self.encoder_uafs[s], self.dim))
-            fields.append(state)
+                field = field.then(module_geometry(self.encoder_uafs[s], self.dim))
+            fields.append(field)
         return fields
 
-    def _decoder_fields(self) -> dict[int, FieldState]:
-        """Receptive field of each decoder output by resolution level (the deep path dominates)."""
-        state = self.encoder_fields[-1]
+    def _decoder_fields(self) -> dict[int, ExactField]:
+        """Exact field of each decoder stage's output by resolution level: the union of the upsampled deeper map's
+        paths and the skip connection's, through the stage's convolutions (and its UAFS block)."""
+        field = self.encoder_fields[-1]
         n_levels = len(self.encoder.stages)
         fields = {}
         for i, (transp, stage) in enumerate(zip(self.decoder.transpconvs, self.decoder.stages)):
-            state = propagate(state, module_geometry(transp, self.dim))
-            state = propagate(state, module_geometry(stage, self.dim))
+            level = n_levels - 2 - i
+            field = field.then(module_geometry(transp, self.dim)).union(self.encoder_fields[level])
+            field = field.then(module_geometry(stage, self.dim))
             if self.decoder_uafs is not None:
-                state = propagate(state, module_geometry(self.decoder_uafs[i], self.dim))
-            fields[n_levels - 2 - i] = state
+                field = field.then(module_geometry(self.decoder_uafs[i], self.dim))
+            fields[level] = field
         return fields
+
+    @property
+    def anchor_layers(self) -> tuple[AnchorLayer, ...]:
+        """Every anchored layer (encoder, then decoder): they share one anchor grid."""
+        return self.encoder_anchor_layers + self.decoder_anchor_layers
 
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor):
@@ -194,11 +179,14 @@ class CSSEUNet(nn.Module):
 
         if not (self.return_hidden and self.training):
             return output
-        return output, self._hidden(skips, decoder_features)
+        return output, self._hidden(tuple(x.shape[2:]), skips, decoder_features)
 
-    def _hidden(self, skips: list[torch.Tensor], decoder_features: dict[int, torch.Tensor]) -> dict:
+    def _hidden(self, input_shape: tuple[int, ...], skips: list[torch.Tensor],
+                decoder_features: dict[int, torch.Tensor]) -> dict:
+        grid = self.config.input_grid(input_shape, self.anchor_layers)
+
         def take(layer: AnchorLayer, fmap: torch.Tensor) -> torch.Tensor:
-            return self.config.anchor_grid(fmap.shape[2:], layer.stride).take(fmap)
+            return grid.on_layer(layer.stride).take(fmap)
 
         hidden = {}
         if self.config.pdcr_encoder_weight > 0 or self.pdcr_projections is not None:
@@ -212,27 +200,6 @@ class CSSEUNet(nn.Module):
                 take(layer, decoder_features[layer.level]) for layer in self.decoder_anchor_layers
             )
         return hidden
-
-    @torch.no_grad()
-    def uncertainty_maps(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        """UAFS uncertainty H of every decoder stage, by resolution level: (B, 1, *level_shape) float32."""
-        if self.decoder_uafs is None:
-            raise ValueError("this network has no decoder UAFS blocks (trained without UAFS)")
-        n_levels = len(self.encoder.stages)
-        maps: dict[int, torch.Tensor] = {}
-
-        def recorder(level: int):
-            def hook(block: UAFSBlock, inputs: tuple, output: torch.Tensor) -> None:
-                maps[level] = block.uncertainty(inputs[0])
-            return hook
-
-        hooks = [block.register_forward_hook(recorder(n_levels - 2 - i)) for i, block in enumerate(self.decoder_uafs)]
-        try:
-            self.forward(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return maps
 
 
 def build_csse_network(

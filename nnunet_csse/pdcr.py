@@ -1,14 +1,14 @@
-"""Patch-dragsaw contrastive regularization (PDCR), method.md section 2.
+"""Patch-dragsaw contrastive regularization (PDCR), docs/method.md section 2.
 
 Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segmentation", IEEE TMI 41(11), 2022
 (arXiv 2201.08779), section III-B. Pipeline for one feature map with cumulative stride ``J``:
 
 1. :func:`label_volume` turns nnU-Net's full-resolution target into one float 0/1 volume: one-hot classes (or
    regions) and a last channel of valid voxels (ignore label / ignore channel).
-2. :func:`composition_vectors` computes, for every anchor of an :class:`~nnunet_csse.anchors.AnchorGrid`, the
-   class fractions r_i inside a window centered at the anchor (the paper's "patch"): the grid is separable, so
-   all window sums are one small matrix product per axis, instead of the authors' per-anchor loop with
-   ``torch.unique``.
+2. :func:`composition_vectors` computes, for every anchor of a layer's :class:`~nnunet_csse.anchors.AnchorGrid`,
+   the class fractions r_i inside the anchor's window (the paper's "patch"; RF-PDCR: the exact input interval the
+   anchor sees, :func:`layer_windows`): the grid is separable, so all window sums are one small matrix product per
+   axis, instead of the authors' per-anchor loop with ``torch.unique``.
 3. :func:`pdcr_pair_losses` is the loss of step 5 for every pair of a step in one batched call, with a closed-form
    gradient (self-layer: b == a; cross-layer: two projected layers); :func:`pdcr_pair_loss` is one pair.
 """
@@ -26,8 +26,8 @@ from torch import nn
 from nnunet_csse.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.config import CSSEConfig
 
-__all__ = ["label_volume", "composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss",
-           "PDCRLoss"]
+__all__ = ["label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors", "PairJob",
+           "pdcr_pair_losses", "pdcr_pair_loss", "PDCRLoss"]
 
 
 def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
@@ -45,7 +45,7 @@ def label_volume(
     """Float 0/1 class (or region) masks plus a validity channel from an nnU-Net training target: the input of
     :func:`composition_vectors`, built once per step and shared by every layer and window.
 
-    Ignore-label voxels count for nothing (method.md section 2): they are 0 in every channel. Each channel is
+    Ignore-label voxels count for nothing (docs/method.md section 2): they are 0 in every channel. Each channel is
     written straight from ``target`` by one comparison into the float output (no bool intermediates: this pass
     over the full-resolution target is memory-bound; on CPU it was most of the PDCR loss's time).
 
@@ -113,27 +113,49 @@ def _compare_into(out: torch.Tensor, compare: Callable[..., torch.Tensor], a: to
         compare(a, b, out=out)
 
 
+class AxisWindows(NamedTuple):
+    """The windows of a grid's anchors along one axis: anchor t covers input voxels ``first[t]..last[t]``
+    (inclusive, before clipping to the image)."""
+
+    first: tuple[int, ...]
+    last: tuple[int, ...]
+
+
+def centered_windows(centers: Sequence[Sequence[int]], window: Sequence[int]) -> list[AxisWindows]:
+    """Windows of ``window[a]`` voxels centred at ``centers[a]`` per axis: ``[c - (w - 1) // 2, ... + w - 1]``."""
+    return [AxisWindows(tuple(c - (w - 1) // 2 for c in cs), tuple(c - (w - 1) // 2 + w - 1 for c in cs))
+            for cs, w in zip(centers, window)]
+
+
+def layer_windows(layer: AnchorLayer, grid: AnchorGrid, window: str | int) -> list[AxisWindows]:
+    """The composition windows of ``layer``'s anchors (``grid`` on that layer), per axis.
+
+    ``window="rf"`` (RF-PDCR): the exact input interval each anchor sees (for decoder maps it depends on the
+    position's parity and is not centred on the anchor, see :mod:`nnunet_csse.receptive_field`). An int (H-PDCR):
+    that many voxels centred on the anchor's input voxel ``J * t`` (the shared grid's centre, inside the image).
+    """
+    if window == "rf":
+        return [AxisWindows(*layer.field.intervals(a, grid.positions(a))) for a in range(len(grid.counts))]
+    return centered_windows(grid.centers(layer.stride), [int(window)] * len(grid.counts))
+
+
 @functools.lru_cache(maxsize=256)
-def _window_matrix(grid_axis: tuple[int, int, int], stride: int, window: int, size: int, dtype: torch.dtype,
+def _window_matrix(first: tuple[int, ...], last: tuple[int, ...], size: int, dtype: torch.dtype,
                    device: torch.device) -> torch.Tensor:
-    """(n, size) 0/1 matrix; row t marks ``[c_t - (w - 1) // 2, c_t - (w - 1) // 2 + w - 1]`` (clipped to the
-    axis by construction), ``c_t = stride * (offset + step * t)``. Built on the device from ``arange`` (no
-    host-to-device copy, which would synchronize) and cached: shapes repeat every training step."""
-    offset, step, count = grid_axis
-    lo = stride * (offset + step * torch.arange(count, device=device)[:, None]) - (window - 1) // 2
+    """(n, size) 0/1 matrix; row t marks ``[first[t], last[t]]`` clipped to the axis by construction. Cached (the
+    bounds' one host-to-device copy happens once per patch shape, not per step)."""
     position = torch.arange(size, device=device)[None, :]
-    return ((position >= lo) & (position <= lo + window - 1)).to(dtype)
+    lo = torch.tensor(first, device=device)[:, None]
+    hi = torch.tensor(last, device=device)[:, None]
+    return ((position >= lo) & (position <= hi)).to(dtype)
 
 
-def composition_vectors(
-    volume: torch.Tensor, grid: AnchorGrid, stride: Sequence[int], window: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composition vectors r_i (method.md section 2, step 2) of every anchor of ``grid``.
+def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composition vectors r_i (docs/method.md section 2, step 2) of every anchor of a separable grid.
 
-    Anchor centers are ``c = stride * (offset + step * t)`` per axis (:meth:`AnchorGrid.centers`); the window is
-    ``[c - (w - 1) // 2, c - (w - 1) // 2 + w - 1]`` clipped to ``[0, S - 1]`` per axis. Border windows are
-    divided by the number of valid voxels they actually contain (the authors divided by the full window volume
-    and clipped one voxel short at the far border; both are fixed here).
+    Anchor (t_0, t_1, ...) covers ``windows[a].first[t_a]..windows[a].last[t_a]`` per axis, clipped to
+    ``[0, S_a - 1]``. Border windows are divided by the number of valid voxels they actually contain (the authors
+    divided by the full window volume and clipped one voxel short at the far border; both are fixed here).
 
     The grid is separable, so the window sums are one small matrix product per axis with a 0/1 window matrix
     (n_axis, S_axis): no loop over anchors or voxels. Only the first product (along the last, contiguous axis)
@@ -142,12 +164,10 @@ def composition_vectors(
 
     Args:
         volume: (B, K + 1, *S) float 0/1 from :func:`label_volume` (last channel: valid voxels).
-        grid: anchor grid on the feature map, with one entry per spatial axis.
-        stride: cumulative stride J of that feature map per axis, in input voxels.
-        window: window size per axis in input voxels (RF-PDCR: the receptive field; H-PDCR: one of the sizes).
+        windows: one :class:`AxisWindows` per spatial axis (:func:`layer_windows` or :func:`centered_windows`).
 
     Returns:
-        comp: (B, N, K) float32 class fractions among valid voxels, N = grid.num_anchors in row-major grid order
+        comp: (B, N, K) float32 class fractions among valid voxels, N = prod(len(w.first)) in row-major grid order
             (the order of :meth:`AnchorGrid.take`); all zero where the window holds no valid voxel.
         valid_anchor: (B, N) bool, True where the window holds at least one valid voxel.
     """
@@ -158,23 +178,20 @@ def composition_vectors(
                          f"channel")
     if not volume.is_floating_point():
         raise ValueError(f"volume must be a float 0/1 tensor (see label_volume), got {volume.dtype}")
-    if not (len(grid.counts) == len(stride) == len(window) == dims):
-        raise ValueError(
-            f"grid ({len(grid.counts)} axes), stride {tuple(stride)} and window {tuple(window)} must all have "
-            f"{dims} entries to match volume of shape {tuple(volume.shape)}"
-        )
-    if any(w < 1 for w in window):
-        raise ValueError(f"window sizes must be >= 1, got {tuple(window)}")
+    if len(windows) != dims:
+        raise ValueError(f"windows has {len(windows)} axes but volume of shape {tuple(volume.shape)} has {dims}")
     size = volume.shape[2:]
-    all_centers = grid.centers(stride)
-    for axis, (centers, n) in enumerate(zip(all_centers, size)):
-        if centers and not 0 <= min(centers) <= max(centers) < n:
+    for axis, (w, n) in enumerate(zip(windows, size)):
+        if not w.first or len(w.first) != len(w.last) or any(lo > hi for lo, hi in zip(w.first, w.last)):
+            raise ValueError(f"windows on axis {axis} must be non-empty [first, last] pairs, got {w}")
+        if min(w.last) < 0 or max(w.first) > n - 1:
             raise ValueError(
-                f"anchor centers {centers[0]}..{centers[-1]} on axis {axis} fall outside the label extent {n}; "
+                f"anchor windows {w.first[0]}..{w.last[-1]} on axis {axis} fall outside the label extent {n}; "
                 "grid/stride do not match the target shape"
             )
+    counts_per_axis = [len(w.first) for w in windows]
     # The last axis first: it is contiguous, so the one full-volume product needs no transposed copy.
-    order = [dims - 1, *sorted(range(dims - 1), key=lambda a: grid.counts[a])]
+    order = [dims - 1, *sorted(range(dims - 1), key=lambda a: counts_per_axis[a])]
     counts = volume
     # under torch.compile the matrices are built inside the graph: the cache is not needed (dynamo warns about it)
     window_matrix = _window_matrix.__wrapped__ if torch.compiler.is_compiling() else _window_matrix
@@ -182,8 +199,8 @@ def composition_vectors(
         for i, axis in enumerate(order):
             if i == 1:
                 counts = counts.double()
-            m = window_matrix((grid.offsets[axis], grid.steps[axis], grid.counts[axis]), stride[axis], window[axis],
-                              size[axis], counts.dtype, volume.device)
+            m = window_matrix(tuple(windows[axis].first), tuple(windows[axis].last), size[axis], counts.dtype,
+                              volume.device)
             counts = torch.matmul(counts.movedim(2 + axis, -1), m.T).movedim(-1, 2 + axis)
     counts = counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
     n_valid = counts[..., -1:]
@@ -298,7 +315,7 @@ class _PairLosses(torch.autograd.Function):
 def pdcr_pair_losses(
     features: Sequence[torch.Tensor], jobs: Sequence[PairJob], temperature: float, distance_scale: float = 0.5
 ) -> torch.Tensor:
-    """PDCR losses of several anchor pairs in one batched computation (method.md section 2, steps 3-6).
+    """PDCR losses of several anchor pairs in one batched computation (docs/method.md section 2, steps 3-6).
 
     For each job, with s_ij = cos(f_a_i, f_b_j) / temperature, d_ij = distance_scale * sum_k |r_a_ik - r_b_jk|
     and a_ij = 1 - d_ij, per sample
@@ -390,11 +407,12 @@ def pdcr_pair_loss(
 
 
 class PDCRLoss(nn.Module):
-    """The PDCR terms of one training step (method.md section 2, steps 1-7), unweighted.
+    """The PDCR terms of one training step (docs/method.md section 2, steps 1-7), unweighted.
 
     Composition vectors of every anchored layer come from separable window sums over one label volume of the
-    full-resolution target (``composition_vectors``), on the anchor grid the network used
-    (``CSSEConfig.anchor_grid``), so no loop runs over anchors or voxels.
+    full-resolution target (``composition_vectors``), on the one input-space anchor grid the network used
+    (``CSSEConfig.input_grid`` of all anchored layers), so no loop runs over anchors or voxels. With
+    ``pdcr_pairs="batch"`` the anchors of all samples form one set (cross-image pairs) in the same batched call.
 
     Args:
         encoder_layers: anchored encoder maps (``CSSEUNet.encoder_anchor_layers``); the first two also form the
@@ -432,27 +450,30 @@ class PDCRLoss(nn.Module):
         # total variation over classes; for (overlapping) regions the mean of per-region binary TVs
         self.distance_scale = 1.0 / num_classes if has_regions else 0.5
 
-    def windows(self, layer: AnchorLayer) -> list[tuple[int, ...]]:
-        if self.config.pdcr_windows == "rf":
-            return [layer.receptive_field]
-        return [(w,) * len(layer.stride) for w in self.config.pdcr_windows]
+    @property
+    def anchor_layers(self) -> tuple[AnchorLayer, ...]:
+        return self.layers["encoder"] + self.layers["decoder"]
 
     def forward(self, hidden: Mapping[str, Sequence[torch.Tensor]], target: torch.Tensor) -> dict[str, torch.Tensor]:
         spatial = tuple(target.shape[2:])
         volume = label_volume(target, self.num_classes, self.ignore_label, self.has_regions,
                               self.region_ignore_channel)
+        grid = self.config.input_grid(spatial, self.anchor_layers)
+        windows = ["rf"] if self.config.pdcr_windows == "rf" else list(self.config.pdcr_windows)
+        batch_pairs = self.config.pdcr_pairs == "batch"
         cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
         def compositions(layer: AnchorLayer, num_anchors: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
             if layer.name not in cache:
-                grid = self.config.anchor_grid(layer.feature_shape(spatial), layer.stride)
                 if grid.num_anchors != num_anchors:
                     raise ValueError(
                         f"PDCR layer {layer.name}: the network sampled {num_anchors} anchors but the target of "
                         f"shape {spatial} gives a grid of {grid.num_anchors}; target and network input must "
                         f"have the same spatial shape"
                     )
-                cache[layer.name] = [composition_vectors(volume, grid, layer.stride, w) for w in self.windows(layer)]
+                layer_grid = grid.on_layer(layer.stride)
+                comps = [composition_vectors(volume, layer_windows(layer, layer_grid, w)) for w in windows]
+                cache[layer.name] = [(_pooled(c), _pooled(v)) for c, v in comps] if batch_pairs else comps
             return cache[layer.name]
 
         features: list[torch.Tensor] = []
@@ -460,13 +481,18 @@ class PDCRLoss(nn.Module):
         spans: dict[str, tuple[int, int]] = {}
 
         def add_pairs(term: str, fa: torch.Tensor, layer_a: AnchorLayer, fb: torch.Tensor, layer_b: AnchorLayer):
+            rows, cols = compositions(layer_a, fa.shape[1]), compositions(layer_b, fb.shape[1])
+            if batch_pairs:
+                self_pair = fb is fa
+                fa = _pooled(fa)
+                fb = fa if self_pair else _pooled(fb)
             a = len(features)
             features.append(fa)
             b = a if fb is fa else len(features)
             if fb is not fa:
                 features.append(fb)
             start = spans[term][0] if term in spans else len(jobs)
-            for (ra, va), (rb, vb) in zip(compositions(layer_a, fa.shape[1]), compositions(layer_b, fb.shape[1])):
+            for (ra, va), (rb, vb) in zip(rows, cols):
                 jobs.append(PairJob(a, b, ra, va, rb, vb))
             spans[term] = (start, len(jobs))
 
@@ -480,3 +506,8 @@ class PDCRLoss(nn.Module):
         # a term's jobs is the mean over its layers of the per-layer mean over window sizes.
         losses = pdcr_pair_losses(features, jobs, self.config.pdcr_temperature, self.distance_scale)
         return {term: losses[start:end].mean() for term, (start, end) in spans.items()}
+
+
+def _pooled(t: torch.Tensor) -> torch.Tensor:
+    """(B, N, ...) -> (1, B N, ...): the anchors of all samples as one set ("batch" pairs)."""
+    return t.reshape(1, -1, *t.shape[2:])

@@ -180,6 +180,7 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         configuration_manager = plans_manager.get_configuration(configuration)
         check_supported_architecture(configuration_manager.network_arch_class_name)
         csse_config = config_from_plans(self.csse_defaults, configuration_manager.configuration, configuration)
+        csse_config.check_levels(int(configuration_manager.network_arch_init_kwargs["n_stages"]))
         check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
         check_labels_consecutive(plans_manager.get_label_manager(dataset_json), dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -204,19 +205,31 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
 
     def _build_loss(self):
         loss = super()._build_loss()
+        network: CSSEUNet = unwrap_network(self.network)
+        self.print_to_log_file("CSSE settings:", self.csse_config.to_json())
+        for part, blocks in (("encoder", network.encoder_uafs), ("decoder", network.decoder_uafs)):
+            if blocks is not None:
+                self.print_to_log_file(f"UAFS {part} branch kernels built: {[list(b.kernel_size) for b in blocks]}")
         if not self.pdcr_terms:
             return loss
-        network: CSSEUNet = unwrap_network(self.network)
         network.return_hidden = True
         lm = self.label_manager
         num_classes = len(lm.foreground_regions) if lm.has_regions else lm.num_segmentation_heads
         pdcr = PDCRLoss(network.encoder_anchor_layers, network.decoder_anchor_layers, self.csse_config, num_classes,
                         ignore_label=None if lm.has_regions else lm.ignore_label, has_regions=lm.has_regions,
                         region_ignore_channel=lm.has_regions and lm.has_ignore_label)
-        self.print_to_log_file("CSSE settings:", self.csse_config.to_json())
-        for layer in (*network.encoder_anchor_layers, *network.decoder_anchor_layers):
-            self.print_to_log_file(f"PDCR layer {layer.name}: cumulative stride {layer.stride}, "
-                                   f"receptive field {layer.receptive_field}")
+        patch = tuple(self.configuration_manager.patch_size)
+        grid = self.csse_config.input_grid(patch, network.anchor_layers)
+        self.print_to_log_file(f"PDCR anchor grid of the patch {list(patch)}, shared by every anchored layer: "
+                               f"{grid.describe()}")
+        for layer in network.anchor_layers:
+            widths = [layer.field.widths(a) for a in range(len(layer.stride))]
+            field = [lo if lo == hi else f"{lo}-{hi}" for lo, hi in widths]
+            layer_grid = grid.on_layer(layer.stride)
+            self.print_to_log_file(
+                f"PDCR layer {layer.name}: cumulative stride {list(layer.stride)}, exact receptive field {field} "
+                f"(a range: it depends on the position after transposed convolutions), anchors at feature positions "
+                f"{list(layer_grid.offsets)} + {list(layer_grid.steps)} * t")
         if self._do_i_compile():
             # as nnU-Net compiles its Dice loss: PDCR is ~160 small kernels in eager mode, whose launches sit on the
             # step's critical path once the network itself is compiled; one graph, shapes fixed by the patch

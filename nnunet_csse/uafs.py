@@ -1,4 +1,4 @@
-"""UAFS: uncertainty-aware feature selection (method.md section 1).
+"""UAFS: uncertainty-aware feature selection (docs/method.md section 1).
 
 Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segmentation", IEEE TMI 2022
 (arXiv 2201.08779; the journal version calls the block UAFR). A small branch predicts M-way logits per
@@ -9,7 +9,8 @@ by ``y = x + x * (1 - H)``. The branch has no loss of its own.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +116,10 @@ class UAFSBlock(nn.Module):
         kernel_size: int or per-axis sequence (anisotropic stages may pass e.g. (1, 3, 3)); odd values.
 
     Shapes: ``forward`` (B, C, *spatial) -> (B, C, *spatial); ``uncertainty`` -> (B, 1, *spatial).
+
+    Keeping H: with ``keep_uncertainty`` set (see :func:`keeping_uncertainty`), ``forward`` also stores the H it
+    computed as ``kept_uncertainty`` ((B, 1, *spatial) float32), so inference can export the map without running
+    the branch again. Both are plain attributes, not part of the state dict; off by default (training unchanged).
     """
 
     def __init__(
@@ -155,11 +160,36 @@ class UAFSBlock(nn.Module):
         self.branch = nn.Sequential(*layers)
         self.kernel_size = kernel
         self.num_branches = num_branches
+        self.keep_uncertainty = False
+        self.kept_uncertainty: torch.Tensor | None = None
 
     def uncertainty(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> normalized entropy H, (B, 1, *spatial) float32 in [0, 1]."""
         return normalized_entropy(self.branch(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.uncertainty(x)
+        if self.keep_uncertainty:
+            self.kept_uncertainty = h
         # y = x + x * (1 - H) = x * (2 - H): one elementwise pass over x instead of two
-        return x * (2.0 - self.uncertainty(x)).to(x.dtype)
+        return x * (2.0 - h).to(x.dtype)
+
+
+@contextmanager
+def keeping_uncertainty(blocks: Iterable[UAFSBlock]) -> Iterator[list[UAFSBlock]]:
+    """Within the context, every block of ``blocks`` keeps the H of its latest ``forward`` in ``kept_uncertainty``
+    ((B, 1, *spatial) float32). On exit each block gets its earlier setting back: outside any other such context
+    the flag is cleared and the kept tensor dropped.
+
+    Yields the blocks as a list, in the given order.
+    """
+    blocks = list(blocks)
+    previous = [(block.keep_uncertainty, block.kept_uncertainty) for block in blocks]
+    for block in blocks:
+        block.keep_uncertainty = True
+    try:
+        yield blocks
+    finally:
+        for block, (keep, kept) in zip(blocks, previous):
+            block.keep_uncertainty = keep
+            block.kept_uncertainty = kept if keep else None

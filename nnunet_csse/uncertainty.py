@@ -1,15 +1,18 @@
-"""UAFS uncertainty maps at inference, through nnU-Net's own predictor.
+"""UAFS uncertainty maps at inference, through nnU-Net's own predictor, in the same pass as the segmentation.
 
-The paper visualizes the UAFS entropy H (method.md section 1) as an uncertainty map. Here the full-resolution
-decoder stage's H is produced by nnU-Net's sliding-window predictor itself: the network is temporarily wrapped
-so that its "logits" are H (``UncertaintyAsLogits``), so tiling, Gaussian weighting, mirroring and fold
-ensembling are nnU-Net's. The map then goes back to the input's geometry the way nnU-Net exports probabilities
-(resample, undo the crop, undo the transpose).
+The paper visualizes the UAFS entropy H (docs/method.md section 1) as an uncertainty map. Here the full-resolution
+decoder stage's H comes out of nnU-Net's sliding-window prediction of the segmentation itself: the network is
+temporarily wrapped (``LogitsAndUncertainty``) so that its output is the K segmentation logits followed by the H
+that the UAFS block computed in that same forward (kept by the block, see ``nnunet_csse.uafs.keeping_uncertainty``),
+and the predictor's aggregation buffer gets one channel more. Tiling, Gaussian weighting, mirroring (flipped back,
+which is right for H too) and fold ensembling are nnU-Net's, once per tile for both. The map then goes back to the
+input's geometry the way nnU-Net exports probabilities (resample, undo the crop, undo the transpose).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,31 +20,60 @@ import torch
 from torch import nn
 
 from nnunet_csse.network import CSSEUNet
+from nnunet_csse.uafs import UAFSBlock, keeping_uncertainty
 
 
-class UncertaintyAsLogits(nn.Module):
-    """Wraps a CSSE network so its output is the UAFS uncertainty H of resolution level ``level``.
+class LogitsAndUncertainty(nn.Module):
+    """Wraps a CSSE network so its output is its segmentation logits and, as one more channel, the UAFS
+    uncertainty H of the full-resolution decoder stage, kept from the same forward (the branch runs once).
 
-    Output (B, num_heads, *spatial): H repeated over channels, because nnU-Net's predictor allocates its
-    aggregation buffer with the number of segmentation heads. ``load_state_dict`` goes to the wrapped network
-    so the predictor can load each fold's weights as usual.
+    Shapes: (B, C_in, *patch) -> (B, K + 1, *patch), channels ``[:K]`` the network's logits (unchanged, same
+    dtype), channel ``K`` H in [0, 1] (cast to the logits' dtype). The network must not deep-supervise (nnU-Net's
+    predictor builds it without). ``load_state_dict`` goes to the wrapped network so the predictor can load each
+    fold's weights as usual.
     """
 
-    def __init__(self, network: CSSEUNet, num_heads: int, level: int = 0) -> None:
+    def __init__(self, network: CSSEUNet) -> None:
         super().__init__()
+        if network.decoder_uafs is None or not isinstance(network.decoder_uafs[-1], UAFSBlock):
+            raise ValueError("this network has no decoder UAFS block at full resolution (trained without UAFS)")
         self.network = network
-        self.num_heads = num_heads
-        self.level = level
+
+    @property
+    def full_resolution_block(self) -> UAFSBlock:
+        """The UAFS block after the last decoder stage (resolution level 0)."""
+        return self.network.decoder_uafs[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.network.uncertainty_maps(x)[self.level]
-        return h.repeat(1, self.num_heads, *([1] * (h.ndim - 2)))
+        with keeping_uncertainty([self.full_resolution_block]) as (block,):
+            logits = self.network(x)
+            h = block.kept_uncertainty
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError("the network returned several outputs; switch deep supervision off for inference")
+        if h is None or h.shape[2:] != logits.shape[2:]:
+            raise RuntimeError(f"the full-resolution UAFS block kept no H of shape {tuple(logits.shape[2:])}")
+        return torch.cat((logits, h.to(logits.dtype)), dim=1)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+class _WithUncertaintyChannel:
+    """A label manager that reports one segmentation head more (the predictor sizes its buffer with it)."""
+
+    def __init__(self, label_manager) -> None:
+        self._label_manager = label_manager
+
+    @property
+    def num_segmentation_heads(self) -> int:
+        return self._label_manager.num_segmentation_heads + 1
+
+    def __getattr__(self, name: str):
+        return getattr(self._label_manager, name)
+
+
 def csse_network_of(predictor) -> CSSEUNet:
+    """The predictor's CSSE network (unwrapped from torch.compile); raises ``ValueError`` if it has no UAFS."""
     network = getattr(predictor.network, "_orig_mod", predictor.network)
     if not isinstance(network, CSSEUNet) or network.decoder_uafs is None:
         raise ValueError(
@@ -51,15 +83,36 @@ def csse_network_of(predictor) -> CSSEUNet:
     return network
 
 
+@contextmanager
+def predicting_logits_and_uncertainty(predictor) -> Iterator[int]:
+    """Within the context the predictor's output is (K + 1, *spatial): logits, then H. Yields K.
+
+    Swaps in ``LogitsAndUncertainty`` as the predictor's network and a label manager with one head more; both are
+    restored on exit.
+    """
+    network, label_manager = predictor.network, predictor.label_manager
+    predictor.network = LogitsAndUncertainty(csse_network_of(predictor))
+    predictor.label_manager = _WithUncertaintyChannel(label_manager)
+    try:
+        yield label_manager.num_segmentation_heads
+    finally:
+        predictor.network, predictor.label_manager = network, label_manager
+
+
+def predict_logits_and_uncertainty(predictor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Segmentation logits and H for preprocessed ``data`` (C, *spatial), from one sliding-window prediction.
+
+    Returns (logits (K, *spatial), exactly as ``predictor.predict_logits_from_preprocessed_data(data)``; H
+    (1, *spatial) float32), both in the preprocessed geometry, on the CPU.
+    """
+    with predicting_logits_and_uncertainty(predictor) as num_heads:
+        both = predictor.predict_logits_from_preprocessed_data(data)
+    return both[:num_heads], both[num_heads:].float()
+
+
 def predict_uncertainty(predictor, data: torch.Tensor) -> torch.Tensor:
     """H for preprocessed ``data`` (C, *spatial) -> (1, *spatial) float32, in the preprocessed geometry."""
-    original = predictor.network
-    predictor.network = UncertaintyAsLogits(csse_network_of(predictor),
-                                            predictor.label_manager.num_segmentation_heads)
-    try:
-        return predictor.predict_logits_from_preprocessed_data(data)[:1].float()
-    finally:
-        predictor.network = original
+    return predict_logits_and_uncertainty(predictor, data)[1]
 
 
 def to_input_geometry(maps: torch.Tensor | np.ndarray, predictor, properties: dict) -> np.ndarray:
@@ -107,13 +160,13 @@ def write_float_image(array: np.ndarray, path: Path, properties: dict) -> None:
 def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.ndarray, path: Path,
                  title: str = "") -> None:
     """PNG of the central slice: image, segmentation contours, uncertainty H. Arrays are (Z, Y, X)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     z = image.shape[0] // 2
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].imshow(image[z], cmap="gray")
     axes[0].set_title("image")
     axes[1].imshow(image[z], cmap="gray")
@@ -128,7 +181,6 @@ def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.nd
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def predict_folder_with_uncertainty(
@@ -143,7 +195,8 @@ def predict_folder_with_uncertainty(
     """Segment every case of ``input_folder`` and write its UAFS uncertainty map and a PNG overlay.
 
     Per case: ``<case><ending>`` (segmentation, nnU-Net's export), ``<case>_uncertainty<ending>`` (H in [0, 1],
-    float32, same geometry as the input) and ``<case>_overlay.png``. Returns the uncertainty files.
+    float32, same geometry as the input) and ``<case>_overlay.png``; segmentation and H come from one
+    sliding-window prediction (``predict_logits_and_uncertainty``). Returns the uncertainty files.
     """
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -165,11 +218,11 @@ def predict_folder_with_uncertainty(
     for files in cases:
         case = Path(files[0]).name[: -len(f"_0000{ending}")]
         image, data, properties = preprocess_case(predictor, files)
-        logits = predictor.predict_logits_from_preprocessed_data(data)
+        logits, h = predict_logits_and_uncertainty(predictor, data)
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
         reader.write_seg(segmentation, str(output_folder / f"{case}{ending}"), properties)
-        uncertainty = to_input_geometry(predict_uncertainty(predictor, data), predictor, properties)[0]
+        uncertainty = to_input_geometry(h, predictor, properties)[0]
         target = output_folder / f"{case}_uncertainty{ending}"
         write_float_image(uncertainty, target, properties)
         save_overlay(image[0], segmentation, uncertainty, output_folder / f"{case}_overlay.png", case)

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
+
+# the benchmarks package (its PDCR loop reference is the tests' oracle too) lives next to tests/
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"

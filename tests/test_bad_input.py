@@ -57,6 +57,8 @@ def test_valid_plans_start_a_training(dataset, nnunet_dirs):
     ({"csse": {"pdcr_temprature": 1.0}}, ["unknown csse setting", "pdcr_temprature", "3d_fullres"]),
     ({"csse": {"pdcr_encoder_weight": -0.5}}, ["pdcr_encoder_weight", "3d_fullres"]),
     ({"csse": {"pdcr_windows": [5, 65]}}, ["larger than the patch", "3d_fullres"]),
+    ({"csse": {"pdcr_encoder_stages": [2, 7]}}, ["'pdcr_encoder_stages' [2, 7]", "[7] outside this network", "0..3",
+                                                 "3d_fullres"]),
 ])
 def test_bad_input_is_named_before_nnunet_writes_anything(dataset, nnunet_dirs, change, messages):
     edit(dataset, **change)

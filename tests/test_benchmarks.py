@@ -102,7 +102,7 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
         monkeypatch.setenv(name, str(tmp_path / name))  # restored after the test
     prepare_nnunet_folders(tmp_path)
     losses = {}
-    for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[eager-PDCR]"):
+    for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[eager-PDCR]", "nnUNetTrainerCSSE[batch-pairs]"):
         compiling = type("Compiling", (trainer_class(name),), {"_do_i_compile": lambda self: True})
         plans = dict(TINY.plans_dict(), continue_training=False)  # nnUNetv2_train adds this key
         trainer = compiling(plans, "3d_fullres", 0, TINY.dataset_json(), torch.device("cpu"))
@@ -112,6 +112,8 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
     assert isinstance(losses["nnUNetTrainerCSSE"], OptimizedModule)
     assert isinstance(losses["nnUNetTrainerCSSE"]._orig_mod, PDCRLoss)
     assert type(losses["nnUNetTrainerCSSE[eager-PDCR]"]) is PDCRLoss
+    assert losses["nnUNetTrainerCSSE"]._orig_mod.config.pdcr_pairs == "sample"
+    assert losses["nnUNetTrainerCSSE[batch-pairs]"]._orig_mod.config.pdcr_pairs == "batch"  # compiled, re-configured
 
 
 def test_network_variants_change_what_they_name_and_train(tmp_path, monkeypatch):

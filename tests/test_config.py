@@ -56,11 +56,23 @@ def test_overrides_must_be_an_object():
 
 
 def test_anchor_grid_is_shared_and_bounded():
+    from nnunet_csse.anchors import input_grid
+
     config = CSSEConfig(pdcr_min_anchors=8, pdcr_max_anchors=27)
-    grid = config.anchor_grid((32, 32, 32), (4, 4, 4))  # spacing 32 voxels -> step 8 -> 4 per axis = 64 > 27
-    assert 8 <= grid.num_anchors <= 27
-    tiny = config.anchor_grid((3, 5, 3), (8, 8, 8))  # Hippocampus-sized patch at J = 8
-    assert tiny.num_anchors >= 8
+    # 128^3, one layer at J = 4: spacing 32 -> 4 per axis = 64 > 27, so sparser
+    grid = input_grid((128, 128, 128), [(4, 4, 4)], 32, 8, 27)
+    assert 8 <= grid.num_anchors <= 27 and all(f % 4 == 0 and s % 4 == 0 for f, s in zip(grid.first, grid.spacing))
+    # Hippocampus-sized patch at J = 4 and 8: centres on multiples of 8, denser than 32 to reach 8 anchors
+    tiny = input_grid((40, 56, 40), [(4, 4, 4), (8, 8, 8)], 32, config.pdcr_min_anchors, config.pdcr_max_anchors)
+    assert tiny.num_anchors >= 8 and all(f % 8 == 0 and s % 8 == 0 for f, s in zip(tiny.first, tiny.spacing))
+    extent = zip(tiny.first, tiny.spacing, tiny.counts, (40, 56, 40))
+    assert all(f + s * (n - 1) <= size - 1 for f, s, n, size in extent)
+
+
+def test_pair_mode_is_validated():
+    assert CSSEConfig(pdcr_pairs="batch").pdcr_pairs == "batch"
+    with pytest.raises(ValueError, match="'pdcr_pairs' must be one of \\['sample', 'batch'\\]"):
+        CSSEConfig(pdcr_pairs="image")
 
 
 def test_hierarchical_windows_must_fit_the_patch():

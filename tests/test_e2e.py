@@ -102,7 +102,8 @@ def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
         for term in ("encoder", "cross"):
             values = logged_pdcr(log, term)
             assert len(values) == 2 and np.isfinite(values).all()  # one line per epoch
-        assert "receptive field (23, 23, 23)" in log if planned["dim"] == 3 else "receptive field" in log
+        assert "exact receptive field [23, 23, 23]" in log if planned["dim"] == 3 else "exact receptive field" in log
+        assert "PDCR anchor grid of the patch" in log
         # nnU-Net's progress plot stays as it is; the PDCR curves get their own small plot
         assert plt.imread(fold / "progress.png").shape[:2] == (5400, 3000)
         assert plt.imread(fold / "progress_pdcr.png").shape[:2] == (500, 1200)

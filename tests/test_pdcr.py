@@ -1,4 +1,4 @@
-"""Tests for nnunet_csse.pdcr against slow, independent loop oracles (method.md section 2)."""
+"""Tests for nnunet_csse.pdcr against slow, independent loop oracles (docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_csse.anchors import AnchorGrid, anchor_grid
-from nnunet_csse.pdcr import PairJob, composition_vectors, label_volume, pdcr_pair_loss, pdcr_pair_losses
+from nnunet_csse.anchors import AnchorGrid, input_grid
+from nnunet_csse.pdcr import (
+    PairJob,
+    centered_windows,
+    composition_vectors,
+    label_volume,
+    pdcr_pair_loss,
+    pdcr_pair_losses,
+)
 
 IGNORE = 7
 
@@ -27,7 +34,7 @@ def _feature_shape(shape, stride) -> tuple[int, ...]:
 
 
 def _grid(shape, stride, spacing) -> AnchorGrid:
-    grid = anchor_grid(_feature_shape(shape, stride), stride, spacing)
+    grid = input_grid(shape, [stride], spacing).on_layer(stride)
     assert any(o > 0 for o in grid.offsets), "test setup: want a grid with a non-zero offset"
     return grid
 
@@ -67,8 +74,12 @@ def _oracle_labels(labels: np.ndarray, grid, stride, window, num_classes, ignore
     return comp, valid
 
 
+def _windows(grid, stride, window):
+    return centered_windows(grid.centers(stride), window)
+
+
 def _pipeline(target, grid, stride, window, **volume_kwargs):
-    return composition_vectors(label_volume(target, **volume_kwargs), grid, stride, window)
+    return composition_vectors(label_volume(target, **volume_kwargs), _windows(grid, stride, window))
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -84,7 +95,7 @@ def test_composition_vectors_label_mode(case):
     for k in range(4):
         assert torch.equal(volume[:, k].bool(), (labels == k) & is_valid)
     assert torch.equal(volume[:, 4].bool(), is_valid)
-    comp, valid_anchor = composition_vectors(volume, grid, stride, window)
+    comp, valid_anchor = composition_vectors(volume, _windows(grid, stride, window))
     ref_comp, ref_valid = _oracle_labels(labels.numpy(), grid, stride, window, 4, IGNORE)
     assert comp.dtype == torch.float32 and comp.shape == (2, grid.num_anchors, 4)
     np.testing.assert_allclose(comp.numpy(), ref_comp, rtol=1e-6, atol=1e-7)
@@ -112,7 +123,7 @@ def test_composition_vectors_region_mode(case):
     target = torch.rand((2, 4, *shape), generator=gen) < 0.4  # 3 overlapping regions + ignore channel
     volume = label_volume(target.float(), has_regions=True, region_ignore_channel=True, num_classes=3)
     assert volume.shape == (2, 4, *shape)
-    comp, valid_anchor = composition_vectors(volume, grid, stride, window)
+    comp, valid_anchor = composition_vectors(volume, _windows(grid, stride, window))
     t = target.numpy()
     centers = _anchor_centers(grid, stride)
     for b in range(2):
@@ -148,7 +159,7 @@ def test_fully_ignored_window(case):
 
 
 def _oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
-    """Direct float64 double loop over the formula of method.md section 2, step 5."""
+    """Direct float64 double loop over the formula of docs/method.md section 2, step 5."""
     fa, ca, fb, cb = (np.asarray(x, dtype=np.float64) for x in (fa, ca, fb, cb))
     losses = []
     for b in range(fa.shape[0]):
@@ -235,7 +246,7 @@ def test_loss_and_gradients_finite(case, scenario):
 
 
 def _autograd_oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
-    """The formula of method.md section 2, step 5 as a plain float64 loop of torch scalars: autograd through it is
+    """The formula of docs/method.md section 2, step 5 as a plain float64 loop of torch scalars: autograd through it is
     the gradient oracle for the closed-form backward."""
     losses = []
     for b in range(fa.shape[0]):
@@ -368,18 +379,18 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="ignore label must be the highest"):
         label_volume(t2, num_classes=3, ignore_label=2)
     with pytest.raises(ValueError, match="2 or 3 spatial axes"):
-        composition_vectors(torch.zeros((2, 2, 4)), AnchorGrid((0,), (1,), (1,)), (1,), (1,))
+        composition_vectors(torch.zeros((2, 2, 4)), centered_windows([[0]], [1]))
 
     sat = torch.ones((2, 3, 8, 8))
     grid = AnchorGrid(offsets=(0, 0), steps=(1, 1), counts=(2, 2))
-    with pytest.raises(ValueError, match="must all have 2 entries"):
-        composition_vectors(sat, grid, (4, 4, 4), (3, 3))
+    with pytest.raises(ValueError, match="windows has 3 axes"):
+        composition_vectors(sat, centered_windows([[0, 4], [0, 4], [0, 4]], (3, 3, 3)))
     with pytest.raises(ValueError, match="outside the label extent"):
-        composition_vectors(sat, AnchorGrid((0, 0), (1, 1), (3, 2)), (4, 4), (3, 3))
+        composition_vectors(sat, _windows(AnchorGrid((0, 0), (1, 1), (4, 2)), (4, 4), (3, 3)))
     with pytest.raises(ValueError, match="float 0/1"):
-        composition_vectors(sat.bool(), grid, (4, 4), (3, 3))
-    with pytest.raises(ValueError, match="window sizes"):
-        composition_vectors(sat, grid, (4, 4), (0, 3))
+        composition_vectors(sat.bool(), _windows(grid, (4, 4), (3, 3)))
+    with pytest.raises(ValueError, match="non-empty"):
+        composition_vectors(sat, _windows(grid, (4, 4), (0, 3)))
 
     f, c, v = torch.randn(2, 5, 4), torch.rand(2, 5, 3), torch.ones(2, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match="feats_a"):

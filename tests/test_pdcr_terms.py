@@ -9,7 +9,7 @@ from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import build_csse_network
-from nnunet_csse.pdcr import PDCRLoss, composition_vectors, label_volume, pdcr_pair_loss
+from nnunet_csse.pdcr import PDCRLoss, centered_windows, composition_vectors, label_volume, pdcr_pair_loss
 from nnunet_csse.training import CSSELoss
 
 CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
@@ -28,7 +28,7 @@ def setup(dim, config=CSSE, arch=PLAIN, classes=3, size=32, batch=2, seed=0):
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("arch", [PLAIN, RESENC])
 def test_terms_finite_and_gradients_reach_anchored_layers_and_heads(dim, arch):
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)
+    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)  # decoder levels 1 and 2
     net, x, target, loss = setup(dim, config, arch)
     _, hidden = net(x)
     terms = loss(hidden, target)
@@ -49,10 +49,11 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
     terms = loss(hidden, target)
     sat = label_volume(target, 3)
     per_layer, comps = [], []
+    grid = CSSE.input_grid((32, 32, 32), net.anchor_layers)
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
-        fmap_shape = tuple(math.ceil(32 / j) for j in layer.stride)
-        grid = CSSE.anchor_grid(fmap_shape, layer.stride)
-        comp, ok = composition_vectors(sat, grid, layer.stride, layer.receptive_field)
+        # encoder fields: R voxels centred on the anchor's input voxel J * t
+        centers = grid.on_layer(layer.stride).centers(layer.stride)
+        comp, ok = composition_vectors(sat, centered_windows(centers, layer.receptive_field))
         comps.append((comp, ok))
         per_layer.append(pdcr_pair_loss(feats, comp, ok, feats, comp, ok, 0.5))
     torch.testing.assert_close(terms["encoder"], (per_layer[0] + per_layer[1]) / 2)
@@ -68,10 +69,11 @@ def test_hierarchical_windows_average_per_size_losses():
     terms = loss(hidden, target)
     sat = label_volume(target, 3)
     per_layer = []
+    grid = config.input_grid((32, 32), net.anchor_layers)
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
-        grid = config.anchor_grid(tuple(math.ceil(32 / j) for j in layer.stride), layer.stride)
-        sizes = [pdcr_pair_loss(feats, *composition_vectors(sat, grid, layer.stride, (w, w)),
-                                feats, *composition_vectors(sat, grid, layer.stride, (w, w)), 0.5)
+        centers = grid.on_layer(layer.stride).centers(layer.stride)
+        sizes = [pdcr_pair_loss(feats, *composition_vectors(sat, centered_windows(centers, (w, w))),
+                                feats, *composition_vectors(sat, centered_windows(centers, (w, w))), 0.5)
                  for w in (5, 7, 9)]
         per_layer.append(sum(sizes) / 3)
     torch.testing.assert_close(terms["encoder"], sum(per_layer) / 2)
@@ -158,3 +160,80 @@ def test_loss_traces_into_one_graph_with_equal_values_and_gradients(windows):
     assert eager_grads.keys() == compiled_grads.keys() and "pdcr_projections.0.weight" in eager_grads
     for name in eager_grads:
         torch.testing.assert_close(compiled_grads[name], eager_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def _encoder_maps(net, x):
+    """Hidden outputs plus the encoder stage outputs (what the network anchors), by level."""
+    maps = {}
+    hooks = [stage.register_forward_hook(lambda m, inp, out, i=i: maps.__setitem__(i, out))
+             for i, stage in enumerate(net.encoder.stages)]
+    _, hidden = net(x)
+    for hook in hooks:
+        hook.remove()
+    return hidden, maps
+
+
+def test_encoder_term_alone_trains_the_anchored_encoder_stages():
+    """With the cross and decoder terms off, the encoder term still reaches encoder stages 2 and 3 (a detached
+    encoder feature would pass a test that also ran decoder PDCR, which reaches the encoder through the skips)."""
+    config = CSSEConfig(pdcr_encoder_weight=0.01)
+    net, x, target, loss = setup(3, config)
+    _, hidden = net(x)
+    assert set(hidden) == {"encoder"}
+    loss(hidden, target)["encoder"].backward()
+    for level in (2, 3):
+        grads = [p.grad for p in net.encoder.stages[level].parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, level
+    decoder_own = [*net.decoder.stages.parameters(), *net.decoder.transpconvs.parameters(),
+                   *net.decoder.seg_layers.parameters()]  # (nnU-Net's decoder also holds the encoder)
+    assert all(p.grad is None for p in decoder_own)  # nothing else was asked for
+
+
+@pytest.mark.parametrize("pairs", ["sample", "batch"])
+@pytest.mark.parametrize("mode", ["labels", "regions"])
+def test_terms_match_the_loop_reference(pairs, mode):
+    """Value and gradient of the encoder and cross terms against the authors'-style loops (regions: one composition
+    entry per region, distance = mean per-region total variation; "batch": one anchor set over the batch)."""
+    config = dataclasses.replace(CSSE, pdcr_pairs=pairs)
+    net, x, labels, _ = setup(3, config, batch=3)
+    if mode == "regions":
+        gen = torch.Generator().manual_seed(3)
+        target = (torch.rand((3, 3, 32, 32, 32), generator=gen) > 0.6).float()  # 2 regions + ignore channel
+        kwargs, classes = {"has_regions": True, "region_ignore_channel": True}, 2
+        ref_kwargs = {"regions": True, "region_ignore_channel": True}
+    else:
+        target = labels.clone()
+        target[0, :, :12] = 3  # ignore label
+        kwargs, classes, ref_kwargs = {"ignore_label": 3}, 3, {"ignore_label": 3}
+    loss = PDCRLoss(net.encoder_anchor_layers, (), config, classes, **kwargs)
+    hidden, maps = _encoder_maps(net, x)
+    terms = loss(hidden, target)
+    from benchmarks.pdcr_reference import reference_terms
+
+    expected = reference_terms(maps, net.encoder_anchor_layers, net.pdcr_projections, config, target, classes,
+                               **ref_kwargs)
+    assert terms.keys() == expected.keys() == {"encoder", "cross"}
+    for name in terms:
+        torch.testing.assert_close(terms[name], expected[name], rtol=1e-5, atol=1e-6)
+    grads = [torch.autograd.grad(sum(t.values()), net.pdcr_projections[0].weight, retain_graph=True)[0]
+             for t in (terms, expected)]
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_batch_pairs_differ_from_per_sample_pairs():
+    net, x, target, _ = setup(3, batch=2)
+    _, hidden = net(x)
+    per_sample = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 3)(hidden, target)
+    batch = PDCRLoss(net.encoder_anchor_layers, (), dataclasses.replace(CSSE, pdcr_pairs="batch"), 3)(hidden, target)
+    assert all(abs(batch[t].item() - per_sample[t].item()) > 1e-4 for t in per_sample)
+
+
+def test_pdcr_reads_the_full_resolution_target_of_deep_supervision():
+    """nnU-Net passes one target per deep-supervision output; PDCR's compositions come from the first one."""
+    net, x, target, pdcr = setup(3)
+    seg, hidden = net(x)
+    targets = [target, target[:, :, ::2, ::2, ::2], target[:, :, ::4, ::4, ::4]]
+    wrapper = CSSELoss(_DiceStandIn(), pdcr, {"encoder": 0.01, "cross": 0.02})
+    terms = pdcr(hidden, target)
+    expected = _DiceStandIn()(seg, targets) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
+    torch.testing.assert_close(wrapper((seg, hidden), targets), expected)
