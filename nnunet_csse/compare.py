@@ -1,17 +1,48 @@
-"""Compare finished nnU-Net trainings by their cross-validation Dice (``nnunet-csse compare``).
+"""Compare nnU-Net runs by their Dice, fold means and paired per-case statistics (``nnunet-csse compare``).
 
-Reads what ``nnUNetv2_train`` writes at the end of training (or with ``--val``):
+Two sources of Dice:
 
-    <nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>/fold_<f>/validation/summary.json
+* Cross-validation (``-d -c -tr``): what ``nnUNetv2_train`` writes at the end of training (or with ``--val``),
 
-``summary.json`` is nnU-Net's ``compute_metrics_on_folder`` output: ``"mean"`` holds the mean metrics over the
-validation cases per label or region (keys ``"1"``, ``"2"`` or ``"(1, 2)"``) and ``"foreground_mean"`` their
-mean over all labels but background. For every trainer and class this module reports the mean and standard
-deviation (sample std, ddof=1; empty for a single fold) of the per-fold Dice over the folds found; a class whose
-Dice is NaN in a fold (absent from all of that fold's validation cases) does not count for that fold.
+      <nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>/fold_<f>/validation/summary.json
 
-A trainer entry may be ``TRAINER`` (plans from ``-p``) or ``TRAINER__PLANS``, to compare runs that used
-different plans identifiers (e.g. a limited-data run, see ``nnunet-csse split``). Nothing is trained.
+  nnU-Net's ``compute_metrics_on_folder`` output. ``"mean"`` holds the mean metrics over the fold's validation
+  cases per label or region (keys ``"1"``, ``"2"`` or ``"(1, 2)"``), ``"foreground_mean"`` their mean over all
+  labels but background, and ``"metric_per_case"`` the metrics of every case. A trainer entry may be
+  ``TRAINER`` (plans from ``-p``) or ``TRAINER__PLANS``, to compare runs with different plans identifiers (e.g.
+  a limited-data run, see ``nnunet-csse split``).
+* A held-out test set (``--labels --predictions``): prediction folders evaluated against a label folder with
+  nnU-Net's own per-case evaluator (``compute_metrics``, the function ``compute_metrics_on_folder`` maps over
+  the files), labels or regions and ignore label from the dataset's ``dataset.json`` as in
+  ``nnUNetv2_evaluate_folder``. Cases are the label files; a prediction folder that lacks some is warned about.
+
+Fold-mean table (cross-validation): for every trainer and class the mean and sample standard deviation
+(ddof=1; n/a for a single fold) of the per-fold Dice over the folds found; a class whose Dice is NaN in a fold
+(absent from all of that fold's cases) does not count for that fold. On a test set the table holds the mean
+and std over cases instead.
+
+Paired statistics, every run against the first one given (the reference). A fold std over at most 5 folds
+cannot tell a one-point gain from noise; the per-case differences can:
+
+* Cases are paired by the file name of their reference segmentation and pooled over all folds found (in
+  nnU-Net's 5-fold CV every case is validated in exactly one fold). Runs with different fold or case sets are
+  paired on the cases both have, with a warning; no shared case is an error.
+* Per class, a case counts when both runs have a finite Dice for it (nnU-Net writes NaN for a class absent from
+  reference and prediction). The foreground mean of a case is the mean of its finite Dice over the foreground
+  classes both runs report (background ``0`` excluded, as in nnU-Net); it is a per-case mean, so it differs
+  from nnU-Net's ``foreground_mean`` (mean of class means).
+* Reported: the mean difference (run minus reference); its 95% percentile bootstrap CI (``N_RESAMPLES`` cases
+  resampled with replacement from ``numpy.random.default_rng(BOOTSTRAP_SEED)``, one fresh generator per row,
+  resample b = row b of ``rng.integers(0, n, size=(N_RESAMPLES, n))``, ``numpy.percentile`` 2.5 / 97.5); the
+  two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, its default ``zero_method="wilcox"`` drops
+  tied cases; p = 1 when every case is tied); wins / losses / ties (tie: ``|difference| < TIE_TOLERANCE``).
+* With fewer than ``MIN_CASES`` pairs the CI and p are "n/a" (empty in the CSV); mean and counts are shown.
+
+Written to ``--out``: ``<stem>.csv`` (per trainer and class: fold means, or case means on a test set, then the
+paired columns), ``<stem>.md`` (both tables, method, warnings), ``<stem>.png`` (fold-mean bars, cross-validation
+only) and ``<stem>_paired.png`` (per-case differences). ``<stem>`` is ``compare_<Dataset>_<configuration>``, or
+``compare_<Dataset>_<label folder name>`` on a test set (Dataset: ``-d``, else the DatasetXXX folder holding
+``--dataset-json``, else its ``"name"``). Nothing is written unless all input is valid.
 """
 
 from __future__ import annotations
@@ -21,94 +52,284 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Sequence
+import warnings as python_warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from nnunet_csse.splits import resolve_dataset_name, root_from_env
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 FOREGROUND = "foreground_mean"
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
+TIE_TOLERANCE = 1e-12  # |difference| below this is a tie
+N_RESAMPLES = 10_000  # bootstrap resamples
+BOOTSTRAP_SEED = 0
+MIN_CASES = 5  # fewer paired cases: no CI, no p-value
+PAIRED_COLUMNS = ("reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
+                  "ties")
+
+CaseDice = dict[str, dict[str, float]]  # case (reference file name) -> summary key -> Dice (NaN: absent in both)
 
 
 @dataclass
 class TrainerDice:
-    """Per-fold Dice of one trainer: ``dice[class_key][fold]`` (NaN where the class was absent)."""
+    """Dice of one run: per fold, ``dice[class_key][fold]`` (NaN where the class was absent), and per case."""
 
-    name: str  # as given (TRAINER or TRAINER__PLANS)
-    folder: Path  # <trainer>__<plans>__<configuration>
-    folds: list[str]  # folds with a summary.json, in the order asked for
+    name: str  # as given (TRAINER, TRAINER__PLANS or the prediction's NAME)
+    folder: Path  # <trainer>__<plans>__<configuration>, or the prediction folder
+    folds: list[str]  # folds with a summary.json, in the order asked for (empty on a test set)
     missing: list[str]  # folds asked for without one
     dice: dict[str, dict[str, float]]
     label_names: dict[str, str] = field(default_factory=dict)
+    cases: CaseDice = field(default_factory=dict)
+    case_folds: dict[str, str] = field(default_factory=dict)  # case -> fold it was validated in
 
     def values(self, key: str) -> list[float]:
         """Dice values of ``key`` over the folds found, NaN ones left out."""
         return [v for f in self.folds if (v := self.dice.get(key, {}).get(f)) is not None and not math.isnan(v)]
 
     def mean_std(self, key: str) -> tuple[float, float, int]:
-        """(mean, sample std, n); NaN for what cannot be computed."""
-        v = self.values(key)
-        if not v:
-            return math.nan, math.nan, 0
-        mean = sum(v) / len(v)
-        std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else math.nan
-        return mean, std, len(v)
+        """(mean, sample std, n) over folds; NaN for what cannot be computed."""
+        return _mean_std(self.values(key))
+
+    def case_values(self, key: str, foreground_keys: Sequence[str] | None = None) -> dict[str, float]:
+        """case -> finite Dice of ``key``; for ``FOREGROUND`` the case's mean over ``foreground_keys``
+        (default: all its classes but background), NaN classes left out."""
+        if key != FOREGROUND:
+            return {c: v for c, m in self.cases.items() if math.isfinite(v := m.get(key, math.nan))}
+        result = {}
+        for case, metrics in self.cases.items():
+            keys = foreground_keys if foreground_keys is not None else [k for k in metrics if k != "0"]
+            finite = [v for k in keys if math.isfinite(v := metrics.get(k, math.nan))]
+            if finite:
+                result[case] = sum(finite) / len(finite)
+        return result
+
+    def case_mean_std(self, key: str) -> tuple[float, float, int]:
+        """(mean, sample std, n) over cases with a finite Dice of ``key``."""
+        return _mean_std(list(self.case_values(key).values()))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float, int]:
+    if not values:
+        return math.nan, math.nan, 0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return mean, std, len(values)
+
+
+@dataclass
+class PairedDifference:
+    """Paired per-case Dice differences of one run against the reference for one class."""
+
+    trainer: str
+    reference: str
+    key: str  # summary key or FOREGROUND
+    cases: list[str]  # paired cases, sorted
+    differences: np.ndarray  # trainer minus reference, in the order of ``cases``
+    ci_low: float = math.nan  # NaN: n/a
+    ci_high: float = math.nan
+    p_value: float = math.nan  # NaN: n/a
+
+    @property
+    def n(self) -> int:
+        return len(self.cases)
+
+    @property
+    def mean(self) -> float:
+        return float(self.differences.mean()) if self.n else math.nan
+
+    @property
+    def wins(self) -> int:
+        return int(np.sum(self.differences >= TIE_TOLERANCE))
+
+    @property
+    def losses(self) -> int:
+        return int(np.sum(self.differences <= -TIE_TOLERANCE))
+
+    @property
+    def ties(self) -> int:
+        return self.n - self.wins - self.losses
+
+
+def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of paired differences: whole cases resampled with replacement (the
+    pairing is kept), resample b = row b of ``default_rng(seed).integers(0, n, size=(n_resamples, n))``."""
+    rng = np.random.default_rng(seed)
+    n = len(differences)
+    means = differences[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
+    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value; differences below ``TIE_TOLERANCE`` count as ties (dropped by
+    scipy's default ``zero_method="wilcox"``); 1.0 when every case is tied (no evidence of a difference)."""
+    from scipy.stats import wilcoxon
+
+    tied = np.abs(differences) < TIE_TOLERANCE
+    if tied.all():
+        return 1.0
+    with python_warnings.catch_warnings():
+        python_warnings.simplefilter("ignore", RuntimeWarning)  # scipy's notes on ties / small samples
+        return float(wilcoxon(np.where(tied, 0.0, differences), alternative="two-sided").pvalue)
+
+
+def paired_difference(trainer: Mapping[str, float], reference: Mapping[str, float], trainer_name: str = "",
+                      reference_name: str = "", key: str = "") -> PairedDifference:
+    """Paired statistics of two ``case -> value`` maps over the cases both have with a finite value."""
+    cases = sorted(c for c in trainer.keys() & reference.keys()
+                   if math.isfinite(trainer[c]) and math.isfinite(reference[c]))
+    differences = np.array([trainer[c] - reference[c] for c in cases], dtype=float)
+    result = PairedDifference(trainer_name, reference_name, key, cases, differences)
+    if result.n >= MIN_CASES:
+        result.ci_low, result.ci_high = bootstrap_ci(differences)
+        result.p_value = wilcoxon_p(differences)
+    return result
 
 
 @dataclass
 class Comparison:
-    """Result of ``compare_trainers``."""
+    """Result of ``compare_trainers`` / ``compare_predictions``."""
 
     dataset: str
-    configuration: str
+    configuration: str  # the label folder's name on a test set
     folds: list[str]
     classes: list[str]  # summary keys in label order, then "foreground_mean"
     trainers: list[TrainerDice]
     warnings: list[str]
     csv_path: Path | None = None
     png_path: Path | None = None
+    paired: list[PairedDifference] = field(default_factory=list)
+    test_set: bool = False
+    n_label_cases: int = 0  # test set: label files found
+    paired_png_path: Path | None = None
+    md_path: Path | None = None
+
+    @property
+    def written(self) -> list[Path]:
+        return [p for p in (self.csv_path, self.md_path, self.png_path, self.paired_png_path) if p is not None]
+
+    def label(self, key: str) -> str:
+        """``key (name)`` with the label name from dataset.json where known."""
+        for t in self.trainers:
+            if key in t.label_names:
+                return f"{key} ({t.label_names[key]})"
+        return key
 
     def rows(self) -> list[dict]:
-        """One row per trainer and class: trainer, class, mean, std, n_folds and fold_<f> values."""
+        """One row per trainer and class: trainer, class, mean, std, n_folds and fold_<f> values (test set: mean,
+        std, n_cases over cases), then the paired statistics against the reference: reference, n_paired,
+        mean_difference, ci_low, ci_high, wilcoxon_p, wins, losses, ties (NaN / "" for n/a and the reference)."""
+        paired = {(p.trainer, p.key): p for p in self.paired}
         rows = []
         for t in self.trainers:
             for key in self.classes:
-                mean, std, n = t.mean_std(key)
-                row = {"trainer": t.name, "class": key, "mean": mean, "std": std, "n_folds": n}
-                for f in self.folds:
-                    row[f"fold_{f}"] = t.dice.get(key, {}).get(f, math.nan)
+                if self.test_set:
+                    mean, std, n = t.case_mean_std(key)
+                    row = {"trainer": t.name, "class": key, "mean": mean, "std": std, "n_cases": n}
+                else:
+                    mean, std, n = t.mean_std(key)
+                    row = {"trainer": t.name, "class": key, "mean": mean, "std": std, "n_folds": n}
+                    for f in self.folds:
+                        row[f"fold_{f}"] = t.dice.get(key, {}).get(f, math.nan)
+                p = paired.get((t.name, key))
+                row.update({"reference": p.reference, "n_paired": p.n, "mean_difference": p.mean,
+                            "ci_low": p.ci_low, "ci_high": p.ci_high, "wilcoxon_p": p.p_value, "wins": p.wins,
+                            "losses": p.losses, "ties": p.ties} if p else dict.fromkeys(PAIRED_COLUMNS, ""))
                 rows.append(row)
         return rows
 
-    def table(self) -> str:
-        """The text table printed by the CLI."""
-        names = {}
-        for t in self.trainers:
-            for k, v in t.label_names.items():
-                names.setdefault(k, v)
-        labels = [f"{k} ({names[k]})" if k in names else k for k in self.classes]
-        width = max(len(s) for s in labels + ["folds found"]) + 2
-        cols = [max(len(t.name), 24) + 2 for t in self.trainers]
-        lines = [f"{self.dataset} {self.configuration}: validation Dice, mean ± std over folds (n folds)",
-                 "class".ljust(width) + "".join(t.name.ljust(c) for t, c in zip(self.trainers, cols))]
-        for key, label in zip(self.classes, labels):
+    def what(self) -> str:
+        return "test-set Dice, mean ± std over cases (n cases)" if self.test_set else \
+            "validation Dice, mean ± std over folds (n folds)"
+
+    def title(self) -> str:
+        return f"{self.dataset} {self.configuration}: {self.what()}"
+
+    def paired_title(self) -> str:
+        pooled = "" if self.test_set else ", cases pooled over folds"
+        return (f"paired per-case Dice difference vs {self.trainers[0].name} (reference){pooled}: mean, 95% "
+                f"bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties")
+
+    def _mean_table(self) -> list[list[str]]:
+        rows = [["class"] + [t.name for t in self.trainers]]
+        for key in self.classes:
             cells = []
-            for t, c in zip(self.trainers, cols):
-                mean, std, n = t.mean_std(key)
-                cell = "-" if n == 0 else f"{mean:.4f} ± {_fmt(std)} ({n})"
-                cells.append(cell.ljust(c))
-            if key == FOREGROUND:
-                lines.append("-" * (width + sum(cols)))
-            lines.append(label.ljust(width) + "".join(cells))
-        cells = [(f"{len(t.folds)}/{len(self.folds)}: " + (",".join(t.folds))).ljust(c)
-                 for t, c in zip(self.trainers, cols)]
-        lines.append("folds found".ljust(width) + "".join(cells))
-        return "\n".join(line.rstrip() for line in lines)
+            for t in self.trainers:
+                mean, std, n = t.case_mean_std(key) if self.test_set else t.mean_std(key)
+                cells.append("-" if n == 0 else f"{mean:.4f} ± {_fmt(std)} ({n})")
+            rows.append([self.label(key)] + cells)
+        if self.test_set:
+            rows.append(["cases found"] + [f"{len(t.cases)}/{self.n_label_cases}" for t in self.trainers])
+        else:
+            rows.append(["folds found"] + [f"{len(t.folds)}/{len(self.folds)}: " + ",".join(t.folds)
+                                           for t in self.trainers])
+        return rows
+
+    def _paired_table(self) -> list[list[str]]:
+        rows = [["trainer", "class", "n", "mean diff", "95% CI", "p", "W/L/T"]]
+        for p in self.paired:
+            ci = "n/a" if math.isnan(p.ci_low) else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
+            mean = "-" if p.n == 0 else f"{p.mean:+.4f}"
+            rows.append([p.trainer, self.label(p.key), str(p.n), mean, ci, _fmt_p(p.p_value),
+                         f"{p.wins}/{p.losses}/{p.ties}"])
+        return rows
+
+    def table(self) -> str:
+        """The text tables printed by the CLI."""
+        mean_rows = self._mean_table()
+        lines = [self.title(), *_aligned(mean_rows, separator_before=1 + self.classes.index(FOREGROUND))]
+        if self.paired:
+            lines += ["", self.paired_title(), *_aligned(self._paired_table()), "", _method_note()]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """Both tables, the method and the warnings as a markdown document."""
+        parts = [f"# {self.dataset} {self.configuration}", "", f"## {self.what()}", "",
+                 _markdown(self._mean_table())]
+        if self.paired:
+            parts += ["", "## " + self.paired_title()[0].upper() + self.paired_title()[1:], "",
+                      _markdown(self._paired_table()), "", _method_note()]
+        if self.warnings:
+            parts += ["", "## Warnings", "", *[f"- {w}" for w in self.warnings]]
+        return "\n".join(parts) + "\n"
+
+
+def _method_note() -> str:
+    return (f"CI: {N_RESAMPLES} bootstrap resamples of the cases, seed {BOOTSTRAP_SEED}; tie: |diff| < "
+            f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} paired cases.")
+
+
+def _aligned(rows: list[list[str]], separator_before: int | None = None) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        if i == separator_before:
+            lines.append("-" * sum(widths))
+        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return lines
+
+
+def _markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
 
 
 def _fmt(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.4f}"
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
 def _class_sort_key(key: str) -> tuple:
@@ -121,31 +342,47 @@ def _class_sort_key(key: str) -> tuple:
     return (0, value, ()) if isinstance(value, int) else (1, 0, value)
 
 
-def _label_names(folder: Path) -> dict[str, str]:
-    """summary key -> label name from the dataset.json nnU-Net copies into the results folder."""
-    try:
-        labels = json.loads((folder / "dataset.json").read_text())["labels"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-    names = {}
-    for name, value in labels.items():
+def _label_names_from(labels: object) -> dict[str, str]:
+    """summary key -> label name from a dataset.json ``"labels"`` dict."""
+    names: dict[str, str] = {}
+    for name, value in (labels.items() if isinstance(labels, dict) else ()):
         if isinstance(value, int):
             names[str(value)] = name
-        elif isinstance(value, list) and len(value) == 1:
-            names[str(value[0])] = name
-        elif isinstance(value, list):
+        elif isinstance(value, list):  # nnU-Net's key is "(1, 2)"; [2] is "2" in a label dataset, "(2,)" with regions
             names[str(tuple(value))] = name
+            if len(value) == 1:
+                names[str(value[0])] = name
     return names
 
 
-def _load_summary(path: Path) -> dict[str, float]:
-    summary = json.loads(path.read_text())
+def _label_names(folder: Path) -> dict[str, str]:
+    """summary key -> label name from the dataset.json nnU-Net copies into the results folder."""
     try:
-        dice = {str(k): float(v["Dice"]) for k, v in summary["mean"].items()}
-        dice[FOREGROUND] = float(summary["foreground_mean"]["Dice"])
+        return _label_names_from(json.loads((folder / "dataset.json").read_text())["labels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _as_float(value: object) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _load_summary(path: Path) -> tuple[dict[str, float], CaseDice]:
+    """(mean Dice per key incl. FOREGROUND, per-case Dice keyed by the reference file's name)."""
+    try:
+        summary = json.loads(path.read_text())
+        dice = {str(k): _as_float(v["Dice"]) for k, v in summary["mean"].items()}
+        dice[FOREGROUND] = _as_float(summary["foreground_mean"]["Dice"])
+        cases: CaseDice = {}
+        for entry in summary["metric_per_case"]:
+            case = Path(entry["reference_file"]).name
+            if case in cases:
+                raise ValueError(f"case {case} listed twice")
+            cases[case] = {str(k): _as_float(m["Dice"]) for k, m in entry["metrics"].items()}
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not an nnU-Net summary.json (no Dice in 'mean'/'foreground_mean': {e})") from None
-    return dice
+        raise ValueError(f"{path} is not an nnU-Net summary.json (no Dice in 'mean'/'foreground_mean'/"
+                         f"'metric_per_case': {e}); re-run nnUNetv2_train ... --val") from None
+    return dice, cases
 
 
 def compare_trainers(
@@ -157,22 +394,27 @@ def compare_trainers(
     out_dir: str | Path | None = ".",
     results_root: str | Path | None = None,
 ) -> Comparison:
-    """Collect the validation Dice of finished trainings and write ``compare_<Dataset>_<config>.csv/.png``.
+    """Collect the validation Dice of finished trainings, pair every trainer's cases with the first trainer's
+    and write ``compare_<Dataset>_<config>.csv/_paired.csv/.md/.png/_paired.png``.
 
     Args:
         dataset: dataset id or name.
         configuration: nnU-Net configuration (``3d_fullres``, ``2d``, ...).
-        trainers: trainer class names, each optionally ``TRAINER__PLANS`` to override ``plans``.
+        trainers: trainer class names, each optionally ``TRAINER__PLANS`` to override ``plans``; the first
+            one is the reference of the paired statistics.
         plans: plans identifier (``-p`` of ``nnUNetv2_train``).
         folds: folds to look for (ints or ``"all"``).
-        out_dir: folder for the CSV and PNG; None writes nothing.
+        out_dir: folder for the output files; None writes nothing.
         results_root: default ``$nnUNet_results``.
 
-    Missing folds are listed in ``warnings``. Raises ValueError when a trainer has no summary.json at all
-    (the message names the expected path) or the dataset is unknown.
+    Missing folds and cases that cannot be paired are listed in ``warnings``. Raises ValueError when a trainer
+    has no summary.json at all (the message names the expected path), a case is in two folds of one trainer,
+    a trainer shares no case with the reference, or the dataset is unknown.
     """
     if not trainers:
         raise ValueError("give at least one trainer")
+    if len(set(trainers)) != len(trainers):
+        raise ValueError(f"trainer given twice in {list(trainers)}")
     root = root_from_env(results_root, "nnUNet_results")
     name = resolve_dataset_name(dataset, root, "nnUNet_results")
     fold_names = [str(f) for f in folds]
@@ -186,95 +428,375 @@ def compare_trainers(
             raise ValueError(f"trainer '{entry}': give TRAINER or TRAINER__PLANS")
         trainer, trainer_plans = parts[0], parts[1] if len(parts) == 2 else plans
         folder = root / name / f"{trainer}__{trainer_plans}__{configuration}"
-        found, missing, dice = [], [], {}
+        result = TrainerDice(entry, folder, [], [], {}, _label_names(folder))
         for f in fold_names:
             path = folder / f"fold_{f}" / "validation" / "summary.json"
-            if path.is_file():
-                for key, value in _load_summary(path).items():
-                    dice.setdefault(key, {})[f] = value
-                found.append(f)
-            else:
-                missing.append(f)
-        if not found:
+            if not path.is_file():
+                result.missing.append(f)
+                continue
+            fold_dice, cases = _load_summary(path)
+            for key, value in fold_dice.items():
+                result.dice.setdefault(key, {})[f] = value
+            for case, metrics in cases.items():
+                if case in result.cases:
+                    raise ValueError(f"trainer '{entry}': case {case} is in fold {result.case_folds[case]} and in "
+                                     f"fold {f}; pass only folds of one cross-validation (e.g. --folds all alone)")
+                result.cases[case], result.case_folds[case] = metrics, f
+            result.folds.append(f)
+        if not result.folds:
             expected = folder / f"fold_{fold_names[0]}" / "validation" / "summary.json"
             hint = "" if folder.is_dir() else f" (no folder {folder.name}; present: {_present(root / name)})"
             raise ValueError(f"no results for trainer '{entry}': expected {expected} (folds {','.join(fold_names)})"
                              f"{hint}. Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} "
                              f"-p {trainer_plans}")
-        if missing:
-            warnings.append(f"{entry}: no validation/summary.json for fold(s) {','.join(missing)} in {folder} "
-                            f"(unfinished training, or run nnUNetv2_train ... --val); using {len(found)} fold(s)")
-        results.append(TrainerDice(entry, folder, found, missing, dice, _label_names(folder)))
+        if result.missing:
+            warnings.append(f"{entry}: no validation/summary.json for fold(s) {','.join(result.missing)} in "
+                            f"{folder} (unfinished training, or run nnUNetv2_train ... --val); using "
+                            f"{len(result.folds)} fold(s)")
+        results.append(result)
 
     keys = {k for t in results for k in t.dice if k != FOREGROUND}
     classes = sorted(keys, key=_class_sort_key) + [FOREGROUND]
     comparison = Comparison(name, configuration, fold_names, classes, results, warnings)
+    comparison.paired = _pair_all(comparison)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = f"compare_{name}_{configuration}"
-        comparison.csv_path = write_csv(comparison, out / f"{stem}.csv")
-        comparison.png_path = write_png(comparison, out / f"{stem}.png")
+        write_outputs(comparison, out_dir, f"compare_{name}_{configuration}")
     return comparison
+
+
+def _pair_all(comparison: Comparison) -> list[PairedDifference]:
+    """Paired statistics of every trainer against the first one; warns about what cannot be paired."""
+    reference, *others = comparison.trainers
+    paired = []
+    for t in others:
+        shared = t.cases.keys() & reference.cases.keys()
+        if not shared:
+            raise ValueError(
+                f"'{t.name}' and the reference '{reference.name}' share no case: {t.name} has folds "
+                f"{','.join(t.folds) or '-'} ({len(t.cases)} cases, e.g. {_examples(t.cases)}), {reference.name} "
+                f"has {','.join(reference.folds) or '-'} ({len(reference.cases)} cases, e.g. "
+                f"{_examples(reference.cases)}); compare runs of the same dataset and cross-validation / test set")
+        only = [(run, sorted(run.cases.keys() - shared)) for run in (reference, t)]
+        if any(cases for _, cases in only):
+            left_out = [f"{len(cases)} case(s) only in {run.name} ({_examples(cases)})" for run, cases in only if cases]
+            folds = [f"fold(s) {','.join(own)} only in {run.name}" for run, other in ((reference, t), (t, reference))
+                     if (own := [f for f in run.folds if f not in other.folds])]
+            comparison.warnings.append(
+                f"{t.name} vs {reference.name}: paired statistics use the {len(shared)} case(s) both have; left out "
+                f"{' and '.join(left_out)}" + (f"; {' and '.join(folds)}" if folds else ""))
+        t_keys = {k for m in t.cases.values() for k in m}
+        ref_keys = {k for m in reference.cases.values() for k in m}
+        if t_keys != ref_keys:
+            comparison.warnings.append(
+                f"{t.name} vs {reference.name}: different classes ({', '.join(sorted(t_keys))} vs "
+                f"{', '.join(sorted(ref_keys))}); paired over the shared ones, the foreground mean too")
+        foreground = [k for k in comparison.classes if k in t_keys and k in ref_keys and k != "0"]
+        for key in comparison.classes:
+            if key != FOREGROUND and key not in foreground:
+                continue
+            paired.append(paired_difference(t.case_values(key, foreground), reference.case_values(key, foreground),
+                                            t.name, reference.name, key))
+    return paired
+
+
+def _examples(cases: object, limit: int = 3) -> str:
+    names = sorted(cases)
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "") if names else "none"
 
 
 def _present(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
+# ------------------------------------------------------------------------------------------- test set
+def _dataset_json(dataset: str | int | None, dataset_json: str | Path | None) -> tuple[str | None, Path]:
+    """(dataset folder name, dataset.json path): ``dataset_json`` as given (name None unless its folder is a
+    ``DatasetXXX_Name``), or the one of ``dataset`` in nnUNet_preprocessed, else nnUNet_raw."""
+    if (dataset is None) == (dataset_json is None):
+        raise ValueError("give the dataset (-d DATASET, its dataset.json is read from nnUNet_preprocessed or "
+                         "nnUNet_raw) or --dataset-json FILE, one of them")
+    if dataset_json is not None:
+        path = Path(dataset_json)
+        if not path.is_file():
+            raise ValueError(f"--dataset-json {path} does not exist")
+        return (path.parent.name if path.parent.name.startswith("Dataset") else None), path
+    problems = []
+    for variable in ("nnUNet_preprocessed", "nnUNet_raw"):
+        try:
+            root = root_from_env(None, variable)
+            name = resolve_dataset_name(dataset, root, variable)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if (root / name / "dataset.json").is_file():
+            return name, root / name / "dataset.json"
+        problems.append(f"no {root / name / 'dataset.json'}")
+    raise ValueError(f"no dataset.json for dataset '{dataset}' ({'; '.join(problems)}); pass --dataset-json FILE")
+
+
+def _evaluate(label_folder: Path, prediction_folder: Path, case_files: list[str], reader_writer: object,
+              labels_or_regions: list, ignore_label: int | None, num_processes: int) -> CaseDice:
+    """Per-case Dice from nnU-Net's ``compute_metrics`` (in-process for one process, else a spawn pool as in
+    ``compute_metrics_on_folder``)."""
+    import multiprocessing
+
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
+
+    jobs = [(str(label_folder / c), str(prediction_folder / c), reader_writer, labels_or_regions, ignore_label)
+            for c in case_files]
+    try:
+        if num_processes <= 1 or len(jobs) == 1:
+            results = [compute_metrics(*job) for job in jobs]
+        else:
+            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+                results = pool.starmap(compute_metrics, jobs)
+    except Exception as e:  # unreadable image, shape mismatch: one line naming the folder
+        raise ValueError(f"nnU-Net's evaluator failed on {prediction_folder} against {label_folder}: "
+                         f"{type(e).__name__}: {e}; check that the predictions match the labels") from None
+    return {Path(r["reference_file"]).name: {str(k): float(m["Dice"]) for k, m in r["metrics"].items()}
+            for r in results}
+
+
+def compare_predictions(
+    labels: str | Path,
+    predictions: Sequence[tuple[str, str | Path]],
+    dataset: str | int | None = None,
+    dataset_json: str | Path | None = None,
+    out_dir: str | Path | None = ".",
+    num_processes: int | None = None,
+) -> Comparison:
+    """Evaluate prediction folders of a test set against its label folder with nnU-Net's evaluator and compare
+    them like ``compare_trainers`` (the first prediction is the reference).
+
+    Args:
+        labels: folder with the reference segmentations ``CASE<file_ending>``.
+        predictions: (name, folder) pairs, e.g. from ``nnUNetv2_predict``.
+        dataset / dataset_json: where the labels (or regions), ignore label and file ending come from: a dataset
+            id or name (its dataset.json in nnUNet_preprocessed, else nnUNet_raw) or the file itself.
+        out_dir: folder for ``compare_<Dataset>_<label folder name>.*``; None writes nothing.
+        num_processes: evaluator processes (default nnU-Net's ``default_num_processes``).
+
+    Predictions missing for some label cases are warned about and paired on what is shared; prediction files
+    without a label are ignored with a warning. Raises ValueError on missing folders, an unusable dataset.json,
+    duplicate names or no case with both a label and a prediction.
+    """
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    if not predictions:
+        raise ValueError("give at least one prediction folder as NAME=FOLDER")
+    names = [n for n, _ in predictions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prediction name given twice in {names}; name them NAME=FOLDER")
+    name, json_path = _dataset_json(dataset, dataset_json)
+    try:
+        content = json.loads(json_path.read_text())
+        file_ending = content["file_ending"]
+        label_manager = LabelManager(content["labels"], content.get("regions_class_order"))
+        name = name or "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(content.get("name") or "test"))
+    except (OSError, ValueError, KeyError, TypeError, AssertionError) as e:
+        raise ValueError(f"{json_path} is not a usable nnU-Net dataset.json ({type(e).__name__}: {e}); it needs "
+                         f"'labels' and 'file_ending'") from None
+    label_folder = Path(labels)
+    if not label_folder.is_dir():
+        raise ValueError(f"label folder {label_folder} does not exist")
+    label_cases = sorted(p.name for p in label_folder.iterdir() if p.name.endswith(file_ending) and p.is_file())
+    if not label_cases:
+        raise ValueError(f"no *{file_ending} files in label folder {label_folder} (file_ending from {json_path})")
+    warnings: list[str] = []
+    shared: dict[str, list[str]] = {}
+    for prediction_name, folder in predictions:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"prediction folder {folder} ({prediction_name}) does not exist")
+        files = {p.name for p in folder.iterdir() if p.name.endswith(file_ending) and p.is_file()}
+        shared[prediction_name] = [c for c in label_cases if c in files]
+        if not shared[prediction_name]:
+            raise ValueError(f"prediction folder {folder} ({prediction_name}) has no {file_ending} file named like "
+                             f"a label in {label_folder} (e.g. {_examples(label_cases)}; it has "
+                             f"{_examples(files)}); predict the test images with nnUNetv2_predict")
+        missing, unlabelled = sorted(set(label_cases) - files), sorted(files - set(label_cases))
+        if missing:
+            warnings.append(f"{prediction_name}: no prediction for {len(missing)} of {len(label_cases)} label "
+                            f"case(s) ({_examples(missing)}) in {folder}")
+        if unlabelled:
+            warnings.append(f"{prediction_name}: {len(unlabelled)} prediction(s) without a label in {label_folder} "
+                            f"ignored ({_examples(unlabelled)})")
+    try:
+        reader_writer = determine_reader_writer_from_dataset_json(content, None, verbose=False)()
+    except RuntimeError as e:
+        raise ValueError(f"{json_path}: {e}") from None
+    labels_or_regions = label_manager.foreground_regions if label_manager.has_regions else \
+        label_manager.foreground_labels
+    processes = default_num_processes if num_processes is None else num_processes
+    label_names = _label_names_from(content["labels"])
+    results = []
+    for prediction_name, folder in predictions:
+        cases = _evaluate(label_folder, Path(folder), shared[prediction_name], reader_writer, labels_or_regions,
+                          label_manager.ignore_label, processes)
+        results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, label_names, cases))
+    keys = {k for t in results for m in t.cases.values() for k in m}
+    classes = sorted(keys, key=_class_sort_key) + [FOREGROUND]
+    comparison = Comparison(name, label_folder.name, [], classes, results, warnings, test_set=True,
+                            n_label_cases=len(label_cases))
+    comparison.paired = _pair_all(comparison)
+    if out_dir is not None:
+        write_outputs(comparison, out_dir, f"compare_{name}_{label_folder.name}")
+    return comparison
+
+
+# -------------------------------------------------------------------------------------------- outputs
+def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> None:
+    """Write the CSVs, the markdown file and the figures; sets the ``*_path`` fields of ``comparison``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    comparison.csv_path = write_csv(comparison, out / f"{stem}.csv")
+    comparison.md_path = out / f"{stem}.md"
+    comparison.md_path.write_text(comparison.markdown())
+    if not comparison.test_set:
+        comparison.png_path = write_png(comparison, out / f"{stem}.png")
+    if comparison.paired:
+        comparison.paired_png_path = write_paired_png(comparison, out / f"{stem}_paired.png")
+
+
 def write_csv(comparison: Comparison, path: str | Path) -> Path:
-    """Rows: trainer, class, mean, std, n_folds, fold_<f>... (empty cells for NaN / missing)."""
+    """``Comparison.rows``: trainer, class, mean, std, n_folds, fold_<f>... (test set: n_cases), then the paired
+    columns; empty cells for NaN / n/a."""
     path = Path(path)
-    header = ["trainer", "class", "mean", "std", "n_folds"] + [f"fold_{f}" for f in comparison.folds]
+    rows = comparison.rows()
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        for row in comparison.rows():
+        for row in rows:
             writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
     return path
 
 
+def _short_label(comparison: Comparison, key: str) -> str:
+    if key == FOREGROUND:
+        return "foreground\nmean"
+    for t in comparison.trainers:
+        if key in t.label_names:
+            return t.label_names[key]
+    return key
+
+
 def write_png(comparison: Comparison, path: str | Path) -> Path:
-    """Grouped bar chart: one group per class, one bar per trainer, error bars = std over folds."""
+    """``fold_mean_figure`` as PNG."""
+    path = Path(path)
+    fold_mean_figure(comparison).savefig(path)
+    return path
+
+
+def write_paired_png(comparison: Comparison, path: str | Path) -> Path:
+    """``paired_figure`` as PNG."""
+    path = Path(path)
+    paired_figure(comparison).savefig(path)
+    return path
+
+
+def fold_mean_figure(comparison: Comparison) -> Figure:
+    """Grouped bar chart: one group per class, one bar per trainer, error bars = std over folds (none where the
+    std is n/a, e.g. a single fold); legend above the axes, clear of the bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
     n_classes, n_trainers = len(comparison.classes), len(comparison.trainers)
-    fig = Figure(figsize=(max(6.0, 1.0 + n_classes * (0.5 + 0.35 * n_trainers)), 4.5), dpi=100)
+    fig = Figure(figsize=(max(6.0, 1.0 + n_classes * (0.5 + 0.35 * n_trainers)), 4.8), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / n_trainers
+    with_std = any(not math.isnan(t.mean_std(k)[1]) for t in comparison.trainers for k in comparison.classes)
     for i, t in enumerate(comparison.trainers):
         stats = [t.mean_std(k) for k in comparison.classes]
         means = [0.0 if math.isnan(m) else m for m, _, _ in stats]
-        stds = [0.0 if math.isnan(s) else s for _, s, _ in stats]
         xs = [c + (i - (n_trainers - 1) / 2) * width for c in range(n_classes)]
-        ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{t.name} ({len(t.folds)} folds)")
-    names = {}
-    for t in comparison.trainers:
-        for k, v in t.label_names.items():
-            names.setdefault(k, v)
+        bars = ax.bar(xs, means, width, label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''})")
+        bar_std = [(x, m, s) for x, m, (_, s, _) in zip(xs, means, stats) if not math.isnan(s)]
+        if bar_std:
+            ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
+                        fmt="none", ecolor="black", capsize=3, lw=1)
+        if not with_std:  # values on the bars where no error bar is in the way
+            ax.bar_label(bars, labels=["" if m == 0 else f"{m:.3f}" for m in means], fontsize="x-small", padding=2,
+                         rotation=90 if n_trainers > 2 else 0)
     ax.set_xticks(range(n_classes))
-    ax.set_xticklabels([("foreground\nmean" if k == FOREGROUND else names.get(k, k)) for k in comparison.classes])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("validation Dice (mean ± std over folds)")
+    ax.set_xticklabels([_short_label(comparison, k) for k in comparison.classes])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("validation Dice, mean ± std over folds" if with_std else "validation Dice (one fold, no std)")
     ax.set_title(f"{comparison.dataset} {comparison.configuration}")
-    ax.legend(fontsize="small", loc="lower right")
+    longest = max(len(t.name) for t in comparison.trainers) + 10
+    fig.legend(fontsize="small", loc="outside upper center", frameon=False,
+               ncol=max(1, min(n_trainers, int(fig.get_figwidth() * 72 / (6.5 * longest)))))
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return fig
+
+
+def paired_figure(comparison: Comparison) -> Figure:
+    """Per-case paired Dice differences: one panel per non-reference trainer, per class a strip of cases
+    (green: better than the reference, red: worse, grey: tie), the mean with its 95% bootstrap CI in black and a
+    line at 0; n and p under each class."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    others = list(dict.fromkeys(p.trainer for p in comparison.paired))
+    keys = [k for k in comparison.classes if any(p.key == k for p in comparison.paired)]
+    limit = max([float(np.abs(p.differences).max()) for p in comparison.paired if p.n] + [0.01]) * 1.15
+    fig = Figure(figsize=(max(6.0, 1.5 + 1.3 * len(keys)), 0.8 + 3.2 * len(others)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(others), 1, squeeze=False, sharey=True)[:, 0]
+    jitter_rng = np.random.default_rng(0)  # fixed jitter: the same figure on every run
+    for ax, trainer in zip(axes, others):
+        by_key = {p.key: p for p in comparison.paired if p.trainer == trainer}
+        tick_labels = []
+        for x, key in enumerate(keys):
+            p = by_key.get(key)
+            if p is None or p.n == 0:
+                tick_labels.append(f"{_short_label(comparison, key)}\nn=0")
+                continue
+            colors = np.where(p.differences >= TIE_TOLERANCE, "tab:green",
+                              np.where(p.differences <= -TIE_TOLERANCE, "tab:red", "grey"))
+            ax.scatter(x - 0.12 + jitter_rng.uniform(-0.14, 0.14, p.n), p.differences, s=14, c=colors, alpha=0.6,
+                       linewidths=0)
+            ci = None if math.isnan(p.ci_low) else [[p.mean - p.ci_low], [p.ci_high - p.mean]]
+            ax.errorbar([x + 0.18], [p.mean], yerr=ci, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
+            stats = f"n={p.n}, CI and p n/a" if math.isnan(p.p_value) else f"n={p.n}, p={_fmt_p(p.p_value)}"
+            tick_labels.append(f"{_short_label(comparison, key)}\n{stats}\nW/L/T {p.wins}/{p.losses}/{p.ties}")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(keys)))
+        ax.set_xticklabels(tick_labels, fontsize="small")
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+        ax.set_ylim(-limit, limit)
+        ax.set_ylabel("Dice difference per case")
+        ax.set_title(f"{trainer} − {comparison.trainers[0].name} (reference)", fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+    handles = [Line2D([], [], ls="", marker="o", color=c, alpha=0.6, label=label)
+               for c, label in (("tab:green", "case better"), ("tab:red", "case worse"), ("grey", "tie"))]
+    handles.append(Line2D([], [], ls="-", marker="D", color="black", label=f"mean, 95% bootstrap CI (n ≥ {MIN_CASES})"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
+    where = "test-set cases" if comparison.test_set else "validation cases pooled over folds"
+    fig.suptitle(f"{comparison.dataset} {comparison.configuration}: paired per-case Dice differences\n"
+                 f"{where}; p: two-sided Wilcoxon signed-rank", fontsize="medium")
+    return fig
 
 
 # ----------------------------------------------------------------------------------------------- CLI
 EPILOG = """\
-reads <nnUNet_results>/<Dataset>/<trainer>__<plans>__<config>/fold_<f>/validation/summary.json
+cross-validation: reads <nnUNet_results>/<Dataset>/<trainer>__<plans>__<config>/fold_<f>/validation/summary.json
 (written by nnUNetv2_train after training or with --val). Missing folds are warned about; a trainer with no
 fold at all is an error. A trainer may be given as TRAINER__PLANS to use other plans than -p.
+test set: evaluates each prediction folder against --labels with nnU-Net's evaluator; labels/regions and file
+ending from the dataset's dataset.json (-d: nnUNet_preprocessed, else nnUNet_raw; or --dataset-json).
 
-example:
+The first trainer / prediction is the reference: every other one gets, per class and for the per-case
+foreground mean, the mean per-case Dice difference with a 95% bootstrap CI, the two-sided Wilcoxon
+signed-rank p-value and wins/losses/ties over the cases both have (CI and p n/a below 5 cases).
+
+examples:
   nnunet-csse compare -d 4 -c 3d_fullres -tr nnUNetTrainer nnUNetTrainerCSSE --out results/
+  nnunet-csse compare -d 4 --labels $nnUNet_raw/Dataset004_Hippocampus/labelsTs \\
+      --predictions nnUNet=pred_baseline CSSE=pred_csse --out results/
 """
 
 
@@ -284,33 +806,73 @@ def _fold(value: str) -> str:
     return value if value == "all" else str(int(value))
 
 
+def _prediction(value: str) -> tuple[str, str]:
+    name, sep, folder = value.partition("=")
+    if not sep:
+        return Path(value).name or value, value
+    if not name or not folder:
+        raise argparse.ArgumentTypeError(f"give NAME=FOLDER (or FOLDER), got '{value}'")
+    return name, folder
+
+
+def _run(args: argparse.Namespace) -> Comparison:
+    """Dispatch to the mode the flags ask for; ValueError for flags that do not fit together."""
+    if args.labels is not None or args.predictions is not None:
+        if args.labels is None or args.predictions is None:
+            raise ValueError("a test set needs both --labels FOLDER and --predictions NAME=FOLDER ...")
+        extra = [flag for flag, value in (("-tr", args.trainers), ("-c", args.configuration), ("-p", args.plans),
+                                          ("--folds", args.folds)) if value is not None]
+        if extra:
+            raise ValueError(f"{'/'.join(extra)} belong to cross-validation results; with --labels/--predictions "
+                             f"give -d DATASET or --dataset-json FILE only")
+        return compare_predictions(args.labels, args.predictions, dataset=args.dataset, dataset_json=args.dataset_json,
+                                   out_dir=args.out, num_processes=args.num_processes)
+    missing = [flag for flag, value in (("-d", args.dataset), ("-c", args.configuration), ("-tr", args.trainers))
+               if value is None]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}: give -d DATASET -c CONFIG -tr TRAINER ... (cross-"
+                         f"validation) or --labels FOLDER --predictions NAME=FOLDER ... (test set)")
+    if args.dataset_json is not None:
+        raise ValueError("--dataset-json is for a test set (--labels/--predictions); cross-validation reads -d")
+    return compare_trainers(args.dataset, args.configuration, args.trainers, plans=args.plans or "nnUNetPlans",
+                            folds=args.folds or DEFAULT_FOLDS, out_dir=args.out)
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     try:
-        result = compare_trainers(args.dataset, args.configuration, args.trainers, plans=args.plans,
-                                  folds=args.folds, out_dir=args.out)
+        result = _run(args)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(result.table())
-    print(f"wrote {result.csv_path}")
-    print(f"wrote {result.png_path}")
+    for path in result.written:
+        print(f"wrote {path}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand to an argparse subparsers object."""
     p = subparsers.add_parser(
-        "compare", help="per-class validation Dice of finished trainings (mean ± std over folds), CSV + PNG",
-        description="Compare trainers by the validation Dice nnU-Net wrote for each fold.",
+        "compare", help="per-class Dice of finished trainings or test-set predictions, paired per-case "
+                        "statistics vs the first one, CSV + markdown + PNG",
+        description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on "
+                    "a labelled test set, against the first one given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("-c", "--configuration", required=True, help="configuration, e.g. 3d_fullres")
-    p.add_argument("-tr", "--trainers", nargs="+", required=True, metavar="TRAINER",
-                   help="trainer class names (or TRAINER__PLANS)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("--folds", nargs="+", type=_fold, default=[str(f) for f in DEFAULT_FOLDS],
-                   help="folds to collect (default 0 1 2 3 4)")
-    p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config>.csv/.png (default: .)")
+    p.add_argument("-d", "--dataset", help="dataset id or name")
+    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation)")
+    p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
+                   help="trainer class names (or TRAINER__PLANS); the first is the reference")
+    p.add_argument("-p", "--plans", help="plans identifier (default nnUNetPlans)")
+    p.add_argument("--folds", nargs="+", type=_fold, help="folds to collect (default 0 1 2 3 4)")
+    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations")
+    p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",
+                   help="test set: prediction folders (NAME=FOLDER, or FOLDER named after itself); the first is the "
+                        "reference")
+    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json to use instead of -d")
+    p.add_argument("-np", "--num-processes", type=int, default=None,
+                   help="test set: evaluator processes (default nnU-Net's default_num_processes)")
+    p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "
+                                              ".png, _paired.png (default: .)")
     p.set_defaults(func=_cmd_compare)

@@ -1,4 +1,5 @@
-"""``nnunet-csse compare`` on fake nnU-Net results folders (summary.json written by nnU-Net's own writer)."""
+"""``nnunet-csse compare`` on fake nnU-Net results folders (summary.json written by nnU-Net's own writer) and on a
+tiny NIfTI test set evaluated by nnU-Net's evaluator; paired statistics checked against oracles written here."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import statistics
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
+from matplotlib.container import ErrorbarContainer
 from nnunetv2.evaluation.evaluate_predictions import save_summary_json
+from scipy.stats import wilcoxon
 
 from nnunet_csse import compare as C
 
 DATASET = "Dataset042_Toy"
+PAIRED_COLUMNS = ["reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
+                  "ties"]
 CONFIG = "3d_fullres"
 # trainer -> fold -> {label or region: (Dice case 0, Dice case 1)}
 DICE = {
@@ -33,24 +39,31 @@ DICE = {
 }
 
 
-def write_summary(path, per_class):
-    """summary.json exactly as nnU-Net's compute_metrics_on_folder builds it (two validation cases)."""
-    keys = list(per_class)
-    cases = []
-    for c in range(2):
+def case_name(fold, c):
+    """Validation case c of a fold: every case is in exactly one fold, as in nnU-Net's cross-validation."""
+    return f"case_f{fold}_{c}.nii.gz"
+
+
+def write_summary(path, cases):
+    """summary.json exactly as nnU-Net's compute_metrics_on_folder builds it: ``cases`` is a list of
+    (reference file name, {label or region: Dice}) in ``metric_per_case`` order."""
+    keys = list(cases[0][1])
+    per_case = []
+    for name, dice_per_key in cases:
         metrics = {}
         for k in keys:
-            dice = per_class[k][c]
+            dice = dice_per_key[k]
             metrics[k] = {"Dice": dice, "IoU": dice / (2 - dice) if not math.isnan(dice) else dice,
                           "FP": 3, "TP": 40, "FN": 5, "TN": 1000, "n_pred": 43, "n_ref": 45}
-        cases.append({"reference_file": f"/gt/case_{c}.nii.gz", "prediction_file": f"/pred/case_{c}.nii.gz",
-                      "metrics": metrics})
-    metric_list = list(cases[0]["metrics"][keys[0]])
+        per_case.append({"reference_file": f"/data/gt_segmentations/{name}",
+                         "prediction_file": f"/results/validation/{name}", "metrics": metrics})
+    metric_list = list(per_case[0]["metrics"][keys[0]])
     with _nowarn():
-        means = {k: {m: float(np.nanmean([c["metrics"][k][m] for c in cases])) for m in metric_list} for k in keys}
+        means = {k: {m: float(np.nanmean([c["metrics"][k][m] for c in per_case])) for m in metric_list}
+                 for k in keys}
     foreground = {m: float(np.mean([means[k][m] for k in keys if k != 0])) for m in metric_list}
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_summary_json({"metric_per_case": cases, "mean": means, "foreground_mean": foreground}, str(path))
+    save_summary_json({"metric_per_case": per_case, "mean": means, "foreground_mean": foreground}, str(path))
 
 
 class _nowarn:
@@ -65,15 +78,25 @@ class _nowarn:
         return self._ctx.__exit__(*exc)
 
 
+def write_trainer(root, trainer, folds, plans="nnUNetPlans", labels=None):
+    """``folds``: fold -> list of (case, {key: Dice}) as in write_summary."""
+    folder = root / DATASET / f"{trainer}__{plans}__{CONFIG}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset.json").write_text(json.dumps(
+        {"labels": labels or {"background": 0, "liver": 1, "tumor": 2}, "file_ending": ".nii.gz"}))
+    for fold, cases in folds.items():
+        write_summary(folder / f"fold_{fold}" / "validation" / "summary.json", cases)
+        (folder / f"fold_{fold}" / "checkpoint_final.pth").touch()
+
+
+def as_cases(per_class, fold):
+    """DICE's {key: (case 0, case 1)} of one fold as write_summary's case list."""
+    return [(case_name(fold, c), {k: v[c] for k, v in per_class.items()}) for c in range(2)]
+
+
 def make_results(root, dice=DICE, plans="nnUNetPlans", labels=None):
     for trainer, folds in dice.items():
-        folder = root / DATASET / f"{trainer}__{plans}__{CONFIG}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "dataset.json").write_text(json.dumps(
-            {"labels": labels or {"background": 0, "liver": 1, "tumor": 2}, "file_ending": ".nii.gz"}))
-        for fold, per_class in folds.items():
-            write_summary(folder / f"fold_{fold}" / "validation" / "summary.json", per_class)
-            (folder / f"fold_{fold}" / "checkpoint_final.pth").touch()
+        write_trainer(root, trainer, {f: as_cases(per_class, f) for f, per_class in folds.items()}, plans, labels)
 
 
 def fold_dice(trainer, fold, key):
@@ -103,6 +126,59 @@ def results(nnunet_dirs):
     return nnunet_dirs["nnUNet_results"]
 
 
+# ------------------------------------------------------------------------------ oracles for the paired statistics
+def oracle_bootstrap(differences, n_resamples=C.N_RESAMPLES, seed=C.BOOTSTRAP_SEED):
+    """Plain loop: one resample of n case indices at a time from the same Generator, mean by hand, percentiles
+    by linear interpolation between order statistics (numpy's default method)."""
+    rng = np.random.default_rng(seed)
+    n = len(differences)
+    means = []
+    for _ in range(n_resamples):
+        picked = rng.integers(0, n, size=n)
+        means.append(sum(differences[i] for i in picked) / n)
+    means.sort()
+
+    def percentile(q):
+        position = q / 100 * (len(means) - 1)
+        below = math.floor(position)
+        above = min(below + 1, len(means) - 1)
+        return means[below] + (position - below) * (means[above] - means[below])
+
+    return percentile(2.5), percentile(97.5)
+
+
+def oracle_pairs(trainer_cases, reference_cases, key):
+    """Per-case differences by case name (dicts: case -> {key: Dice}); foreground: mean of the finite classes."""
+    def value(metrics):
+        if key != "foreground_mean":
+            return metrics.get(key, math.nan)
+        finite = [v for v in metrics.values() if not math.isnan(v)]
+        return sum(finite) / len(finite) if finite else math.nan
+
+    differences = []
+    for case in sorted(trainer_cases):
+        if case in reference_cases:
+            a, b = value(trainer_cases[case]), value(reference_cases[case])
+            if not math.isnan(a) and not math.isnan(b):
+                differences.append(a - b)
+    return differences
+
+
+def assert_matches_oracle(paired, differences):
+    assert paired.n == len(differences)
+    assert paired.mean == pytest.approx(sum(differences) / len(differences), abs=1e-12)
+    assert paired.wins == sum(d >= 1e-12 for d in differences)
+    assert paired.losses == sum(d <= -1e-12 for d in differences)
+    assert paired.ties == sum(abs(d) < 1e-12 for d in differences)
+    if len(differences) >= C.MIN_CASES:
+        low, high = oracle_bootstrap(differences)
+        assert (paired.ci_low, paired.ci_high) == pytest.approx((low, high), abs=1e-12)
+        assert paired.p_value == pytest.approx(wilcoxon(differences).pvalue, rel=1e-12)
+    else:
+        assert math.isnan(paired.ci_low) and math.isnan(paired.ci_high) and math.isnan(paired.p_value)
+
+
+# ------------------------------------------------------------------------------------------- fold-mean table
 def test_values_equal_hand_computed_mean_and_std(results, tmp_path):
     comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=tmp_path)
     assert comparison.dataset == DATASET
@@ -130,9 +206,14 @@ def test_csv_contents(results, tmp_path):
     with open(comparison.csv_path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["trainer", "class", "mean", "std", "n_folds", "fold_0", "fold_1", "fold_2", "fold_3",
-                             "fold_4"]
+                             "fold_4", *PAIRED_COLUMNS]
     assert [(r["trainer"], r["class"]) for r in rows] == [
         (t, k) for t in ("nnUNetTrainer", "nnUNetTrainerCSSE") for k in ("1", "2", "foreground_mean")]
+    assert all(r[c] == "" for r in rows[:3] for c in PAIRED_COLUMNS)  # the reference is not paired with itself
+    csse_1 = rows[3]  # label 1 over the 6 cases of folds 0-2, hand-computed from DICE
+    assert csse_1["reference"] == "nnUNetTrainer" and csse_1["n_paired"] == "6"
+    assert float(csse_1["mean_difference"]) == pytest.approx((0.04 + 0.02 + 0.04 + 0.02 + 0.01 + 0.01) / 6)
+    assert rows[4]["n_paired"] == "4" and rows[4]["ci_low"] == rows[4]["wilcoxon_p"] == ""  # below MIN_CASES
     for r in rows:
         e_mean, e_std, e_n = expected(r["trainer"], r["class"])
         assert float(r["mean"]) == pytest.approx(e_mean, abs=1e-12)
@@ -152,8 +233,10 @@ def test_png_written(results, tmp_path):
     out = tmp_path / "new" / "dir"
     comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=out)
     assert comparison.png_path == out / f"compare_{DATASET}_{CONFIG}.png"
-    data = comparison.png_path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert comparison.paired_png_path == out / f"compare_{DATASET}_{CONFIG}_paired.png"
+    for path in (comparison.png_path, comparison.paired_png_path):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
 def test_cli_table_and_missing_fold_warning(results, tmp_path, capsys):
@@ -161,7 +244,7 @@ def test_cli_table_and_missing_fold_warning(results, tmp_path, capsys):
                     str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "warning: nnUNetTrainerCSSE: no validation/summary.json for fold(s) 3,4" in captured.err
-    assert "nnUNetTrainer:" not in captured.err
+    assert "warning: nnUNetTrainer:" not in captured.err
     out = captured.out
     mean, std, _ = expected("nnUNetTrainer", "1")
     assert f"{mean:.4f} ± {std:.4f} (5)" in out
@@ -169,13 +252,15 @@ def test_cli_table_and_missing_fold_warning(results, tmp_path, capsys):
     assert f"{mean:.4f} ± {std:.4f} (2)" in out  # nnU-Net's foreground_mean is NaN in the fold without label 2
     assert "1 (liver)" in out and "2 (tumor)" in out and "foreground_mean" in out
     assert "5/5: 0,1,2,3,4" in out and "3/5: 0,1,2" in out
-    assert (tmp_path / f"compare_{DATASET}_{CONFIG}.csv").is_file()
-    assert (tmp_path / f"compare_{DATASET}_{CONFIG}.png").is_file()
+    for suffix in (".csv", ".md", ".png", "_paired.png"):
+        assert (tmp_path / f"compare_{DATASET}_{CONFIG}{suffix}").is_file()
+        assert f"wrote {tmp_path / f'compare_{DATASET}_{CONFIG}{suffix}'}" in out
 
 
 def test_fold_subset_and_single_fold(results, tmp_path):
     comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainerCSSE"], folds=[0], out_dir=None)
     assert comparison.warnings == [] and comparison.csv_path is None
+    assert comparison.paired == []  # nothing to compare against
     mean, std, n = comparison.trainers[0].mean_std("1")
     assert n == 1 and mean == pytest.approx(0.88) and math.isnan(std)
 
@@ -208,5 +293,331 @@ def test_other_plans_per_trainer_and_regions(nnunet_dirs, tmp_path):
     assert csse.mean_std("(1, 2)")[0] == pytest.approx(0.85)
     assert csse.mean_std("1")[2] == 0  # the baseline's label 1 does not exist for this trainer
     assert "(1, 2) (whole)" in comparison.table()
+    # paired only over the class both have; the foreground mean of a case over that class alone
+    assert [p.key for p in comparison.paired] == ["2", "foreground_mean"]
+    assert any("different classes" in w for w in comparison.warnings)
+    reference = {case_name(f, c): {"2": DICE["nnUNetTrainer"][f][2][c]} for f in range(5) for c in range(2)}
+    csse_cases = {case_name(f, c): {"2": regions[f][2][c]} for f in range(5) for c in range(2)}
+    for paired in comparison.paired:
+        assert_matches_oracle(paired, oracle_pairs(csse_cases, reference, "2"))
     with pytest.raises(ValueError, match="TRAINER__PLANS"):
         C.compare_trainers(42, CONFIG, ["a__b__c"], out_dir=None)
+
+
+# ------------------------------------------------------------------------------------ paired, cross-validation
+def random_runs(n_folds=5, n_cases=7, seed=3):
+    """Two runs over the same cases: reference Dice in [0.5, 0.95], the other run a noisy shift of it; label 2
+    NaN in both for some cases (absent from reference and both predictions) and NaN in one run only for one."""
+    rng = np.random.default_rng(seed)
+    reference, other = {}, {}
+    for fold in range(n_folds):
+        for c in range(n_cases):
+            case = case_name(fold, c)
+            ref = {1: float(rng.uniform(0.5, 0.95)), 2: float(rng.uniform(0.3, 0.9))}
+            new = {k: float(np.clip(v + rng.normal(0.02, 0.05), 0, 1)) for k, v in ref.items()}
+            if c == 0:
+                ref[2] = new[2] = math.nan
+            reference[case], other[case] = ref, new
+    other[case_name(n_folds - 1, 1)][2] = math.nan  # NaN in one run only: the case is left out of label 2's pairs
+    return reference, other
+
+
+def by_fold(cases, n_folds=5, order=lambda names: sorted(names)):
+    return {f: [(name, cases[name]) for name in order([n for n in cases if n.startswith(f"case_f{f}_")])]
+            for f in range(n_folds)}
+
+
+def test_paired_statistics_match_oracle_and_pair_by_reference_file(nnunet_dirs):
+    root = nnunet_dirs["nnUNet_results"]
+    reference, other = random_runs()
+    write_trainer(root, "nnUNetTrainer", by_fold(reference))
+    # the other run lists its cases in reverse order: pairing by position would mis-pair every case
+    write_trainer(root, "nnUNetTrainerCSSE", by_fold(other, order=lambda names: sorted(names, reverse=True)))
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=None)
+    assert comparison.warnings == []
+    assert [(p.trainer, p.reference, p.key) for p in comparison.paired] == [
+        ("nnUNetTrainerCSSE", "nnUNetTrainer", k) for k in ("1", "2", "foreground_mean")]
+    as_str = {side: {case: {str(k): v for k, v in m.items()} for case, m in cases.items()}
+              for side, cases in (("ref", reference), ("other", other))}
+    for paired in comparison.paired:
+        differences = oracle_pairs(as_str["other"], as_str["ref"], paired.key)
+        assert_matches_oracle(paired, differences)
+        assert len(differences) == {"1": 35, "2": 29, "foreground_mean": 35}[paired.key]
+    # the fixture can tell right from wrong pairing: paired by list position (same mean, as every case is
+    # shared) the label-1 differences have another spread, hence another p-value
+    positional = [b[1] - a[1] for a, b in zip(
+        [m for f, cases in by_fold(reference).items() for _, m in cases],
+        [m for f, cases in by_fold(other, order=lambda n: sorted(n, reverse=True)).items() for _, m in cases])]
+    assert abs(math.log10(wilcoxon(positional).pvalue / comparison.paired[0].p_value)) > 0.5
+
+
+def test_partial_fold_overlap_pairs_shared_cases_and_warns(results):
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=None)
+    warning = next(w for w in comparison.warnings if w.startswith("nnUNetTrainerCSSE vs nnUNetTrainer"))
+    assert "the 6 case(s) both have" in warning and "fold(s) 3,4 only in nnUNetTrainer" in warning
+    label1, label2, foreground = comparison.paired
+    # label 1: folds 0-2, two cases each, by hand from DICE
+    hand = [0.84 - 0.80, 0.92 - 0.90, 0.86 - 0.82, 0.88 - 0.86, 0.91 - 0.90, 0.89 - 0.88]
+    assert label1.n == 6 and label1.mean == pytest.approx(sum(hand) / 6, abs=1e-12)
+    assert (label1.wins, label1.losses, label1.ties) == (6, 0, 0)
+    assert label1.p_value == pytest.approx(wilcoxon(hand).pvalue) and label1.ci_low > 0
+    # label 2 is NaN for the fold-1 cases of CSSE: 4 pairs, below MIN_CASES -> n/a
+    assert label2.n == 4 and math.isnan(label2.p_value) and math.isnan(label2.ci_low)
+    assert label2.mean == pytest.approx((0.06 + 0.04 + 0.06 + 0.04) / 4, abs=1e-12)
+    # foreground: per-case mean of the finite classes; in fold 1 CSSE has only label 1
+    reference = {case_name(f, c): {k: DICE["nnUNetTrainer"][f][k][c] for k in (1, 2)} for f in range(5)
+                 for c in range(2)}
+    csse = {case_name(f, c): {k: DICE["nnUNetTrainerCSSE"][f][k][c] for k in (1, 2)} for f in range(3)
+            for c in range(2)}
+    assert_matches_oracle(foreground, oracle_pairs(csse, reference, "foreground_mean"))
+    assert "n/a" in comparison.table()
+
+
+def test_case_level_partial_overlap_and_no_shared_case(nnunet_dirs, tmp_path, capsys):
+    root = nnunet_dirs["nnUNet_results"]
+    reference, other = random_runs(n_folds=2, n_cases=6)
+    write_trainer(root, "nnUNetTrainer", by_fold(reference, 2))
+    partial = by_fold(other, 2)
+    partial[1] = partial[1][:3]  # three cases of fold 1 missing in this summary
+    write_trainer(root, "nnUNetTrainerCSSE", partial)
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=None)
+    assert comparison.paired[0].n == 9
+    assert comparison.paired[0].cases == sorted(n for f in partial.values() for n, _ in f)
+    assert any("the 9 case(s) both have; left out 3 case(s) only in nnUNetTrainer (case_f1_3" in w
+               for w in comparison.warnings)
+
+    renamed = {f: [(name.replace("case", "other"), m) for name, m in cases] for f, cases in partial.items()}
+    write_trainer(root, "nnUNetTrainerPDCR", renamed)
+    with pytest.raises(ValueError, match="'nnUNetTrainerPDCR' and the reference 'nnUNetTrainer' share no case"):
+        C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerPDCR"], folds=[0, 1], out_dir=tmp_path)
+    assert run_cli(["-d", "42", "-c", CONFIG, "-tr", "nnUNetTrainer", "nnUNetTrainerPDCR", "--out",
+                    str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'nnUNetTrainerPDCR' and the reference") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("compare_*"))
+
+
+def test_case_in_two_folds_is_an_error(nnunet_dirs):
+    root = nnunet_dirs["nnUNet_results"]
+    cases = [("case_a.nii.gz", {1: 0.8}), ("case_b.nii.gz", {1: 0.7})]
+    write_trainer(root, "nnUNetTrainer", {0: cases, "all": cases})
+    with pytest.raises(ValueError, match="case case_a.nii.gz is in fold 0 and in fold all"):
+        C.compare_trainers(42, CONFIG, ["nnUNetTrainer"], folds=[0, "all"], out_dir=None)
+
+
+def test_single_case_and_all_ties(nnunet_dirs, tmp_path):
+    root = nnunet_dirs["nnUNet_results"]
+    write_trainer(root, "nnUNetTrainer", {0: [("only.nii.gz", {1: 0.70, 2: 0.5})]})
+    write_trainer(root, "nnUNetTrainerCSSE", {0: [("only.nii.gz", {1: 0.75, 2: 0.5})]})
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], folds=[0], out_dir=tmp_path)
+    label1 = comparison.paired[0]
+    assert label1.n == 1 and label1.mean == pytest.approx(0.05)
+    assert math.isnan(label1.ci_low) and math.isnan(label1.p_value)
+    assert comparison.paired[1].ties == 1
+    with open(comparison.csv_path, newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["trainer"] == "nnUNetTrainerCSSE" and r["class"] == "1")
+    assert row["n_paired"] == "1" and float(row["mean_difference"]) == pytest.approx(0.05)
+    assert row["ci_low"] == row["ci_high"] == row["wilcoxon_p"] == ""
+    assert "+0.0500" in comparison.table() and "n/a" in comparison.table()
+    # a single fold: no error bar in the fold-mean chart; the legend sits clear of the bars
+    figure = C.fold_mean_figure(comparison)
+    ax = figure.axes[0]
+    assert not [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    assert all(not legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+
+    ties = [(f"t{i}.nii.gz", {1: 0.1 * i}) for i in range(1, 7)]
+    write_trainer(root, "nnUNetTrainerUAFS", {0: ties})
+    write_trainer(root, "nnUNetTrainerPDCR", {0: ties})
+    tied = C.compare_trainers(42, CONFIG, ["nnUNetTrainerUAFS", "nnUNetTrainerPDCR"], folds=[0], out_dir=None)
+    label1 = tied.paired[0]
+    assert (label1.n, label1.ties, label1.wins, label1.losses) == (6, 6, 0, 0)
+    assert label1.p_value == 1.0 and (label1.ci_low, label1.ci_high) == (0.0, 0.0)
+
+
+def test_outputs_markdown_and_paired_columns(nnunet_dirs, tmp_path):
+    root = nnunet_dirs["nnUNet_results"]
+    reference, other = random_runs(n_folds=3, n_cases=4)
+    write_trainer(root, "nnUNetTrainer", by_fold(reference, 3))
+    write_trainer(root, "nnUNetTrainerCSSE", by_fold(other, 3))
+    write_trainer(root, "nnUNetTrainerPDCR", by_fold(reference, 3))
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE", "nnUNetTrainerPDCR"],
+                                    folds=[0, 1, 2], out_dir=tmp_path)
+    with open(comparison.csv_path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["trainer"] != "nnUNetTrainer"]
+    assert [(r["trainer"], r["class"]) for r in rows] == [
+        (t, k) for t in ("nnUNetTrainerCSSE", "nnUNetTrainerPDCR") for k in ("1", "2", "foreground_mean")]
+    for row, paired in zip(rows, comparison.paired):
+        assert float(row["mean_difference"]) == pytest.approx(paired.mean, abs=1e-12)
+        assert float(row["ci_low"]) == pytest.approx(paired.ci_low, abs=1e-12)
+        assert float(row["wilcoxon_p"]) == pytest.approx(paired.p_value, rel=1e-12)
+        assert int(row["wins"]) + int(row["losses"]) + int(row["ties"]) == int(row["n_paired"]) == paired.n
+    assert rows[3]["wilcoxon_p"] == "1.0" and rows[3]["ties"] == "12"  # PDCR is a copy of the reference
+    markdown = comparison.md_path.read_text()
+    csse_1 = comparison.paired[0]
+    assert (f"| nnUNetTrainerCSSE | 1 (liver) | 12 | {csse_1.mean:+.4f} | [{csse_1.ci_low:+.4f}, "
+            f"{csse_1.ci_high:+.4f}] | {C._fmt_p(csse_1.p_value)} | {csse_1.wins}/{csse_1.losses}/{csse_1.ties} |"
+            ) in markdown
+    mean, std, n = comparison.trainers[1].mean_std("1")
+    assert f"| 1 (liver) | {comparison.trainers[0].mean_std('1')[0]:.4f} ± " in markdown
+    assert f"{mean:.4f} ± {std:.4f} ({n})" in markdown and "10000 bootstrap resamples" in markdown
+
+
+# ------------------------------------------------------------------------------------------------ test set
+LABELS = {"background": 0, "liver": 1, "tumor": 2}
+N_TEST_CASES = 6
+
+
+def write_nifti(path, array):
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(path))
+
+
+def hand_dice(reference, prediction, label):
+    ref, pred = reference == label, prediction == label
+    if not ref.any() and not pred.any():
+        return math.nan
+    return 2 * np.sum(ref & pred) / (np.sum(ref) + np.sum(pred))
+
+
+@pytest.fixture
+def labelled_test_set(tmp_path):
+    """8x8x8 labels (liver cube + tumor cube; case 5 without tumor) and two prediction folders: 'base' flips
+    random voxels, 'better' flips fewer; 'better' lacks case 4 and has a prediction without a label."""
+    rng = np.random.default_rng(7)
+    folders = {name: tmp_path / name for name in ("labelsTs", "base", "better")}
+    for folder in folders.values():
+        folder.mkdir()
+    arrays = {name: {} for name in folders}
+    for i in range(N_TEST_CASES):
+        label = np.zeros((8, 8, 8), dtype=np.uint8)
+        label[1:6, 1:6, 1:6] = 1
+        if i != 5:
+            label[2:4, 2:4, 2 + i % 3:4 + i % 3] = 2
+        case = f"case_{i:03d}.nii.gz"
+        arrays["labelsTs"][case] = label
+        for name, n_flips in (("base", 30), ("better", 12)):
+            prediction = label.copy()
+            flat = prediction.reshape(-1)
+            flat[rng.choice(flat.size, n_flips, replace=False)] = rng.integers(0, 2, n_flips)  # labels 0/1 only
+            arrays[name][case] = prediction
+    del arrays["better"]["case_004.nii.gz"]
+    arrays["better"]["case_999.nii.gz"] = arrays["base"]["case_000.nii.gz"]
+    for name, cases in arrays.items():
+        for case, array in cases.items():
+            write_nifti(folders[name] / case, array)
+    dataset_json = tmp_path / "dataset.json"
+    dataset_json.write_text(json.dumps({"name": "Toy", "channel_names": {"0": "CT"}, "labels": LABELS,
+                                        "numTraining": 6, "file_ending": ".nii.gz"}))
+    return {"folders": folders, "arrays": arrays, "dataset_json": dataset_json}
+
+
+def test_test_set_matches_hand_dice_and_pairs_shared_cases(labelled_test_set, tmp_path):
+    folders, arrays = labelled_test_set["folders"], labelled_test_set["arrays"]
+    comparison = C.compare_predictions(folders["labelsTs"], [("base", folders["base"]), ("better", folders["better"])],
+                                       dataset_json=labelled_test_set["dataset_json"], out_dir=tmp_path / "out",
+                                       num_processes=1)
+    assert comparison.test_set and comparison.classes == ["1", "2", "foreground_mean"]
+    hand = {name: {case: {str(k): hand_dice(arrays["labelsTs"][case], array, k) for k in (1, 2)}
+                   for case, array in arrays[name].items() if case in arrays["labelsTs"]}
+            for name in ("base", "better")}
+    base, better = comparison.trainers
+    for run in (base, better):
+        assert run.cases.keys() == hand[run.name].keys()
+        for case, metrics in run.cases.items():
+            for key, value in metrics.items():
+                truth = hand[run.name][case][key]
+                assert (math.isnan(value) and math.isnan(truth)) or value == pytest.approx(truth, abs=1e-12)
+    assert math.isnan(base.cases["case_005.nii.gz"]["2"])  # no tumor in the label, none predicted
+    for paired in comparison.paired:
+        assert_matches_oracle(paired, oracle_pairs(hand["better"], hand["base"], paired.key))
+    assert comparison.paired[0].n == 5 and comparison.paired[1].n == 4  # case 4 missing; case 5 NaN for tumor
+    assert any("better: no prediction for 1 of 6 label case(s) (case_004.nii.gz)" in w for w in comparison.warnings)
+    assert any("1 prediction(s) without a label" in w and "case_999" in w for w in comparison.warnings)
+    mean, std, n = base.case_mean_std("1")
+    truth = [hand["base"][c]["1"] for c in sorted(hand["base"])]
+    assert (mean, std, n) == pytest.approx((statistics.mean(truth), statistics.stdev(truth), 6), abs=1e-12)
+    # named after dataset.json's "name" (its folder is no DatasetXXX_Name); no fold-mean chart on a test set
+    assert comparison.written == [tmp_path / "out" / f"compare_Toy_labelsTs{suffix}"
+                                  for suffix in (".csv", ".md", "_paired.png")]
+    with open(comparison.csv_path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["trainer", "class", "mean", "std", "n_cases", *PAIRED_COLUMNS]
+    assert float(rows[0]["mean"]) == pytest.approx(mean, abs=1e-12) and rows[0]["n_cases"] == "6"
+    assert "cases found" in comparison.table() and "5/6" in comparison.table()
+
+
+def test_test_set_cli_with_dataset_id(labelled_test_set, nnunet_dirs, tmp_path, capsys):
+    raw = nnunet_dirs["nnUNet_raw"] / DATASET
+    raw.mkdir()
+    (raw / "dataset.json").write_text(labelled_test_set["dataset_json"].read_text())  # not preprocessed: raw is used
+    folders = labelled_test_set["folders"]
+    out = tmp_path / "cli"
+    assert run_cli(["-d", "42", "--labels", str(folders["labelsTs"]), "--predictions", f"nnU-Net={folders['base']}",
+                    str(folders["better"]), "-np", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: better: no prediction for 1 of 6" in captured.err
+    assert f"{DATASET} labelsTs: test-set Dice, mean ± std over cases (n cases)" in captured.out
+    assert "vs nnU-Net (reference)" in captured.out
+    for suffix in (".csv", ".md", "_paired.png"):
+        assert (out / f"compare_{DATASET}_labelsTs{suffix}").is_file()
+    assert not (out / f"compare_{DATASET}_labelsTs.png").exists()  # no folds, no fold-mean chart
+
+
+def test_test_set_regions_from_dataset_json(labelled_test_set, tmp_path):
+    folders, arrays = labelled_test_set["folders"], labelled_test_set["arrays"]
+    regions_json = tmp_path / "Dataset043_Regions" / "dataset.json"
+    regions_json.parent.mkdir()
+    regions_json.write_text(json.dumps({"labels": {"background": 0, "whole": [1, 2], "tumor": [2]},
+                                        "regions_class_order": [1, 2], "file_ending": ".nii.gz"}))
+    comparison = C.compare_predictions(folders["labelsTs"], [("base", folders["base"]), ("better", folders["better"])],
+                                       dataset_json=regions_json, out_dir=None, num_processes=1)
+    assert comparison.dataset == "Dataset043_Regions"
+    assert comparison.classes == ["(1, 2)", "(2,)", "foreground_mean"]
+    assert "(1, 2) (whole)" in comparison.table() and "(2,) (tumor)" in comparison.table()
+    for run in comparison.trainers:
+        for case, metrics in run.cases.items():
+            reference, prediction = arrays["labelsTs"][case], arrays[run.name][case]
+            whole = hand_dice(reference > 0, prediction > 0, True)
+            assert metrics["(1, 2)"] == pytest.approx(whole, abs=1e-12)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-d", "42", "-tr", "nnUNetTrainer"], "missing -c"),
+    (["--labels", "{labels}", "--dataset-json", "{json}"], "needs both --labels FOLDER and --predictions"),
+    (["--labels", "{labels}", "--predictions", "{base}", "-c", CONFIG, "--dataset-json", "{json}"],
+     "-c belong to cross-validation results"),
+    (["--labels", "{labels}", "--predictions", "{base}"], "give the dataset (-d DATASET"),
+    (["--labels", "{labels}/nope", "--predictions", "{base}", "--dataset-json", "{json}"],
+     "label folder {labels}/nope does not exist"),
+    (["--labels", "{labels}", "--predictions", "a={base}", "a={better}", "--dataset-json", "{json}"],
+     "prediction name given twice"),
+    (["--labels", "{labels}", "--predictions", "{base}", "empty={empty}", "--dataset-json", "{json}"],
+     "prediction folder {empty} (empty) has no .nii.gz file named like a label"),
+    (["--labels", "{labels}", "--predictions", "{base}", "--dataset-json", "{bad_json}"],
+     "is not a usable nnU-Net dataset.json"),
+    (["--labels", "{labels}", "--predictions", "{base}", "--dataset-json", "{json}", "-d", "42"],
+     "one of them"),
+])
+def test_cli_error_boundary(labelled_test_set, tmp_path, capsys, argv, message):
+    folders = labelled_test_set["folders"]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.json").write_text(json.dumps({"labels": LABELS}))
+    values = {"labels": folders["labelsTs"], "base": folders["base"], "better": folders["better"],
+              "json": labelled_test_set["dataset_json"], "empty": tmp_path / "empty", "bad_json": tmp_path / "bad.json"}
+    out = tmp_path / "out"
+    assert run_cli([a.format(**values) for a in argv] + ["-np", "1", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert message.format(**values) in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert not out.exists()
+
+
+def test_mismatched_prediction_is_a_clear_error(labelled_test_set, tmp_path):
+    folders = labelled_test_set["folders"]
+    write_nifti(folders["base"] / "case_000.nii.gz", np.zeros((4, 8, 8)))  # wrong shape
+    with pytest.raises(ValueError, match=r"nnU-Net's evaluator failed on .*base against .*labelsTs"):
+        C.compare_predictions(folders["labelsTs"], [("base", folders["base"])],
+                              dataset_json=labelled_test_set["dataset_json"], out_dir=tmp_path / "out", num_processes=1)
+    assert not (tmp_path / "out").exists()
