@@ -3,6 +3,9 @@
 Runs part A (PDCR vs loop), B (train_step time and memory vs nnUNetTrainer) and C (PDCR scaling), prints one
 table with the machine it ran on and PASS/MISS per target, and writes ``<out>/benchmark_<tag>.json`` and
 ``<out>/benchmark_<tag>.png``.
+
+``python -m benchmarks accuracy [...]`` instead trains trainers side by side and compares their validation Dice
+(:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``).
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ def _finite_json(value):
 
 
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["accuracy"]:
+        from benchmarks import accuracy
+
+        return accuracy.main(given[1:])
     args = parse_args(argv)
     from benchmarks import placeholders
 

@@ -1,5 +1,11 @@
 """Re-exports of the nnunet-csse trainers for nnU-Net's external trainer lookup (nnUNet_extTrainer)."""
 
+from nnunet_csse.schedules import (  # noqa: F401
+    nnUNetTrainer_benchmark,
+    nnUNetTrainerCSSE_benchmark,
+    nnUNetTrainerPDCR_benchmark,
+    nnUNetTrainerUAFS_benchmark,
+)
 from nnunet_csse.training import (  # noqa: F401
     nnUNetTrainer_2epochs_10iters,
     nnUNetTrainer_demo,

@@ -1,0 +1,299 @@
+"""The accuracy benchmark (``python -m benchmarks accuracy``) and its trainers (``nnunet_csse.schedules``).
+
+Unit tests drive the trainers in process through nnU-Net's ``get_trainer_from_args`` on the toy dataset of
+``conftest.py``; the end-to-end test runs the benchmark entry on a small generated dataset through nnU-Net's console
+scripts on CPU, twice (the second invocation reuses the finished runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import write_toy_dataset
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+from nnunet_csse import schedules
+from nnunet_csse.environment import trainers_path
+from nnunet_csse.splits import subsample_splits
+from nnunet_csse.synthetic import write_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import accuracy  # noqa: E402
+
+BENCHMARK_TRAINERS = ("nnUNetTrainer_benchmark", "nnUNetTrainerUAFS_benchmark", "nnUNetTrainerPDCR_benchmark",
+                      "nnUNetTrainerCSSE_benchmark")
+
+
+def oracle_subset(train_keys: list[str], fraction: float, fold: int, seed: int = 0) -> list[str]:
+    """The expected training subset, computed here independently of the trainer: round half up, at least 1, drawn
+    from the sorted keys by RandomState([seed, fold]), kept in the split's order."""
+    n = len(train_keys)
+    size = min(n, max(1, int(np.floor(fraction * n + 0.5))))
+    candidates = sorted(train_keys)
+    chosen = {candidates[i] for i in np.random.RandomState([seed, fold]).permutation(n)[:size]}
+    return [k for k in train_keys if k in chosen]
+
+
+# ----------------------------------------------------------------------------------------------- trainers
+def test_benchmark_trainers_are_found_by_nnunet_and_picklable(monkeypatch):
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    for name in BENCHMARK_TRAINERS:
+        cls = getattr(schedules, name)
+        assert recursive_find_trainer_class_by_name(name) is cls
+        assert pickle.loads(pickle.dumps(cls)) is cls
+    assert set(accuracy.TRAINER_ALIASES.values()) == set(BENCHMARK_TRAINERS)
+
+
+@pytest.fixture
+def toy(nnunet_dirs, monkeypatch):
+    """Dataset042_Toy with a 13-case split and a plans copy whose 3d_fullres trains on 25% of each fold."""
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    folder = write_toy_dataset(nnunet_dirs["nnUNet_preprocessed"])
+    cases = [f"case_{i:02d}" for i in range(13)]
+    splits = generate_crossval_split(cases, seed=12345, n_splits=5)
+    (folder / "splits_final.json").write_text(json.dumps(splits))
+    plans = json.loads((folder / "nnUNetPlans.json").read_text())
+    plans["plans_name"] = "nnUNetPlans_frac25"
+    plans["configurations"]["3d_fullres"][schedules.FRACTION_KEY] = 0.25
+    (folder / "nnUNetPlans_frac25.json").write_text(json.dumps(plans))
+    return {"folder": folder, "splits": splits, "dirs": nnunet_dirs}
+
+
+def start(trainer: str, plans: str = "nnUNetPlans_frac25", fold: int = 1):
+    """What ``nnUNetv2_train 42 3d_fullres FOLD -tr TRAINER -p PLANS -device cpu`` builds first."""
+    return get_trainer_from_args("42", "3d_fullres", fold, trainer, plans, device=torch.device("cpu"))
+
+
+def test_do_split_keeps_validation_and_the_same_deterministic_subset_for_every_trainer(toy, monkeypatch):
+    fold = 1
+    full = toy["splits"][fold]
+    expected = oracle_subset(full["train"], 0.25, fold)
+    assert len(expected) == 3 and len(full["train"]) == 10  # round(0.25 * 10) = 2.5 -> 3 (half up)
+    got = []
+    for trainer, run_seed in (("nnUNetTrainer_benchmark", "0"), ("nnUNetTrainerCSSE_benchmark", "7"),
+                              ("nnUNetTrainer_benchmark", "3")):
+        monkeypatch.setenv(schedules.ENV_SEED, run_seed)  # the run seed does not choose the subset
+        t = start(trainer, fold=fold)
+        tr, val = t.do_split()
+        assert val == full["val"]
+        assert tr == expected
+        assert t.do_split() == (tr, val)  # deterministic within a run (nnU-Net calls it again for validation)
+        log = Path(t.log_file).read_text()
+        assert f"training on 3 of 10 training cases of fold {fold}" in log and ", ".join(expected) in log
+        got.append(tr)
+    assert got[0] == got[1] == got[2]
+    # the same subset as `nnunet-csse split --fraction 0.25 --seed 0` writes for this fold
+    assert subsample_splits(toy["splits"], 0.25, 0)[fold]["train"] == expected
+    # without the key the trainer keeps nnU-Net's split unchanged
+    assert start("nnUNetTrainerCSSE_benchmark", "nnUNetPlans", fold).do_split() == (full["train"], full["val"])
+
+
+def test_training_subset_nested_and_at_least_one():
+    keys = [f"k{i}" for i in range(20)]
+    quarter, half = schedules.training_subset(keys, 0.25, 2), schedules.training_subset(keys, 0.5, 2)
+    assert len(quarter) == 5 and len(half) == 10 and set(quarter) <= set(half)
+    assert schedules.training_subset(keys, 0.01, 0) == oracle_subset(keys, 0.01, 0) and \
+        len(schedules.training_subset(keys, 0.01, 0)) == 1
+    assert schedules.training_subset(keys, 1.0, 3) == keys
+
+
+def test_same_seed_gives_the_same_unet_weights_in_baseline_and_csse(toy, monkeypatch):
+    """Seeded before the network is built: the U-Net part starts identical in every trainer; another seed differs."""
+    def unet_weights(trainer: str, seed: int) -> dict[str, torch.Tensor]:
+        monkeypatch.setenv(schedules.ENV_SEED, str(seed))
+        t = start(trainer, "nnUNetPlans", 0)
+        t.initialize()
+        return {k: v for k, v in t.network.state_dict().items() if k.startswith(("encoder.", "decoder."))}
+
+    baseline, csse, other = (unet_weights("nnUNetTrainer_benchmark", 5), unet_weights("nnUNetTrainerCSSE_benchmark", 5),
+                             unet_weights("nnUNetTrainer_benchmark", 6))
+    assert baseline.keys() == csse.keys() and len(baseline) > 10
+    assert all(torch.equal(baseline[k], csse[k]) for k in baseline)
+    assert not all(torch.equal(baseline[k], other[k]) for k in baseline)
+
+
+def test_budget_and_threads_come_from_the_environment(toy, monkeypatch):
+    for name, value in ((schedules.ENV_EPOCHS, "3"), (schedules.ENV_ITERATIONS, "4"),
+                        (schedules.ENV_VAL_ITERATIONS, "2"), (schedules.ENV_SAVE_EVERY, "1"),
+                        (schedules.ENV_THREADS, "1")):
+        monkeypatch.setenv(name, value)
+    threads = torch.get_num_threads()
+    try:
+        t = start("nnUNetTrainerPDCR_benchmark")
+        assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch, t.save_every) == (3, 4, 2, 1)
+        assert torch.get_num_threads() == 1
+        assert "benchmark budget: 3 epochs x 4 iterations per epoch, 2 validation iterations per epoch, seed 0" in \
+            Path(t.log_file).read_text()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("value", [0, 1.5, -0.25, "nan", "a quarter", True])
+def test_invalid_fraction_is_refused_before_anything_is_written(toy, value, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        accuracy.check_fractions([value])
+    # the benchmark entry: exit code 2, the message, and no work folder
+    workdir = tmp_path / "never"
+    assert accuracy.main(["--fractions", "1.0", str(value), "--workdir", str(workdir), "--device", "cpu"]) == 2
+    assert "--fractions" in capsys.readouterr().err and not workdir.exists()
+    # the trainers: a bad plans value stops them before nnU-Net creates its output folder
+    plans_file = toy["folder"] / "nnUNetPlans_frac25.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_fullres"][schedules.FRACTION_KEY] = value
+    plans_file.write_text(json.dumps(plans))
+    with pytest.raises(ValueError, match="training_fraction"):
+        start("nnUNetTrainerCSSE_benchmark")
+    assert not any(toy["dirs"]["nnUNet_results"].iterdir())
+
+
+def test_absent_data_says_what_to_pass_in_one_line(tmp_path, capsys):
+    workdir = tmp_path / "work"
+    assert accuracy.main(["--workdir", str(workdir), "--device", "cpu", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--convert-from DIR" in err and "images/NAME.nii.gz" in err
+    assert not workdir.exists()
+
+
+def test_convert_from_writes_nnunet_raw_format(tmp_path):
+    source = tmp_path / "copy"
+    for sub in ("images", "labels"):
+        (source / sub).mkdir(parents=True)
+    for name in ("hippocampus_001", "hippocampus_007"):
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(source / "images" /
+                                                                                     f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), str(source / "labels" / f"{name}.nii.gz"))
+    (source / "images" / "._hippocampus_001.nii.gz").write_bytes(b"")  # macOS resource fork: ignored
+    raw = tmp_path / "nnUNet_raw"
+    raw.mkdir()
+    folder = accuracy.convert_hippocampus(source, raw, 4)
+    assert folder.name == "Dataset004_Hippocampus"
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == ["hippocampus_001_0000.nii.gz",
+                                                                        "hippocampus_007_0000.nii.gz"]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == ["hippocampus_001.nii.gz",
+                                                                        "hippocampus_007.nii.gz"]
+    assert sitk.ReadImage(str(folder / "imagesTr" / "hippocampus_007_0000.nii.gz")).GetSize() == (6, 5, 4)
+    dataset = json.loads((folder / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "MRI"} and dataset["numTraining"] == 2
+    assert dataset["labels"] == {"background": 0, "anterior": 1, "posterior": 2}
+    assert dataset["file_ending"] == ".nii.gz"
+    assert accuracy.convert_hippocampus(source, raw, 4) == folder  # reused
+    (source / "labels" / "hippocampus_007.nii.gz").unlink()
+    with pytest.raises(ValueError, match="without a label"):
+        accuracy.convert_hippocampus(source, raw, 4)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def _benchmark(workdir: Path, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+               nnUNet_def_n_proc="1")  # one export / evaluation worker: these machines have 2 cores
+    cmd = [sys.executable, "-m", "benchmarks", "accuracy", "-d", "905", "-c", "3d_fullres", "--preset", "cpu_tiny",
+           "--trainers", "nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark", "--folds", "0",
+           "--fractions", "1.0", "0.5", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
+           "--device", "cpu", "--threads", "1", "--workdir", str(workdir), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.e2e
+def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
+    workdir, out = tmp_path / "work", tmp_path / "out"
+    # 5 cases: nnU-Net's 5-fold split gives fold 0 four training cases and one validation case
+    write_synthetic_dataset(workdir / "nnUNet_raw", 905, "AccuracyToy", dim=3, num_cases=5, size=32, seed=3)
+    first = _benchmark(workdir, out).stdout
+    budget = "budget: 1 epochs x 2 iterations (+ 1 validation iterations per epoch) | patch [32, 32, 32] | batch 2"
+    assert budget in first and "device cpu | torch threads 1" in first
+    assert "[run 4/4] nnUNetTrainerCSSE_benchmark, fraction 0.5, fold 0, seed 0: done in" in first
+
+    results = out / "Dataset905_AccuracyToy__nnUNetPlansCSSE_cpu_tiny__3d_fullres__e1x2_val1"
+    splits = json.loads((workdir / "nnUNet_preprocessed" / "Dataset905_AccuracyToy" / "splits_final.json").read_text())
+    ids = sorted(f"accuracytoy_{i:03d}" for i in range(5))
+    assert splits == generate_crossval_split(ids, seed=12345, n_splits=5)  # nnU-Net's own split, not swapped
+    full_train, val = splits[0]["train"], splits[0]["val"]
+    expected_subset = oracle_subset(full_train, 0.5, 0)
+    assert len(full_train) == 4 and len(expected_subset) == 2
+
+    records = {}
+    for trainer in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark"):
+        for plans, fraction in (("nnUNetPlansCSSE_cpu_tiny", 1.0), ("nnUNetPlansCSSE_cpu_tiny_frac50", 0.5)):
+            r = json.loads((results / "runs" / f"{trainer}__{plans}__fold0__seed0.json").read_text())
+            records[trainer, fraction] = r
+            assert (r["trainer"], r["fraction"], r["fold"], r["seed"], r["plans"]) == (trainer, fraction, 0, 0, plans)
+            b = r["budget"]
+            assert (b["epochs"], b["iterations_per_epoch"], b["val_iterations_per_epoch"]) == (1, 2, 1)
+            assert (b["patch_size"], b["batch_size"], b["features"], b["device"], b["torch_threads"]) == \
+                ([32, 32, 32], 2, [4, 8, 16, 32], "cpu", 1)
+            assert r["wall_s"] > 0 and r["warnings"] == [] and r["val_cases"] == len(val) == 1
+            assert set(r["validation"]["dice"]) == {"structure_1", "structure_2"}
+            assert r["validation"]["cases"] == 1
+            c = r["curves"]
+            assert c["epoch"] == [0] and len(c["train_loss"]) == len(c["val_loss"]) == 1
+            assert len(c["mean_pseudo_dice"]) == len(c["ema_pseudo_dice"]) == 1
+            assert all(len(v) == 1 for v in c["pseudo_dice"].values()) and set(c["pseudo_dice"]) == \
+                {"structure_1", "structure_2"}
+            assert np.isfinite(c["train_loss"][0]) and ("pdcr_encoder" in c) == ("CSSE" in trainer)
+            # the run trained on what do_split chose: the oracle subset for 0.5, nnU-Net's split for 1.0
+            if fraction == 1.0:
+                assert r["train_cases"] == 4 and r["training_subset"] is None
+            else:
+                assert r["train_cases"] == 2 and r["train_cases_full_split"] == 4
+                assert r["training_subset"] == expected_subset
+                log = "".join(p.read_text() for p in (workdir / r["fold_folder"]).glob("training_log_*.txt"))
+                assert "training on 2 of 4 training cases of fold 0 (subset seed 0)" in log
+                assert log.rstrip().count(", ".join(expected_subset)) == 2  # training, then validation's do_split
+            assert not any(p.suffix == ".pth" for p in results.rglob("*"))
+
+    rows = list(csv.DictReader(open(results / "runs.csv")))
+    assert len(rows) == 4 and {row["train_cases"] for row in rows} == {"4", "2"}
+    assert budget in (results / "runs.md").read_text() and (results / "runs.md").read_text().count("| nnUNet") == 4
+    for tag in ("frac100", "frac50"):
+        folder = results / "compare" / f"seed0_{tag}"
+        text = (folder / "compare.txt").read_text()
+        assert "nnUNetTrainer_benchmark" in text and "nnUNetTrainerCSSE_benchmark" in text and budget in text
+        assert "2 runs" in text and "folds found" in text
+        compared = list(csv.DictReader(open(folder / "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
+        fg = {row["trainer"]: float(row["mean"]) for row in compared if row["class"] == "foreground_mean"}
+        fraction = 1.0 if tag == "frac100" else 0.5
+        for trainer, value in fg.items():
+            assert value == pytest.approx(records[trainer, fraction]["validation"]["foreground_mean_dice"])
+        assert (folder / "compare_Dataset905_AccuracyToy_3d_fullres.png").stat().st_size > 0
+    summary = (results / "summary.md").read_text()
+    assert budget in summary and "4 of 4 runs finished (0 reused" in summary
+    assert summary.count("Rests on 2 runs") == 2 and str(workdir) not in summary
+    figure = results / "learning_curves.png"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(figure).shape[:2]
+    assert height == 900 and width > 900
+
+    # second invocation: everything reused, nothing trained, outputs written again
+    logs_before = sorted(workdir.rglob("training_log_*.txt"))
+    sessions_before = [p.read_text() for p in sorted(workdir.rglob(accuracy.SESSIONS_FILE))]
+    started = time.perf_counter()
+    second = _benchmark(workdir, out).stdout
+    took = time.perf_counter() - started
+    assert second.count("finished before, skipped") == 4 and "training (" not in second
+    assert "0 runs trained, 4 reused, 0 failed" in second and budget in second
+    assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
+    assert [p.read_text() for p in sorted(workdir.rglob(accuracy.SESSIONS_FILE))] == sessions_before
+    again = json.loads((results / "runs" / "nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny__fold0__seed0.json")
+                       .read_text())
+    assert again["reused_in_this_invocation"] and again["wall_s"] == records["nnUNetTrainer_benchmark", 1.0]["wall_s"]
+    assert "4 of 4 runs finished (4 reused" in (results / "summary.md").read_text()
+    assert took < sum(r["wall_s"] for r in records.values())  # no training: faster than the runs themselves
