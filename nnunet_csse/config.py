@@ -64,6 +64,7 @@ class CSSEConfig:
     pdcr_projection_channels: int | None = None
     pdcr_pairs: str = "sample"
     _source: str = field(default="defaults", compare=False, repr=False)
+    _given: frozenset = field(default=frozenset(), compare=False, repr=False)  # keys set by overrides
 
     def __post_init__(self) -> None:
         where = self._where()
@@ -120,21 +121,38 @@ class CSSEConfig:
         return input_grid(input_shape, [layer.stride for layer in layers], self.pdcr_anchor_spacing,
                           self.pdcr_min_anchors, self.pdcr_max_anchors)
 
-    def check_levels(self, n_stages: int) -> None:
-        """Raise a ``ValueError`` if a used PDCR level lies outside a network of ``n_stages`` resolution levels."""
+    def fit_levels(self, n_stages: int) -> tuple[CSSEConfig, list[str]]:
+        """This config for a network of ``n_stages`` resolution levels, and what was adapted.
+
+        A used PDCR level outside the network (encoder: 0..n_stages-1, decoder: 0..n_stages-2) is a ``ValueError``
+        when the plans set it. The trainers' default levels (the authors' 2 and 3) are moved down as a block on
+        shallower networks (e.g. 3d_lowres of a small plan: 1 and 2), and the returned note says so (logged)."""
+        fitted, notes = self, []
         checks = []
         if self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0:
-            checks.append(("pdcr_encoder_stages", self.pdcr_encoder_stages, n_stages - 1, "encoder"))
+            checks.append(("pdcr_encoder_stages", n_stages - 1, "encoder"))
         if self.pdcr_decoder_weight > 0:
-            checks.append(("pdcr_decoder_stages", self.pdcr_decoder_stages, n_stages - 2, "decoder"))
-        for name, levels, deepest, part in checks:
+            checks.append(("pdcr_decoder_stages", n_stages - 2, "decoder"))
+        for name, deepest, part in checks:
+            levels = getattr(self, name)
             outside = [lv for lv in levels if lv > deepest]
-            if outside:
-                allowed = f"0..{deepest}" if deepest >= 0 else "none"
-                raise ValueError(
-                    f"csse setting '{name}' {list(levels)} has level(s) {outside} outside this network: its {part} "
-                    f"has levels {allowed} ({n_stages} stages; 0 = full resolution). Set '{name}' in the plans' "
-                    f"\"{PLANS_KEY}\" settings to levels in {allowed}{self._where()}")
+            if not outside:
+                continue
+            allowed = f"0..{deepest}" if deepest >= 0 else "none"
+            problem = (f"csse setting '{name}' {list(levels)} has level(s) {outside} outside this network: its {part} "
+                       f"has levels {allowed} ({n_stages} stages; 0 = full resolution)")
+            shift = max(levels) - deepest
+            moved = tuple(sorted({lv - shift for lv in levels if lv - shift >= 0}))
+            needed = 2 if name == "pdcr_encoder_stages" and self.pdcr_cross_weight > 0 else 1
+            if name in self._given or len(moved) < needed:
+                fix = f"Set '{name}' in the plans' \"{PLANS_KEY}\" settings to levels in {allowed}"
+                if len(moved) < needed:
+                    fix += " (cross-layer PDCR needs two), or set 'pdcr_cross_weight' to 0"
+                raise ValueError(f"{problem}. {fix}{self._where()}")
+            fitted = dataclasses.replace(fitted, **{name: moved})
+            notes.append(f"{problem}: the default levels were moved to {list(moved)} (set '{name}' in the plans' "
+                         f"\"{PLANS_KEY}\" settings to choose)")
+        return fitted, notes
 
     def _where(self) -> str:
         return f" (from {self._source})"
@@ -151,7 +169,7 @@ class CSSEConfig:
         if unknown:
             raise ValueError(f"unknown csse setting(s) {unknown} in {source}; allowed keys: {sorted(known)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
-        return dataclasses.replace(self, **values, _source=source)
+        return dataclasses.replace(self, **values, _source=source, _given=self._given | frozenset(values))
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)

@@ -60,13 +60,13 @@ class CSSEUNet(nn.Module):
         super().__init__()
         if not isinstance(base, SUPPORTED_ARCHITECTURES) or type(base.decoder) is not UNetDecoder:
             raise ValueError(unsupported_architecture_message(f"{type(base).__module__}.{type(base).__name__}"))
-        self.config = config
         self.encoder = base.encoder
         self.decoder = base.decoder
         encoder = self.encoder
         self.dim = len(encoder.strides[0])
         n_levels = len(encoder.stages)
-        config.check_levels(n_levels)
+        config, self.config_notes = config.fit_levels(n_levels)
+        self.config = config
         init = InitWeights_He(1e-2)
 
         def uafs(channels: int, stage_kernel: Sequence[int] | int) -> UAFSBlock:

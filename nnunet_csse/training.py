@@ -32,6 +32,7 @@ from torch import nn
 from nnunet_csse.config import CSSEConfig, config_from_plans
 from nnunet_csse.network import CSSEUNet, build_csse_network, check_supported_architecture
 from nnunet_csse.pdcr import PDCRLoss
+from nnunet_csse.uafs import UAFSBlock
 
 PDCR_TERMS = ("encoder", "cross", "decoder")
 
@@ -180,11 +181,14 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         configuration_manager = plans_manager.get_configuration(configuration)
         check_supported_architecture(configuration_manager.network_arch_class_name)
         csse_config = config_from_plans(self.csse_defaults, configuration_manager.configuration, configuration)
-        csse_config.check_levels(int(configuration_manager.network_arch_init_kwargs["n_stages"]))
+        n_stages = int(configuration_manager.network_arch_init_kwargs["n_stages"])
+        csse_config, level_notes = csse_config.fit_levels(n_stages)
         check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
         check_labels_consecutive(plans_manager.get_label_manager(dataset_json), dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.csse_config = csse_config
+        for note in level_notes:
+            self.print_to_log_file(f"NOTE: {note}")
         self.pdcr_terms = tuple(t for t in PDCR_TERMS if getattr(self.csse_config, f"pdcr_{t}_weight") > 0)
         if self.pdcr_terms:
             self.logger.local_logger = CSSELocalLogger(self.pdcr_terms, self.logger.local_logger.verbose)
@@ -209,7 +213,8 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         self.print_to_log_file("CSSE settings:", self.csse_config.to_json())
         for part, blocks in (("encoder", network.encoder_uafs), ("decoder", network.decoder_uafs)):
             if blocks is not None:
-                self.print_to_log_file(f"UAFS {part} branch kernels built: {[list(b.kernel_size) for b in blocks]}")
+                kernels = [list(b.kernel_size) if isinstance(b, UAFSBlock) else None for b in blocks]
+                self.print_to_log_file(f"UAFS {part} branch kernels built: {kernels}")
         if not self.pdcr_terms:
             return loss
         network.return_hidden = True

@@ -127,11 +127,20 @@ def test_anisotropic_plan():
     ("pdcr_decoder_stages", (1, 4), r"level\(s\) \[4\] outside this network: its decoder has levels 0\.\.3"),
 ])
 def test_levels_outside_the_network_are_an_error(setting, levels, message):
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01, **{setting: levels})
+    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01).with_overrides({setting: list(levels)}, "plans")
     with pytest.raises(ValueError, match=message):
         build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), config)
     # unused settings are not checked: the decoder term is off
-    build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), dataclasses.replace(CSSE, pdcr_decoder_stages=(1, 4)))
+    build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), CSSE.with_overrides({"pdcr_decoder_stages": [1, 4]}, "plans"))
+
+
+def test_default_levels_move_down_on_shallow_networks_and_say_so():
+    net = build(PLAIN, arch_kwargs(2, PLAIN, n_stages=3))  # e.g. 3d_lowres of a small plan
+    assert [layer.level for layer in net.encoder_anchor_layers] == [1, 2]
+    assert len(net.config_notes) == 1 and "moved to [1, 2]" in net.config_notes[0]
+    assert build(PLAIN, arch_kwargs(2, PLAIN, n_stages=4)).config_notes == []
+    with pytest.raises(ValueError, match="cross-layer PDCR needs two"):
+        build(PLAIN, arch_kwargs(2, PLAIN, n_stages=1))
 
 
 def test_unsupported_architecture_is_named():

@@ -198,8 +198,9 @@ def test_terms_match_the_loop_reference(pairs, mode):
     net, x, labels, _ = setup(3, config, batch=3)
     if mode == "regions":
         gen = torch.Generator().manual_seed(3)
-        target = (torch.rand((3, 3, 32, 32, 32), generator=gen) > 0.6).float()  # 2 regions + ignore channel
-        kwargs, classes = {"has_regions": True, "region_ignore_channel": True}, 2
+        # 3 regions (distance scale 1/3, not the label mode's 1/2) + nnU-Net's ignore channel
+        target = (torch.rand((3, 4, 32, 32, 32), generator=gen) > 0.6).float()
+        kwargs, classes = {"has_regions": True, "region_ignore_channel": True}, 3
         ref_kwargs = {"regions": True, "region_ignore_channel": True}
     else:
         target = labels.clone()
