@@ -82,7 +82,7 @@ def test_resenc_anisotropic_lowres_and_cascade_train(workflow, monkeypatch):
             assert len(values) == 2 and all(np.isfinite(values)), values
         assert "non-finite" not in log
         # anisotropic receptive fields: the 4 mm axis grows slower than the in-plane ones
-        fields = [tuple(map(int, f)) for f in re.findall(r"receptive field \((\d+), (\d+), (\d+)\)", log)]
+        fields = [tuple(map(int, f)) for f in re.findall(r"exact receptive field \[(\d+), (\d+), (\d+)\]", log)]
         assert fields and all(f[0] < f[1] == f[2] for f in fields), fields
         summary = json.loads((fold / "validation" / "summary.json").read_text())
         assert np.isfinite(summary["foreground_mean"]["Dice"])
