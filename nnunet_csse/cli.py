@@ -82,7 +82,7 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
     from nnunet_csse.plans import apply_preset
 
     try:
-        target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans)
+        target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to change (default: all)")
     p.add_argument("--source-plans", default="nnUNetPlans", help="plans identifier to start from")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing <source>CSSE_<PRESET>.json that differs (default: refuse)")
     p.set_defaults(func=_cmd_plans_apply)
 
     p = sub.add_parser("demo", help="baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")

@@ -68,6 +68,7 @@ def apply_preset(
     configurations: Sequence[str] | None = None,
     source_plans: str = "nnUNetPlans",
     preprocessed_root: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
     """Write ``<source>CSSE_<preset>.json`` for ``dataset``; returns its path.
 
@@ -77,6 +78,8 @@ def apply_preset(
         configurations: configurations to change (default: all); the others are copied unchanged.
         source_plans: the plans identifier to start from.
         preprocessed_root: default ``$nnUNet_preprocessed``.
+        force: replace an existing ``<source>CSSE_<preset>.json`` of ours that differs from what this call writes
+            (without it: a ValueError, so hand edits are never lost; an identical file is left as it is).
     """
     name, spec = load_preset(preset)
     root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
@@ -104,8 +107,15 @@ def apply_preset(
     for config_name in chosen:
         _apply_to_configuration(derived["configurations"][config_name], spec)
     target = dataset_folder / f"{identifier}.json"
-    if target.exists() and MARKER not in json.loads(target.read_text()):
-        raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it")
+    if target.exists():
+        existing = json.loads(target.read_text())
+        if MARKER not in existing:
+            raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it")
+        if existing == derived:
+            return target
+        if not force:
+            raise ValueError(f"{target} exists and differs from what preset '{name}' writes (edited by hand, or "
+                             f"applied to other configurations); pass --force to replace it")
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(derived, indent=4))
     os.replace(tmp, target)

@@ -74,7 +74,17 @@ def test_cli(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     assert main(["plans", "apply", "cpu_tiny", "-d", "42", "-c", "2d"]) == 0
     assert "-p nnUNetPlansCSSE_cpu_tiny" in capsys.readouterr().out
-    assert main(["plans", "apply", "cpu_tiny", "-d", "42"]) == 0  # re-applying replaces our own file
+    target = tmp_path / "Dataset042_Toy" / "nnUNetPlansCSSE_cpu_tiny.json"
+    assert main(["plans", "apply", "cpu_tiny", "-d", "42", "-c", "2d"]) == 0  # the same again: left as it is
+    edited = json.loads(target.read_text())
+    edited["configurations"]["2d"]["csse"] = {"pdcr_temperature": 1.0}  # a hand-added block
+    target.write_text(json.dumps(edited))
+    capsys.readouterr()
+    assert main(["plans", "apply", "cpu_tiny", "-d", "42"]) == 2
+    assert "differs from what preset 'cpu_tiny' writes" in capsys.readouterr().err
+    assert json.loads(target.read_text()) == edited  # nothing overwritten
+    assert main(["plans", "apply", "cpu_tiny", "-d", "42", "--force"]) == 0
+    assert "csse" not in json.loads(target.read_text())["configurations"]["2d"]
     assert main(["plans", "apply", "cpu_tiny", "-d", "43"]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["plans", "list"]) == 0
