@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -73,7 +74,11 @@ def add_csse_modules(
         plans_manager.get_label_manager(dataset_json).num_segmentation_heads, True)
     fresh = network.state_dict()
 
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:  # not a torch file at all
+        raise ValueError(f"{checkpoint} is not a PyTorch checkpoint ({type(e).__name__}); use a "
+                         f"checkpoint_final.pth / checkpoint_best.pth written by nnUNetv2_train") from None
     if not isinstance(saved, dict) or "network_weights" not in saved:
         raise ValueError(f"{checkpoint} is not an nnU-Net checkpoint (no 'network_weights'); use a "
                          f"checkpoint_final.pth / checkpoint_best.pth written by nnUNetv2_train")

@@ -63,6 +63,9 @@ def test_bad_conversions_are_named(dataset, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not an nnU-Net checkpoint"):
         add_csse_modules(tmp_path / "other.pth", tmp_path / "out.pth", 42, "3d_fullres")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.txt is not a PyTorch checkpoint"):
+        add_csse_modules(tmp_path / "notes.txt", tmp_path / "out.pth", 42, "3d_fullres")
     assert not (tmp_path / "out.pth").exists()
     add_csse_modules(plain_file, tmp_path / "out.pth", 42, "3d_fullres", trainer="nnUNetTrainerUAFS")
     saved = torch.load(tmp_path / "out.pth", weights_only=False)["network_weights"]
