@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_csse import compare, splits
-from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, trainers_path
+from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, resolve_device, trainers_path
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -97,10 +97,16 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_csse.demo import Demo, DemoSettings, reset
 
+    try:
+        device, which = resolve_device(args.device)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(which)
     workdir = Path(args.workdir)
     if args.reset:
         reset(workdir)
-    settings = DemoSettings(workdir=workdir, device=args.device, dim=args.dim, epochs=args.epochs,
+    settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
                             iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
                             size=args.size, seed=args.seed)
     try:
@@ -129,8 +135,10 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     from nnunet_csse.uncertainty import predict_folder_with_uncertainty
 
     try:
+        device, which = resolve_device(args.device)
+        print(which)
         written = predict_folder_with_uncertainty(args.model, args.input, args.output, args.folds, args.checkpoint,
-                                                  args.device, use_mirroring=not args.disable_tta)
+                                                  device, use_mirroring=not args.disable_tta)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -181,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")
     p.add_argument("--workdir", default="nnunet_csse_demo", help="everything is written here (default: %(default)s)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if torch finds a CUDA device, else cpu (printed)")
     p.add_argument("--dim", choices=("2d", "3d"), default="2d")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--iterations", type=int, default=40, help="training iterations per epoch")
@@ -207,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True, help="trained model folder (<trainer>__<plans>__<config>)")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s) to use (ensembled)")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("-device", "--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda if torch finds a CUDA device, else cpu (printed)")
     p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
     p.set_defaults(func=_cmd_uncertainty)
 

@@ -61,3 +61,19 @@ def nnunet_folder_problems(environ: Mapping[str, str] | None = None) -> list[str
         elif not os.path.isdir(value):
             problems.append(f"{name}={value} is not an existing folder. Fix: create it or point {name} elsewhere")
     return problems
+
+
+def resolve_device(requested: str | None) -> tuple[str, str]:
+    """(device, sentence saying which and why) for our commands' ``--device``: CUDA when available, else CPU.
+
+    Raises ``ValueError`` when CUDA is asked for but torch finds no CUDA device (checked before any model is
+    loaded or any file is written)."""
+    import torch
+
+    available = torch.cuda.is_available()
+    if requested is None:
+        device = "cuda" if available else "cpu"
+        return device, f"device: {device} ({'CUDA device found' if available else 'no CUDA device found'})"
+    if requested == "cuda" and not available:
+        raise ValueError("--device cuda, but torch finds no CUDA device on this machine; use --device cpu")
+    return requested, f"device: {requested} (as requested)"

@@ -118,3 +118,24 @@ def test_missing_trainer_folder_is_explained_and_the_printed_line_fixes_it(setti
                            env=env, capture_output=True, text=True, timeout=300)
     assert fixed.returncode == 0, fixed.stderr
     assert str(wanted) in fixed.stdout and "ok: nnUNet_extTrainer lists" in fixed.stdout
+
+
+@pytest.mark.parametrize("available", [False, True])
+def test_commands_default_to_cuda_when_available_and_say_so(monkeypatch, available):
+    from nnunet_csse.environment import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    device, which = resolve_device(None)
+    assert device == ("cuda" if available else "cpu") and which.startswith(f"device: {device}")
+    assert resolve_device("cpu")[0] == "cpu"
+
+
+def test_uncertainty_on_cuda_without_a_gpu_fails_before_anything(monkeypatch, tmp_path, capsys):
+    from nnunet_csse.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    code = main(["uncertainty", "-i", str(tmp_path), "-o", str(out), "-m", str(tmp_path), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "finds no CUDA device" in err and "--device cpu" in err and "Traceback" not in err
+    assert not out.exists()
