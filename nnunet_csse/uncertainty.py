@@ -11,6 +11,8 @@ input's geometry the way nnU-Net exports probabilities (resample, undo the crop,
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,6 +185,43 @@ def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.nd
     fig.savefig(path, dpi=100)
 
 
+def check_uncertainty_inputs(model_folder: str | Path, input_folder: str | Path, folds: Sequence[int | str],
+                             checkpoint: str) -> list[list[str]]:
+    """The cases of ``input_folder`` (channel files per case), after checking what ``nnunet-csse uncertainty``
+    needs before it loads a model: the model folder with its dataset.json and plans, each fold's checkpoint,
+    inputs named ``CASE_0000<ending>``, and ``nnUNet_extTrainer`` finding the CSSE trainers. ``ValueError``s name
+    the problem and the fix."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    from nnunet_csse.environment import ext_trainer_problem
+
+    model = Path(model_folder)
+    if not (model / "dataset.json").is_file() or not (model / "plans.json").is_file():
+        raise ValueError(f"{model} is not a trained nnU-Net model folder (no dataset.json / plans.json); pass "
+                         f"-m <nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>")
+    for fold in folds:
+        path = model / f"fold_{fold}" / checkpoint
+        if not path.is_file():
+            present = sorted(p.name for p in model.glob("fold_*"))
+            raise ValueError(f"no {checkpoint} for fold {fold} in {model} (folds present: {present}); pass -f with "
+                             f"a trained fold or -chk checkpoint_best.pth")
+    ending = json.loads((model / "dataset.json").read_text())["file_ending"]
+    input_path = Path(input_folder)
+    if not input_path.is_dir():
+        raise ValueError(f"input folder {input_path} does not exist")
+    misnamed = sorted(p.name for p in input_path.iterdir()
+                      if p.name.endswith(ending) and not re.search(rf"_\d{{4}}{re.escape(ending)}$", p.name))
+    cases = create_lists_from_splitted_dataset_folder(str(input_path), ending)
+    if misnamed or not cases:
+        found = misnamed[:3] or sorted(p.name for p in input_path.iterdir())[:3]
+        raise ValueError(f"no images named CASE_0000{ending} in {input_path} (found e.g. {found}); name them as "
+                         f"nnUNetv2_predict expects, e.g. case_0000{ending}")
+    problem = ext_trainer_problem()
+    if problem:
+        raise ValueError(problem)
+    return cases
+
+
 def predict_folder_with_uncertainty(
     model_folder: str | Path,
     input_folder: str | Path,
@@ -200,18 +239,15 @@ def predict_folder_with_uncertainty(
     """
     from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     output_folder = Path(output_folder)
+    cases = check_uncertainty_inputs(model_folder, input_folder, folds, checkpoint)
     predictor = nnUNetPredictor(device=torch.device(device), use_mirroring=use_mirroring, verbose=False,
                                 allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                    checkpoint_name=checkpoint)
     csse_network_of(predictor)  # fail before reading any image
     ending = predictor.dataset_json["file_ending"]
-    cases = create_lists_from_splitted_dataset_folder(str(input_folder), ending)
-    if not cases:
-        raise ValueError(f"no '{ending}' images named CASE_0000{ending} in {input_folder}")
     output_folder.mkdir(parents=True, exist_ok=True)
     reader = predictor.plans_manager.image_reader_writer_class()
     written = []

@@ -139,3 +139,41 @@ def test_uncertainty_on_cuda_without_a_gpu_fails_before_anything(monkeypatch, tm
     err = capsys.readouterr().err
     assert code == 2 and "finds no CUDA device" in err and "--device cpu" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _model_folder(root):
+    """What the checks read of a trained model folder (no weights are loaded before the checks pass)."""
+    model = root / "nnUNetTrainerCSSE__nnUNetPlans__3d_fullres"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").touch()
+    (model / "dataset.json").write_text(json.dumps(TOY_DATASET_JSON))
+    (model / "plans.json").write_text("{}")
+    return model
+
+
+@pytest.mark.parametrize("problem,messages", [
+    ("no_model", ["is not a trained nnU-Net model folder", "-m <nnUNet_results>"]),
+    ("no_fold", ["no checkpoint_final.pth for fold 3", "folds present: ['fold_0']"]),
+    ("bad_names", ["no images named CASE_0000.nii.gz", "case_0000.nii.gz"]),
+    ("no_ext_trainer", ["nnUNet_extTrainer is not set", "export nnUNet_extTrainer="]),
+])
+def test_uncertainty_inputs_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsys, problem, messages):
+    from nnunet_csse.cli import main
+
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    model = _model_folder(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / ("scan.nii.gz" if problem == "bad_names" else "case_0000.nii.gz")).touch()
+    folds = ["3"] if problem == "no_fold" else ["0"]
+    if problem == "no_model":
+        model = tmp_path / "missing"
+    if problem == "no_ext_trainer":
+        monkeypatch.delenv("nnUNet_extTrainer")
+    out = tmp_path / "out"
+    code = main(["uncertainty", "-i", str(images), "-o", str(out), "-m", str(model), "-f", *folds, "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    for message in messages:
+        assert message in err
+    assert not out.exists()
