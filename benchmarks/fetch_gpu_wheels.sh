@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Download into .whl/ (git-ignored) the wheels that benchmarks/gpu_check.sh installs on the bare GPU machine
-# (Python 3.12, x86-64; see shared/gpu-notes.md). Run from anywhere; needs pip and PyPI.
+# (Python 3.12, x86-64). Run from anywhere; needs pip and PyPI.
 #
 # Exactly what importing nnUNetTrainer + the CSSE trainers and running train_step needs beyond that machine's
 # image: nnunetv2 and the packages its trainer module imports at module level. SimpleITK (~53 MB) and
