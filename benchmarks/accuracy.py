@@ -62,6 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnunet_csse.plans import write_json_atomic
 from nnunet_csse.schedules import (
     BUDGET_LOG_PREFIX,
     ENV_EPOCHS,
@@ -508,9 +509,7 @@ class Benchmark:
                 raise ValueError(f"{target} exists and was not written by this benchmark; refusing to overwrite it")
             if current == derived:
                 return
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(derived, indent=4))
-        os.replace(tmp, target)
+        write_json_atomic(derived, target)
         self.say(f"[plans] fraction {fraction:g}: {target.name} ({FRACTION_KEY} {fraction:g}, subset seed "
                  f"{TRAINING_SUBSET_SEED})")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU benchmark run on a bare NVIDIA machine (Python 3.12 + torch with CUDA, no nnU-Net), from the repo root.
 #
-# Before: bash benchmarks/fetch_gpu_wheels.sh   (fills .whl/, ~16 MiB; .whl/ is git-ignored, so carry it)
-# Device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=570)
+# Optional, for a machine without package access: bash benchmarks/fetch_gpu_wheels.sh beforehand fills .whl/
+# (~16 MiB, git-ignored), whose wheels this script installs first.
 #
 # Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 500 s): each step's timeout is
 # what is left minus what the later steps need. Steps (GPU_CHECK_STEPS, default all, in this order):

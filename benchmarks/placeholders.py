@@ -1,8 +1,8 @@
 """Placeholder modules for nnU-Net's image-I/O dependencies (SimpleITK, imagecodecs) on bare GPU machines.
 
 Importing ``nnunetv2.training.nnUNetTrainer.nnUNetTrainer`` imports SimpleITK and (through tifffile's codecs)
-imagecodecs at module level, but a training step on synthetic tensors never reads an image. Their wheels are too
-large to carry to a GPU machine that lacks them, so for a benchmark run only, this module writes tiny
+imagecodecs at module level, but a training step on synthetic tensors never reads an image. Where they are not
+installed, for a benchmark run only, this module writes tiny
 stand-in packages to a temporary folder and puts it first on ``sys.path`` (and on ``PYTHONPATH`` for the
 benchmark's own subprocesses). A stand-in hands back another stand-in for any ordinary attribute and raises
 ``AttributeError`` for dunder names (``inspect`` asks for ``__file__``); calling one raises, so any real use

@@ -96,7 +96,7 @@ class AnchorLayer:
     def receptive_field(self) -> tuple[int, ...]:
         """Theoretical receptive field R per axis: exact for encoder maps (the same for every position); for
         decoder maps, whose field depends on the position after transposed convolutions, the largest one."""
-        return tuple(self.field.widths(a)[1] for a in range(len(self.stride)))
+        return self.field.receptive_field
 
     def feature_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Spatial shape of this layer's map for an input of ``input_shape``: ``ceil(n / J)`` per axis

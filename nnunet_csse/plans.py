@@ -116,10 +116,15 @@ def apply_preset(
         if not force:
             raise ValueError(f"{target} exists and differs from what preset '{name}' writes (edited by hand, or "
                              f"applied to other configurations); pass --force to replace it")
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(derived, indent=4))
-    os.replace(tmp, target)
+    write_json_atomic(derived, target)
     return target
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    """Write ``obj`` as indented JSON through a temporary file, so readers never see half a plans file."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=4))
+    os.replace(tmp, path)
 
 
 def _apply_to_configuration(configuration: dict, spec: dict) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 # the benchmarks package (its PDCR loop reference is the tests' oracle too) lives next to tests/
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,15 @@ def arch_kwargs(dim: int, arch: str, n_stages: int = 4, features: int = 4, strid
     else:
         kw["n_conv_per_stage"] = [2] * n_stages
     return kw
+
+
+@pytest.fixture
+def one_thread():
+    """Small tensors: one torch thread avoids thread-pool overhead on busy 2-core machines."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -11,27 +11,16 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.pdcr_case import PDCR_CONFIG, make_case
+from benchmarks.pdcr_speed import agreement
+from benchmarks.plans import TINY
 
-from benchmarks.pdcr_case import PDCR_CONFIG, make_case  # noqa: E402
-from benchmarks.pdcr_speed import agreement  # noqa: E402
-from benchmarks.plans import TINY  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread avoids thread-pool overhead on busy 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _finite(value) -> bool:

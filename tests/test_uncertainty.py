@@ -31,13 +31,7 @@ PATCH = 16
 NUM_CLASSES = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids thread-pool overhead on busy 2-core machines."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def csse_net(dim: int, seed: int = 0):
