@@ -2,7 +2,7 @@
 
 Run ``python -m benchmarks --help``. Parts:
 
-- :mod:`benchmarks.pdcr_speed`: the vectorized :class:`nnunet_csse.pdcr.PDCRLoss` against a per-anchor loop
+- :mod:`benchmarks.pdcr_speed`: the vectorized :class:`nnunet_csse.method.pdcr.PDCRLoss` against a per-anchor loop
   reference (:mod:`benchmarks.pdcr_reference`, written like the authors' code), same loss value asserted.
 - :mod:`benchmarks.step_time`: nnU-Net's real ``train_step`` of ``nnUNetTrainer`` vs the CSSE trainers on one
   plan and one synthetic batch; time and peak memory ratios.

@@ -62,7 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nnunet_csse.plans import write_json_atomic
+from nnunet_csse.folders import find_dataset_folder, write_json_atomic
 from nnunet_csse.schedules import (
     BUDGET_LOG_PREFIX,
     ENV_EPOCHS,
@@ -264,7 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     if save_every < 1:
         raise ValueError(f"--save-every must be >= 1, got {save_every}")
     if args.preset is not None:
-        from nnunet_csse.plans import load_preset
+        from nnunet_csse.presets import load_preset
 
         load_preset(args.preset)  # unknown preset: ValueError with the list
     return Settings(
@@ -287,21 +287,6 @@ def _dataset_id(dataset: str) -> int | None:
         return int(text)
     match = re.fullmatch(r"Dataset(\d{3})_.+", text)
     return int(match.group(1)) if match else None
-
-
-def _find_dataset_folder(root: Path, dataset: str) -> Path | None:
-    """``root/DatasetXXX_*`` for an id or name, or None."""
-    if not root.is_dir():
-        return None
-    if dataset.startswith("Dataset"):
-        return root / dataset if (root / dataset).is_dir() else None
-    dataset_id = _dataset_id(dataset)
-    if dataset_id is None:
-        return None
-    matches = sorted(p for p in root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
-    if len(matches) > 1:
-        raise ValueError(f"more than one dataset with id {dataset_id} in {root}: {[m.name for m in matches]}")
-    return matches[0] if matches else None
 
 
 def _case_files(folder: Path) -> dict[str, Path]:
@@ -337,7 +322,7 @@ def convert_hippocampus(source: Path, raw_root: Path, dataset_id: int) -> Path:
             return target
         raise ValueError(f"{target} exists with {len(existing)} cases, not the {len(images)} of {source}; remove it "
                          f"or choose another --workdir")
-    other = _find_dataset_folder(raw_root, str(dataset_id))
+    other = find_dataset_folder(raw_root, str(dataset_id))
     if other is not None:
         raise ValueError(f"{other} exists in {raw_root}; nnU-Net needs one dataset per id: remove it or choose "
                          f"another --workdir")
@@ -428,10 +413,10 @@ class Benchmark:
     def prepare_data(self) -> None:
         """Convert (``--convert-from``), plan and preprocess if needed; sets ``dataset_name``."""
         s = self.s
-        folder = _find_dataset_folder(self.preprocessed, s.dataset)
+        folder = find_dataset_folder(self.preprocessed, s.dataset)
         ready = folder is not None and (folder / f"{s.plans}.json").is_file() and \
             _preprocessed_cases(folder, folder / f"{s.plans}.json", s.configuration) > 0
-        raw = _find_dataset_folder(self.raw, s.dataset)
+        raw = find_dataset_folder(self.raw, s.dataset)
         if s.convert_from is not None:
             dataset_id = _dataset_id(s.dataset)
             if dataset_id is None:
@@ -472,7 +457,7 @@ class Benchmark:
         s = self.s
         folder = self.preprocessed / self.dataset_name
         if s.preset:
-            from nnunet_csse.plans import apply_preset
+            from nnunet_csse.presets import apply_preset
 
             target = apply_preset(s.preset, self.dataset_name, [s.configuration], source_plans=s.plans,
                                   preprocessed_root=self.preprocessed)

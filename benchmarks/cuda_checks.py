@@ -12,8 +12,8 @@ import sys
 import torch
 from torch import nn
 
-from nnunet_csse.pdcr import PairJob, pdcr_pair_losses
-from nnunet_csse.uafs import InstanceNormByStatistics
+from nnunet_csse.method.pdcr import PairJob, pdcr_pair_losses
+from nnunet_csse.method.uafs import InstanceNormByStatistics
 
 
 def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,8 +16,8 @@ import torch
 
 from benchmarks.plans import PLAIN_UNET, BenchPlan, synthetic_labels
 from nnunet_csse.config import CSSEConfig
+from nnunet_csse.method.pdcr import PDCRLoss
 from nnunet_csse.network import CSSEUNet, build_csse_network
-from nnunet_csse.pdcr import PDCRLoss
 
 # The authors' 3D PDCR: encoder levels 2 and 3 plus the cross-layer term, weights 0.01 + 0.01.
 PDCR_CONFIG = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
@@ -49,7 +49,7 @@ class PDCRCase:
     @property
     def num_anchors(self) -> list[int]:
         """Anchors per sample of each anchored layer."""
-        grid = self.config.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
+        grid = self.config.pdcr.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
         return [grid.num_anchors for _ in self.network.encoder_anchor_layers]
 
     def autocast(self):
@@ -61,7 +61,7 @@ class PDCRCase:
         """The terms exactly as the trainer computes them: ``AnchorGrid.take`` of each anchored map, the
         network's projection heads for the cross term, then :class:`PDCRLoss` on the full-resolution target."""
         with self.autocast():
-            grid = self.config.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
+            grid = self.config.pdcr.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
             anchors = tuple(grid.on_layer(layer.stride).take(self.feature_maps[layer.level])
                             for layer in self.network.encoder_anchor_layers)
             hidden = {"encoder": anchors,
@@ -112,5 +112,5 @@ def make_case(plan: BenchPlan, device: torch.device, patch: tuple[int, ...] | No
     target = synthetic_labels(plan.batch_size, patch, num_classes, seed)
     if ignore_label is not None:
         target = torch.where(torch.rand(target.shape, generator=g) < 0.2, float(ignore_label), target)
-    loss = PDCRLoss(network.encoder_anchor_layers, (), config, num_classes, ignore_label=ignore_label)
+    loss = PDCRLoss(network.encoder_anchor_layers, (), config.pdcr, num_classes, ignore_label=ignore_label)
     return PDCRCase(network, config, loss, target.to(device), feature_maps, num_classes, amp)

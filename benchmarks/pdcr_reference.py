@@ -4,7 +4,7 @@ Written like the authors' 3D code (a Python loop over samples and anchors that c
 of the label map and counts classes with ``torch.bincount``; then the loss row by row in a loop), but with the
 spec's definitions (docs/method.md section 2): composition by class id, windows clipped exactly at both
 borders, fractions among the valid (non-ignored) voxels the window really holds, total-variation distance over
-all classes, no global max shift. It shares no code with :mod:`nnunet_csse.pdcr`: it is the independent
+all classes, no global max shift. It shares no code with :mod:`nnunet_csse.method.pdcr`: it is the independent
 reference the vectorized loss must agree with, and the baseline of the speed comparison.
 """
 
@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_csse.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.config import CSSEConfig
+from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer
 
 Compositions = list[list[torch.Tensor | None]]  # [sample][anchor] -> (K,) fractions, None: no valid voxel
 
@@ -130,7 +130,7 @@ def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[A
             the mean per-region total variation (scale 1 / R).
     """
     spatial = tuple(target.shape[2:])
-    shared = config.input_grid(spatial, layers)
+    shared = config.pdcr.input_grid(spatial, layers)
     distance_scale = 1.0 / num_classes if regions else 0.5
     anchors, comps = [], []
     for layer in layers:

@@ -16,7 +16,7 @@ from benchmarks.pdcr_case import PDCRCase, make_case
 from benchmarks.pdcr_reference import reference_terms
 from benchmarks.plans import BenchPlan
 from benchmarks.timing import median, time_repeated
-from nnunet_csse.pdcr import composition_vectors, label_volume, layer_windows
+from nnunet_csse.method.pdcr import composition_vectors, label_volume, layer_windows
 
 TARGET_SPEEDUP = 100.0
 
@@ -69,7 +69,7 @@ def composition_breakdown(case: PDCRCase, reps: int) -> dict:
 
     def compositions():
         volume = label_volume(case.target, case.num_classes, case.loss.ignore_label)
-        grid = case.config.input_grid(spatial, case.network.anchor_layers)
+        grid = case.config.pdcr.input_grid(spatial, case.network.anchor_layers)
         return [composition_vectors(volume, layer_windows(layer, grid.on_layer(layer.stride), "rf"))
                 for layer in case.network.encoder_anchor_layers]
 

@@ -43,14 +43,14 @@ def prepare_nnunet_folders(root: Path) -> dict[str, str]:
 
 def uafs_blocks(network: torch.nn.Module) -> list:
     """The network's UAFS blocks (encoder and decoder), in module order."""
-    from nnunet_csse.uafs import UAFSBlock
+    from nnunet_csse.method.uafs import UAFSBlock
 
     return [m for m in network.modules() if isinstance(m, UAFSBlock)]
 
 
 def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
     """Put ``nn.InstanceNormNd`` back into every UAFS branch (same parameters)."""
-    from nnunet_csse.uafs import InstanceNormByStatistics
+    from nnunet_csse.method.uafs import InstanceNormByStatistics
 
     for block in uafs_blocks(network):
         for i, layer in enumerate(block.branch):

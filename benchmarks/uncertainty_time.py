@@ -82,7 +82,7 @@ def commands(args: argparse.Namespace, out_predict: Path, out_uncertainty: Path)
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:
-    from nnunet_csse.cli import trainers_path
+    from nnunet_csse.environment import trainers_path
 
     env = dict(os.environ)
     env["nnUNet_results"] = split_model_folder(args.model)["results"]

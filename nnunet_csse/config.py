@@ -8,14 +8,13 @@ Unknown keys and bad values raise ``ValueError`` naming the key and what is allo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnunet_csse.anchors import AnchorLayer, InputGrid, input_grid
+from nnunet_csse.method.settings import PAIR_MODES, PDCRSettings
 
 PLANS_KEY = "csse"
-PAIR_MODES = ("sample", "batch")
 
 
 @dataclass(frozen=True)
@@ -115,11 +114,15 @@ class CSSEConfig:
     def uses_pdcr(self) -> bool:
         return self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0 or self.pdcr_decoder_weight > 0
 
-    def input_grid(self, input_shape: Sequence[int], layers: Sequence[AnchorLayer]) -> InputGrid:
-        """The one PDCR anchor grid (input voxels) of all anchored ``layers`` for an input of ``input_shape``
-        (network and loss both call this, so anchors and composition vectors line up)."""
-        return input_grid(input_shape, [layer.stride for layer in layers], self.pdcr_anchor_spacing,
-                          self.pdcr_min_anchors, self.pdcr_max_anchors)
+    @property
+    def pdcr(self) -> PDCRSettings:
+        """The loss settings the method's core reads (already validated here)."""
+        return PDCRSettings(
+            encoder_weight=self.pdcr_encoder_weight, cross_weight=self.pdcr_cross_weight,
+            decoder_weight=self.pdcr_decoder_weight, windows=self.pdcr_windows, temperature=self.pdcr_temperature,
+            anchor_spacing=self.pdcr_anchor_spacing, min_anchors=self.pdcr_min_anchors,
+            max_anchors=self.pdcr_max_anchors, pairs=self.pdcr_pairs,
+        )
 
     def fit_levels(self, n_stages: int) -> tuple[CSSEConfig, list[str]]:
         """This config for a network of ``n_stages`` resolution levels, and what was adapted.

@@ -7,14 +7,16 @@ in nnU-Net (``network.decoder.deep_supervision``), and every segmentation head i
 
 Hidden embeddings reach the trainer through ``forward`` itself, so DDP and torch.compile see one ordinary
 forward: when ``return_hidden`` is set and the module is in training mode, ``forward`` returns
-``(segmentation_output, hidden)`` where ``hidden`` maps ``"encoder"``, ``"decoder"`` and ``"cross"`` to tuples of
-(B, N, C) anchor vectors (only the terms with a weight > 0 are computed, so no parameter goes unused). In eval
-mode, or with ``return_hidden`` unset, the output is exactly what nnU-Net's networks return.
+``SegmentationWithHidden(segmentation, hidden)``, where ``hidden`` maps ``"encoder"``, ``"decoder"`` and
+``"cross"`` to tuples of (B, N, C) anchor vectors (only the terms with a weight > 0 are computed, so no
+parameter goes unused). In eval mode, or with ``return_hidden`` unset, the output is exactly what nnU-Net's
+networks return.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
@@ -22,12 +24,20 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_csse.anchors import AnchorLayer
 from nnunet_csse.config import CSSEConfig
-from nnunet_csse.receptive_field import ExactField, module_geometry
-from nnunet_csse.uafs import UAFSBlock
+from nnunet_csse.method.anchors import AnchorLayer
+from nnunet_csse.method.receptive_field import ExactField, module_geometry
+from nnunet_csse.method.uafs import UAFSBlock
 
 SUPPORTED_ARCHITECTURES = (PlainConvUNet, ResidualEncoderUNet)
+
+
+class SegmentationWithHidden(NamedTuple):
+    """Training output of ``CSSEUNet`` with ``return_hidden``: what nnU-Net's U-Net returns (a list of logits per
+    deep-supervision scale, or one logits tensor) and the PDCR anchor vectors {term: tuple of (B, N, C)}."""
+
+    segmentation: list[torch.Tensor] | torch.Tensor
+    hidden: dict[str, tuple[torch.Tensor, ...]]
 
 
 def unsupported_architecture_message(arch_class_name: str) -> str:
@@ -179,11 +189,11 @@ class CSSEUNet(nn.Module):
 
         if not (self.return_hidden and self.training):
             return output
-        return output, self._hidden(tuple(x.shape[2:]), skips, decoder_features)
+        return SegmentationWithHidden(output, self._hidden(tuple(x.shape[2:]), skips, decoder_features))
 
     def _hidden(self, input_shape: tuple[int, ...], skips: list[torch.Tensor],
                 decoder_features: dict[int, torch.Tensor]) -> dict:
-        grid = self.config.input_grid(input_shape, self.anchor_layers)
+        grid = self.config.pdcr.input_grid(input_shape, self.anchor_layers)
 
         def take(layer: AnchorLayer, fmap: torch.Tensor) -> torch.Tensor:
             return grid.on_layer(layer.stride).take(fmap)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from nnunet_csse.splits import resolve_dataset_name, root_from_env
+from nnunet_csse.folders import dataset_folder
 
 CSSE_PREFIXES = ("decoder_uafs.", "encoder_uafs.", "pdcr_projections.")
 
@@ -57,8 +57,7 @@ def add_csse_modules(
     trainer_class = _trainer_class(trainer)
     if output.exists():
         raise ValueError(f"{output} exists; choose a new file name (the pretrained checkpoint is never overwritten)")
-    root = root_from_env(preprocessed_root, "nnUNet_preprocessed")
-    folder = root / resolve_dataset_name(dataset, root, "nnUNet_preprocessed")
+    folder = dataset_folder(dataset, "nnUNet_preprocessed", preprocessed_root)
     plans_file = folder / f"{plans}.json"
     if not plans_file.is_file():
         raise ValueError(f"no plans '{plans}' in {folder}; pass the plans identifier you will train with (-p)")

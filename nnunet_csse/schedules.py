@@ -1,4 +1,12 @@
-"""Trainers for the accuracy benchmark (``python -m benchmarks accuracy``): explicit budget, fixed seed and an
+"""Trainer variants that differ from the trainers of :mod:`nnunet_csse.training` only in their schedule.
+
+Short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style), for trying things out and for the tests:
+
+    nnUNetTrainer{UAFS,PDCR,CSSE,CSSE_HPDCR}_5epochs          5 epochs x 250 iterations
+    nnUNetTrainer{,UAFS,PDCR,CSSE,CSSE_HPDCR}_2epochs_10iters  2 epochs x 10 iterations, a checkpoint every epoch
+    nnUNetTrainer{,CSSE}_demo                                   ``nnunet-csse demo``'s budget and seed
+
+Trainers for the accuracy benchmark (``python -m benchmarks accuracy``): explicit budget, fixed seed and an
 optional limited-data fraction, the same for every trainer.
 
     nnUNetTrainer_benchmark         plain nnU-Net
@@ -33,7 +41,7 @@ gets the same subset; the same subset as ``nnunet-csse split --fraction f --seed
 changed. The trainer logs the subset.
 
 The classes live here (not in ``trainers/``) so that they can be pickled after nnU-Net's external trainer lookup
-drops the modules it imported from ``nnUNet_extTrainer``; ``trainers/nnunet_csse_trainers.py`` re-exports them.
+drops the modules it imported from ``nnUNet_extTrainer``; ``ext_trainers/nnunet_csse_trainers.py`` re-exports them.
 """
 
 from __future__ import annotations
@@ -41,14 +49,15 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_csse.splits import limited_size
-from nnunet_csse.training import nnUNetTrainerCSSE, nnUNetTrainerPDCR, nnUNetTrainerUAFS
+from nnunet_csse.tools.splits import limited_size
+from nnunet_csse.training import nnUNetTrainerCSSE, nnUNetTrainerCSSE_HPDCR, nnUNetTrainerPDCR, nnUNetTrainerUAFS
 
 FRACTION_KEY = "training_fraction"
 FRACTION_SEED_KEY = "training_fraction_seed"
@@ -192,3 +201,93 @@ class nnUNetTrainerPDCR_benchmark(_BenchmarkSchedule, nnUNetTrainerPDCR):
 
 class nnUNetTrainerCSSE_benchmark(_BenchmarkSchedule, nnUNetTrainerCSSE):
     """UAFS + PDCR (the paper's method) with the benchmark's budget, seed and training fraction."""
+
+
+class _ShortSchedule:
+    """Mixin for short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style): (epochs, iterations, val iterations)."""
+
+    schedule: ClassVar[tuple[int, int, int]]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
+
+
+class _FiveEpochs(_ShortSchedule):
+    schedule = (5, 250, 50)
+
+
+class _TwoEpochsTenIterations(_ShortSchedule):
+    """Tests and demos: a checkpoint after every epoch (so ``--c`` can resume an interrupted run) and
+    prediction without test-time mirroring (it only costs time there)."""
+
+    schedule = (2, 10, 2)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+
+class nnUNetTrainerUAFS_5epochs(_FiveEpochs, nnUNetTrainerUAFS):
+    pass
+
+
+class nnUNetTrainerPDCR_5epochs(_FiveEpochs, nnUNetTrainerPDCR):
+    pass
+
+
+class nnUNetTrainerCSSE_5epochs(_FiveEpochs, nnUNetTrainerCSSE):
+    pass
+
+
+class nnUNetTrainerCSSE_HPDCR_5epochs(_FiveEpochs, nnUNetTrainerCSSE_HPDCR):
+    pass
+
+
+class nnUNetTrainer_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainer):
+    """Plain nnU-Net on the tests' schedule, the baseline for side-by-side runs."""
+
+
+class nnUNetTrainerUAFS_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerUAFS):
+    pass
+
+
+class nnUNetTrainerPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerPDCR):
+    pass
+
+
+class nnUNetTrainerCSSE_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE):
+    pass
+
+
+class nnUNetTrainerCSSE_HPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE_HPDCR):
+    pass
+
+
+class _DemoSchedule(_TwoEpochsTenIterations):
+    """``nnunet-csse demo``: schedule and seed from the environment (nnUNetv2_train has no epoch option), so the
+    baseline and CSSE runs get the same budget and seed. Variables: nnUNet_csse_demo_epochs (default 10),
+    nnUNet_csse_demo_iterations (default 50), nnUNet_csse_demo_seed (default 0)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        seed_everything(int(os.environ.get("nnUNet_csse_demo_seed", 0)))
+        self.schedule = (int(os.environ.get("nnUNet_csse_demo_epochs", 10)),
+                         int(os.environ.get("nnUNet_csse_demo_iterations", 50)), 4)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+
+class nnUNetTrainer_demo(_DemoSchedule, nnUNetTrainer):
+    """Plain nnU-Net on the demo's schedule (the demo's baseline)."""
+
+
+class nnUNetTrainerCSSE_demo(_DemoSchedule, nnUNetTrainerCSSE):
+    pass

@@ -1,22 +1,20 @@
 """nnU-Net v2 trainers for UAFS, PDCR and both (CSSE).
 
-Each public trainer differs from the others only in its ``csse_defaults`` (and short schedules only in epoch
-and iteration counts). A plans configuration may override any setting under the key ``"csse"``.
+Each public trainer differs from the others only in its ``csse_defaults``; a plans configuration may override any
+setting under the key ``"csse"``. Short-schedule, demo and benchmark variants are in ``nnunet_csse.schedules``.
 
     nnUNetTrainerUAFS        UAFS after every decoder stage
     nnUNetTrainerPDCR        encoder + cross-layer RF-PDCR (authors' 3D weights 0.01 + 0.01)
     nnUNetTrainerCSSE        UAFS + PDCR: the paper's method (authors' 3D setup)
     nnUNetTrainerCSSE_HPDCR  as CSSE, with hierarchical windows 5, 7, 9 voxels (H-PDCR)
 
-The classes are defined here (not in ``trainers/``) so they can be pickled after nnU-Net's external trainer
+The classes are defined here (not in ``ext_trainers/``) so they can be pickled after nnU-Net's external trainer
 lookup drops the modules it imported from ``nnUNet_extTrainer``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import random
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -30,11 +28,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_csse.config import CSSEConfig, config_from_plans
-from nnunet_csse.network import CSSEUNet, build_csse_network, check_supported_architecture
-from nnunet_csse.pdcr import PDCRLoss
-from nnunet_csse.uafs import UAFSBlock
-
-PDCR_TERMS = ("encoder", "cross", "decoder")
+from nnunet_csse.method.pdcr import PDCRLoss
+from nnunet_csse.method.uafs import UAFSBlock
+from nnunet_csse.network import CSSEUNet, SegmentationWithHidden, build_csse_network, check_supported_architecture
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -86,7 +82,7 @@ class _GradientGate(torch.autograd.Function):
 class CSSELoss(nn.Module):
     """nnU-Net's segmentation loss plus weighted PDCR terms; keeps per-epoch statistics of the terms.
 
-    In training the network returns ``(seg_output, hidden)``; then the loss is
+    In training the network returns a ``SegmentationWithHidden``; then the loss is
     ``seg_loss(seg_output, target) + sum_t weight_t * PDCR_t``. Validation outputs (no hidden) pass straight to
     nnU-Net's loss. A non-finite PDCR term is left out of that step: its value is replaced by 0 and a gradient
     gate on its anchors zeroes whatever its backward produces, so it never poisons the weights; the segmentation
@@ -107,10 +103,10 @@ class CSSELoss(nn.Module):
         self.skipped = dict.fromkeys(self.weights, 0)
 
     def forward(self, output, target) -> torch.Tensor:
-        if not isinstance(output, tuple):
+        if not isinstance(output, SegmentationWithHidden):
             return self.seg_loss(output, target)
-        seg_output, hidden = output
-        loss = self.seg_loss(seg_output, target)
+        hidden = output.hidden
+        loss = self.seg_loss(output.segmentation, target)
         gates = {name: {} for name in hidden}
         gated = {name: tuple(_GradientGate.apply(t, gates[name]) for t in tensors) for name, tensors in hidden.items()}
         terms = self.pdcr(gated, target[0] if isinstance(target, (list, tuple)) else target)
@@ -189,7 +185,7 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         self.csse_config = csse_config
         for note in level_notes:
             self.print_to_log_file(f"NOTE: {note}")
-        self.pdcr_terms = tuple(t for t in PDCR_TERMS if getattr(self.csse_config, f"pdcr_{t}_weight") > 0)
+        self.pdcr_terms = tuple(self.csse_config.pdcr.term_weights)
         if self.pdcr_terms:
             self.logger.local_logger = CSSELocalLogger(self.pdcr_terms, self.logger.local_logger.verbose)
 
@@ -220,11 +216,11 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         network.return_hidden = True
         lm = self.label_manager
         num_classes = len(lm.foreground_regions) if lm.has_regions else lm.num_segmentation_heads
-        pdcr = PDCRLoss(network.encoder_anchor_layers, network.decoder_anchor_layers, self.csse_config, num_classes,
-                        ignore_label=None if lm.has_regions else lm.ignore_label, has_regions=lm.has_regions,
-                        region_ignore_channel=lm.has_regions and lm.has_ignore_label)
+        pdcr = PDCRLoss(network.encoder_anchor_layers, network.decoder_anchor_layers, self.csse_config.pdcr,
+                        num_classes, ignore_label=None if lm.has_regions else lm.ignore_label,
+                        has_regions=lm.has_regions, region_ignore_channel=lm.has_regions and lm.has_ignore_label)
         patch = tuple(self.configuration_manager.patch_size)
-        grid = self.csse_config.input_grid(patch, network.anchor_layers)
+        grid = self.csse_config.pdcr.input_grid(patch, network.anchor_layers)
         self.print_to_log_file(f"PDCR anchor grid of the patch {list(patch)}, shared by every anchored layer: "
                                f"{grid.describe()}")
         for layer in network.anchor_layers:
@@ -239,7 +235,7 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
             # as nnU-Net compiles its Dice loss: PDCR is ~160 small kernels in eager mode, whose launches sit on the
             # step's critical path once the network itself is compiled; one graph, shapes fixed by the patch
             pdcr = torch.compile(pdcr)
-        return CSSELoss(loss, pdcr, {t: getattr(self.csse_config, f"pdcr_{t}_weight") for t in self.pdcr_terms})
+        return CSSELoss(loss, pdcr, self.csse_config.pdcr.term_weights)
 
     def on_train_epoch_start(self):
         if self.pdcr_terms:
@@ -286,96 +282,3 @@ class nnUNetTrainerCSSE_HPDCR(nnUNetTrainerCSSE):
     """CSSE with hierarchical PDCR windows of 5, 7 and 9 voxels (authors' 2D sizes; loss per size, averaged)."""
 
     csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_windows=(5, 7, 9))
-
-
-class _ShortSchedule:
-    """Mixin for short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style): (epochs, iterations, val iterations)."""
-
-    schedule: ClassVar[tuple[int, int, int]]
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.schedule
-
-
-class _FiveEpochs(_ShortSchedule):
-    schedule = (5, 250, 50)
-
-
-class _TwoEpochsTenIterations(_ShortSchedule):
-    """Tests and demos: a checkpoint after every epoch (so ``--c`` can resume an interrupted run) and
-    prediction without test-time mirroring (it only costs time there)."""
-
-    schedule = (2, 10, 2)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation, dummy_2d, initial_patch_size, mirror_axes
-
-
-class nnUNetTrainerUAFS_5epochs(_FiveEpochs, nnUNetTrainerUAFS):
-    pass
-
-
-class nnUNetTrainerPDCR_5epochs(_FiveEpochs, nnUNetTrainerPDCR):
-    pass
-
-
-class nnUNetTrainerCSSE_5epochs(_FiveEpochs, nnUNetTrainerCSSE):
-    pass
-
-
-class nnUNetTrainerCSSE_HPDCR_5epochs(_FiveEpochs, nnUNetTrainerCSSE_HPDCR):
-    pass
-
-
-class nnUNetTrainer_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainer):
-    """Plain nnU-Net on the tests' schedule, the baseline for side-by-side runs."""
-
-
-class nnUNetTrainerUAFS_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerUAFS):
-    pass
-
-
-class nnUNetTrainerPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerPDCR):
-    pass
-
-
-class nnUNetTrainerCSSE_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE):
-    pass
-
-
-class nnUNetTrainerCSSE_HPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE_HPDCR):
-    pass
-
-
-class _DemoSchedule(_TwoEpochsTenIterations):
-    """``nnunet-csse demo``: schedule and seed from the environment (nnUNetv2_train has no epoch option), so the
-    baseline and CSSE runs get the same budget and seed. Variables: nnUNet_csse_demo_epochs (default 10),
-    nnUNet_csse_demo_iterations (default 50), nnUNet_csse_demo_seed (default 0)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        seed = int(os.environ.get("nnUNet_csse_demo_seed", 0))
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        self.schedule = (int(os.environ.get("nnUNet_csse_demo_epochs", 10)),
-                         int(os.environ.get("nnUNet_csse_demo_iterations", 50)), 4)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-
-
-class nnUNetTrainer_demo(_DemoSchedule, nnUNetTrainer):
-    """Plain nnU-Net on the demo's schedule (the demo's baseline)."""
-
-
-class nnUNetTrainerCSSE_demo(_DemoSchedule, nnUNetTrainerCSSE):
-    pass

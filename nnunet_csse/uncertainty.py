@@ -3,9 +3,10 @@
 The paper visualizes the UAFS entropy H (docs/method.md section 1) as an uncertainty map. Here the full-resolution
 decoder stage's H comes out of nnU-Net's sliding-window prediction of the segmentation itself: the network is
 temporarily wrapped (``LogitsAndUncertainty``) so that its output is the K segmentation logits followed by the H
-that the UAFS block computed in that same forward (kept by the block, see ``nnunet_csse.uafs.keeping_uncertainty``),
-and the predictor's aggregation buffer gets one channel more. Tiling, Gaussian weighting, mirroring (flipped back,
-which is right for H too) and fold ensembling are nnU-Net's, once per tile for both. The map then goes back to the
+that the UAFS block computed in that same forward (kept by the block, see
+``nnunet_csse.method.uafs.keeping_uncertainty``), and the predictor's aggregation buffer gets one channel more.
+Tiling, Gaussian weighting, mirroring (flipped back, which is right for H too) and fold ensembling are nnU-Net's,
+once per tile for both. The map then goes back to the
 input's geometry the way nnU-Net exports probabilities (resample, undo the crop, undo the transpose).
 """
 
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_csse.method.uafs import UAFSBlock, keeping_uncertainty
 from nnunet_csse.network import CSSEUNet
-from nnunet_csse.uafs import UAFSBlock, keeping_uncertainty
 
 
 class LogitsAndUncertainty(nn.Module):

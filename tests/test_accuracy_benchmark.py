@@ -27,8 +27,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunet_csse import schedules
 from nnunet_csse.environment import trainers_path
-from nnunet_csse.splits import subsample_splits
-from nnunet_csse.synthetic import write_synthetic_dataset
+from nnunet_csse.tools.splits import subsample_splits
+from nnunet_csse.tools.synthetic import write_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

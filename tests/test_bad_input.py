@@ -131,7 +131,7 @@ def test_commands_default_to_cuda_when_available_and_say_so(monkeypatch, availab
 
 
 def test_uncertainty_on_cuda_without_a_gpu_fails_before_anything(monkeypatch, tmp_path, capsys):
-    from nnunet_csse.cli import main
+    from nnunet_csse.tools.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out"
@@ -158,7 +158,7 @@ def _model_folder(root):
     ("no_ext_trainer", ["nnUNet_extTrainer is not set", "export nnUNet_extTrainer="]),
 ])
 def test_uncertainty_inputs_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsys, problem, messages):
-    from nnunet_csse.cli import main
+    from nnunet_csse.tools.cli import main
 
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
     model = _model_folder(tmp_path)

@@ -85,7 +85,7 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
     from torch._dynamo.eval_frame import OptimizedModule
 
     from benchmarks.trainers import prepare_nnunet_folders, trainer_class
-    from nnunet_csse.pdcr import PDCRLoss
+    from nnunet_csse.method.pdcr import PDCRLoss
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(name, str(tmp_path / name))  # restored after the test
@@ -116,7 +116,7 @@ def test_network_variants_change_what_they_name_and_train(tmp_path, monkeypatch)
         prepare_nnunet_folders,
         uafs_blocks,
     )
-    from nnunet_csse.uafs import InstanceNormByStatistics
+    from nnunet_csse.method.uafs import InstanceNormByStatistics
 
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile"):
         monkeypatch.setenv(name, "")  # records the user's value: restored after the test (the helpers set these)

@@ -56,7 +56,7 @@ def test_overrides_must_be_an_object():
 
 
 def test_anchor_grid_is_shared_and_bounded():
-    from nnunet_csse.anchors import input_grid
+    from nnunet_csse.method.anchors import input_grid
 
     config = CSSEConfig(pdcr_min_anchors=8, pdcr_max_anchors=27)
     # 128^3, one layer at J = 4: spacing 32 -> 4 per axis = 64 > 27, so sparser

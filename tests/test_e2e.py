@@ -12,7 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import matplotlib.pyplot as plt
@@ -20,38 +19,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import BIN, PLANS, logged_pdcr, nnunet_env, run
 
-from nnunet_csse.cli import trainers_path
+from nnunet_csse.environment import trainers_path
 from nnunet_csse.network import CSSEUNet
 
 pytestmark = pytest.mark.e2e
-BIN = os.path.dirname(sys.executable)
-PLANS = "nnUNetPlansCSSE_cpu_tiny"
-
-
-def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
-    exe = os.path.join(BIN, cmd[0])
-    proc = subprocess.run([exe if os.path.exists(exe) else cmd[0], *cmd[1:]], env=env, capture_output=True,
-                          text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-4000:]}")
-    return proc
-
-
-def logged_pdcr(log: str, term: str) -> list[float]:
-    """The per-epoch values of one PDCR term in an nnU-Net training log (``...: pdcr_encoder 4.1234``)."""
-    return [float(v) for v in re.findall(rf": pdcr_{term} (-?\d+\.\d+|nan|-?inf)", log)]
-
-
-def nnunet_env(root) -> dict:
-    env = dict(os.environ)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        (root / name).mkdir(exist_ok=True)
-        env[name] = str(root / name)
-    # one worker everywhere: these machines have 2 cores, and nnU-Net spawns a fresh interpreter per worker
-    env.update(nnUNet_extTrainer=trainers_path(), nnUNet_compile="false", nnUNet_def_n_proc="1")
-    return env
 
 
 @pytest.fixture(scope="module", params=[3, 2], ids=["3d_fullres", "2d"])

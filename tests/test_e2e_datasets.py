@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from test_e2e import PLANS, logged_pdcr, nnunet_env, run
+from conftest import PLANS, logged_pdcr, nnunet_env, run
 
 pytestmark = pytest.mark.e2e
 TRAINER = "nnUNetTrainerCSSE_2epochs_10iters"

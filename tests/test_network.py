@@ -269,7 +269,7 @@ def test_every_anchored_layer_samples_one_input_grid(dim, strides, spacing, expe
     config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)
     net = build(PLAIN, kw, config)
     patch = (128,) * dim
-    grid = config.input_grid(patch, net.anchor_layers)
+    grid = config.pdcr.input_grid(patch, net.anchor_layers)
     assert grid.spacing == spacing and grid.first == expected["first"] and grid.counts == expected["counts"]
     centres = {layer.name: grid.on_layer(layer.stride).centers(layer.stride) for layer in net.anchor_layers}
     assert len({str(c) for c in centres.values()}) == 1  # the same input voxels on every layer

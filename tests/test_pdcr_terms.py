@@ -8,8 +8,8 @@ import torch
 from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
 from nnunet_csse.config import CSSEConfig
+from nnunet_csse.method.pdcr import PDCRLoss, centered_windows, composition_vectors, label_volume, pdcr_pair_loss
 from nnunet_csse.network import build_csse_network
-from nnunet_csse.pdcr import PDCRLoss, centered_windows, composition_vectors, label_volume, pdcr_pair_loss
 from nnunet_csse.training import CSSELoss
 
 CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
@@ -21,7 +21,7 @@ def setup(dim, config=CSSE, arch=PLAIN, classes=3, size=32, batch=2, seed=0):
     net.return_hidden = True
     x = torch.randn(batch, 1, *([size] * dim))
     target = torch.randint(0, classes, (batch, 1, *([size] * dim))).float()
-    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config, classes)
+    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config.pdcr, classes)
     return net, x, target, loss
 
 
@@ -49,7 +49,7 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
     terms = loss(hidden, target)
     sat = label_volume(target, 3)
     per_layer, comps = [], []
-    grid = CSSE.input_grid((32, 32, 32), net.anchor_layers)
+    grid = CSSE.pdcr.input_grid((32, 32, 32), net.anchor_layers)
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         # encoder fields: R voxels centred on the anchor's input voxel J * t
         centers = grid.on_layer(layer.stride).centers(layer.stride)
@@ -69,7 +69,7 @@ def test_hierarchical_windows_average_per_size_losses():
     terms = loss(hidden, target)
     sat = label_volume(target, 3)
     per_layer = []
-    grid = config.input_grid((32, 32), net.anchor_layers)
+    grid = config.pdcr.input_grid((32, 32), net.anchor_layers)
     for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
         centers = grid.on_layer(layer.stride).centers(layer.stride)
         sizes = [pdcr_pair_loss(feats, *composition_vectors(sat, centered_windows(centers, (w, w))),
@@ -83,10 +83,10 @@ def test_regions_and_ignore_label_are_supported():
     net, x, _, _ = setup(2)
     _, hidden = net(x)
     regions = torch.rand(2, 3, 32, 32) > 0.5  # 2 regions + nnU-Net's ignore channel
-    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 2, has_regions=True, region_ignore_channel=True)
+    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE.pdcr, 2, has_regions=True, region_ignore_channel=True)
     assert all(torch.isfinite(t) for t in loss(hidden, regions).values())
     labels = torch.randint(0, 4, (2, 1, 32, 32)).float()  # label 3 = ignore
-    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 3, ignore_label=3)
+    loss = PDCRLoss(net.encoder_anchor_layers, (), CSSE.pdcr, 3, ignore_label=3)
     assert all(torch.isfinite(t) for t in loss(hidden, labels).values())
     fully_ignored = torch.full((2, 1, 32, 32), 3.0)
     terms = loss(hidden, fully_ignored)
@@ -108,10 +108,11 @@ class _DiceStandIn(torch.nn.Module):
 def test_wrapper_adds_weighted_terms_and_skips_non_finite_ones():
     net, x, target, pdcr = setup(2)
     wrapper = CSSELoss(_DiceStandIn(), pdcr, {"encoder": 0.01, "cross": 0.02, "decoder": 0.0})
-    seg, hidden = net(x)
+    output = net(x)
+    seg, hidden = output
     terms = pdcr(hidden, target)
     expected = _DiceStandIn()(seg, [target]) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
-    torch.testing.assert_close(wrapper((seg, hidden), [target]), expected)
+    torch.testing.assert_close(wrapper(output, [target]), expected)
     means, skipped = wrapper.epoch_statistics()
     assert skipped == {"encoder": 0, "cross": 0}
     torch.testing.assert_close(torch.tensor(means["cross"]), terms["cross"].detach(), rtol=1e-6, atol=1e-6)
@@ -122,8 +123,8 @@ def test_wrapper_adds_weighted_terms_and_skips_non_finite_ones():
             terms = super().forward(hidden, target)
             return dict(terms, cross=terms["cross"] * float("nan"))  # NaN inside the graph, too
 
-    wrapper.pdcr = NonFiniteCross(net.encoder_anchor_layers, (), CSSE, 3)
-    value = wrapper((seg, hidden), [target])
+    wrapper.pdcr = NonFiniteCross(net.encoder_anchor_layers, (), CSSE.pdcr, 3)
+    value = wrapper(output, [target])
     assert torch.isfinite(value)
     means, skipped = wrapper.epoch_statistics()
     assert skipped == {"encoder": 0, "cross": 1}
@@ -143,7 +144,7 @@ def test_loss_traces_into_one_graph_with_equal_values_and_gradients(windows):
     config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01, pdcr_windows=windows)
     net, x, target, loss = setup(3, config)
     target[:, :, :4] = 3  # an ignore label
-    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config, 3, ignore_label=3)
+    loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config.pdcr, 3, ignore_label=3)
     torch._dynamo.reset()
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
     results = []
@@ -206,7 +207,7 @@ def test_terms_match_the_loop_reference(pairs, mode):
         target = labels.clone()
         target[0, :, :12] = 3  # ignore label
         kwargs, classes, ref_kwargs = {"ignore_label": 3}, 3, {"ignore_label": 3}
-    loss = PDCRLoss(net.encoder_anchor_layers, (), config, classes, **kwargs)
+    loss = PDCRLoss(net.encoder_anchor_layers, (), config.pdcr, classes, **kwargs)
     hidden, maps = _encoder_maps(net, x)
     terms = loss(hidden, target)
     from benchmarks.pdcr_reference import reference_terms
@@ -224,17 +225,19 @@ def test_terms_match_the_loop_reference(pairs, mode):
 def test_batch_pairs_differ_from_per_sample_pairs():
     net, x, target, _ = setup(3, batch=2)
     _, hidden = net(x)
-    per_sample = PDCRLoss(net.encoder_anchor_layers, (), CSSE, 3)(hidden, target)
-    batch = PDCRLoss(net.encoder_anchor_layers, (), dataclasses.replace(CSSE, pdcr_pairs="batch"), 3)(hidden, target)
+    per_sample = PDCRLoss(net.encoder_anchor_layers, (), CSSE.pdcr, 3)(hidden, target)
+    batch_settings = dataclasses.replace(CSSE, pdcr_pairs="batch").pdcr
+    batch = PDCRLoss(net.encoder_anchor_layers, (), batch_settings, 3)(hidden, target)
     assert all(abs(batch[t].item() - per_sample[t].item()) > 1e-4 for t in per_sample)
 
 
 def test_pdcr_reads_the_full_resolution_target_of_deep_supervision():
     """nnU-Net passes one target per deep-supervision output; PDCR's compositions come from the first one."""
     net, x, target, pdcr = setup(3)
-    seg, hidden = net(x)
+    output = net(x)
+    seg, hidden = output
     targets = [target, target[:, :, ::2, ::2, ::2], target[:, :, ::4, ::4, ::4]]
     wrapper = CSSELoss(_DiceStandIn(), pdcr, {"encoder": 0.01, "cross": 0.02})
     terms = pdcr(hidden, target)
     expected = _DiceStandIn()(seg, targets) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
-    torch.testing.assert_close(wrapper((seg, hidden), targets), expected)
+    torch.testing.assert_close(wrapper(output, targets), expected)

@@ -7,9 +7,9 @@ import torch
 from conftest import write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-from nnunet_csse.cli import main
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.pretrained import CSSE_PREFIXES, add_csse_modules
+from nnunet_csse.tools.cli import main
 
 
 @pytest.fixture

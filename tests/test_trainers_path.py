@@ -8,8 +8,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 import nnunet_csse.training as training
-from nnunet_csse.cli import main, trainers_path
 from nnunet_csse.environment import REEXPORT_MODULE
+from nnunet_csse.tools.cli import main, trainers_path
 
 
 def public_trainers():

@@ -17,8 +17,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch import nn
 
 from nnunet_csse.config import CSSEConfig
+from nnunet_csse.method.uafs import keeping_uncertainty, normalized_entropy
 from nnunet_csse.network import build_csse_network
-from nnunet_csse.uafs import keeping_uncertainty, normalized_entropy
 from nnunet_csse.uncertainty import (
     LogitsAndUncertainty,
     csse_network_of,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_e2e import logged_pdcr, nnunet_env, run
+from conftest import logged_pdcr, nnunet_env, run
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.network import CSSEUNet

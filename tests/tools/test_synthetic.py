@@ -1,4 +1,4 @@
-"""Tests for nnunet_csse.synthetic: nnU-Net raw layout, determinism, overwrite safety, hard/easy intensities."""
+"""Tests for nnunet_csse.tools.synthetic: nnU-Net raw layout, determinism, overwrite safety, hard/easy intensities."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from scipy import ndimage
 
-from nnunet_csse.synthetic import MIN_VOXELS_PER_CLASS, generate_case, write_synthetic_dataset
+from nnunet_csse.tools.synthetic import MIN_VOXELS_PER_CLASS, generate_case, write_synthetic_dataset
 
 # dim -> (size, spacing in array axis order); anisotropic on purpose
 GEOMETRY = {2: ((24, 32), (0.8, 0.5)), 3: ((12, 20, 16), (3.0, 1.0, 0.8))}

@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nnunet_csse.folders import dataset_folder, write_json_atomic
+
 SPLITS_FILE = "splits_final.json"
 BACKUP_FILE = "splits_final.full.json"
 MARKER = "csse_limited"
@@ -77,46 +79,6 @@ class LimitedSplit:
     installed: bool = False
     backup: Path | None = None  # splits_final.full.json when installed
     warnings: list[str] = field(default_factory=list)
-
-
-# ----------------------------------------------------------------------------------------------- dataset lookup
-def root_from_env(value: str | Path | None, variable: str) -> Path:
-    """``value`` or the folder in environment variable ``variable`` (nnU-Net's ``nnunetv2.paths`` names)."""
-    root = value if value is not None else os.environ.get(variable)
-    if not root:
-        raise ValueError(f"{variable} is not set: export {variable}=/path (see nnU-Net's "
-                         f"documentation/setting_up_paths.md)")
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"{variable} folder {root} does not exist")
-    return root
-
-
-def resolve_dataset_name(dataset: str | int, root: Path, what: str) -> str:
-    """``DatasetXXX_Name`` for a dataset id or name, found in ``root``; nnU-Net's id convention
-    (``maybe_convert_to_dataset_name``): a name starting with ``Dataset`` is taken as is, otherwise the value
-    must be an integer id and exactly one ``Dataset%03d*`` folder must exist."""
-    text = str(dataset).strip()
-    if text.startswith("Dataset"):
-        if not (root / text).is_dir():
-            raise ValueError(f"unknown dataset '{text}': no folder {root / text} in {what}; "
-                             f"known: {_known(root)}")
-        return text
-    try:
-        dataset_id = int(text)
-    except ValueError:
-        raise ValueError(f"dataset '{text}' is neither an integer id nor a name starting with 'Dataset'") from None
-    prefix = f"Dataset{dataset_id:03d}"
-    matches = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
-    if len(matches) != 1:
-        reason = "no" if not matches else f"more than one ({matches})"
-        raise ValueError(f"unknown dataset '{text}': {reason} folder {prefix}_* in {what} ({root}); "
-                         f"known: {_known(root)}")
-    return matches[0]
-
-
-def _known(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("Dataset"))
 
 
 def dataset_identifiers(dataset_folder: str | Path, raw_root: str | Path | None = None) -> tuple[list[str], str]:
@@ -243,14 +205,6 @@ def _is_limited_of(candidate: Any, full: Splits) -> bool:
         return False
 
 
-def _write_json(obj: Any, path: Path) -> None:
-    """Atomically, in nnU-Net's ``save_json`` format (indent 4, sorted keys)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True, indent=4)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------------------------- the files
 def _full_split(folder: Path, raw_root: str | Path | None) -> tuple[Splits, str, list[str]]:
     """(full split, where it came from, warnings); refuses when splits_final.json and the backup conflict."""
@@ -303,8 +257,7 @@ def _validate_ids(splits: Splits, folder: Path, raw_root: str | Path | None, war
 
 
 def _dataset_folder(dataset: str | int, preprocessed_root: str | Path | None) -> Path:
-    root = root_from_env(preprocessed_root, "nnUNet_preprocessed")
-    return root / resolve_dataset_name(dataset, root, "nnUNet_preprocessed")
+    return dataset_folder(dataset, "nnUNet_preprocessed", preprocessed_root)
 
 
 def make_limited_split(
@@ -345,8 +298,8 @@ def make_limited_split(
             if current.is_file():
                 shutil.copyfile(current, backup)
             else:
-                _write_json(full, backup)
-        _write_json(limited, current)
+                write_json_atomic(full, backup, sort_keys=True)
+        write_json_atomic(limited, current, sort_keys=True)
         return LimitedSplit(current, limited, source, installed=True, backup=backup, warnings=warnings)
 
     target = Path(output) if output is not None else folder / limited_split_filename(fraction, seed)
@@ -362,7 +315,7 @@ def make_limited_split(
             raise ValueError(f"{target} exists and is not a limited split written by nnunet-csse; refusing to "
                              f"overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(limited, target)
+    write_json_atomic(limited, target, sort_keys=True)
     return LimitedSplit(target, limited, source, warnings=warnings)
 
 
@@ -416,20 +369,15 @@ examples:
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
-    try:
-        if args.restore:
-            if args.install or args.output is not None or args.fraction is not None:
-                raise ValueError("--restore takes no --fraction, --output or --install")
-            path = restore_full_split(args.dataset)
-            print(f"restored the full split as {path}")
-            return 0
-        if args.fraction is None:
-            raise ValueError("--fraction is required (or pass --restore)")
-        result = make_limited_split(args.dataset, args.fraction, args.seed, output=args.output,
-                                    install=args.install)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.restore:
+        if args.install or args.output is not None or args.fraction is not None:
+            raise ValueError("--restore takes no --fraction, --output or --install")
+        path = restore_full_split(args.dataset)
+        print(f"restored the full split as {path}")
+        return 0
+    if args.fraction is None:
+        raise ValueError("--fraction is required (or pass --restore)")
+    result = make_limited_split(args.dataset, args.fraction, args.seed, output=args.output, install=args.install)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"full split: {result.source}")

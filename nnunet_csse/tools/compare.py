@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunet_csse.splits import resolve_dataset_name, root_from_env
+from nnunet_csse.folders import resolve_dataset_name, root_from_env
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -839,11 +839,7 @@ def _run(args: argparse.Namespace) -> Comparison:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    try:
-        result = _run(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = _run(args)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(result.table())

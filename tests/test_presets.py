@@ -5,9 +5,9 @@ import torch
 from conftest import write_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_csse.cli import main
 from nnunet_csse.network import CSSEUNet
-from nnunet_csse.plans import apply_preset, list_presets, load_preset
+from nnunet_csse.presets import apply_preset, list_presets, load_preset
+from nnunet_csse.tools.cli import main
 from nnunet_csse.training import nnUNetTrainerCSSE
 
 
@@ -49,7 +49,7 @@ def test_csse_settings_reach_the_trainer_network(tmp_path):
 def test_errors_name_the_problem(tmp_path):
     folder = write_plans(tmp_path)
     before = sorted(folder.iterdir())
-    with pytest.raises(ValueError, match="dataset '7' not found"):
+    with pytest.raises(ValueError, match="unknown dataset '7'.*nnUNet_preprocessed.*nnUNetv2_plan_and_preprocess -d 7"):
         apply_preset("cpu_tiny", 7, preprocessed_root=tmp_path)
     with pytest.raises(ValueError, match=r"\['3d_lowres'\] do not exist"):
         apply_preset("cpu_tiny", 42, ["3d_lowres"], preprocessed_root=tmp_path)
@@ -86,6 +86,6 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert main(["plans", "apply", "cpu_tiny", "-d", "42", "--force"]) == 0
     assert "csse" not in json.loads(target.read_text())["configurations"]["2d"]
     assert main(["plans", "apply", "cpu_tiny", "-d", "43"]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "unknown dataset '43'" in capsys.readouterr().err
     assert main(["plans", "list"]) == 0
     assert "authors_3d" in capsys.readouterr().out

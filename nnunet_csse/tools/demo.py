@@ -1,7 +1,7 @@
 """``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
 
 Stages (each is skipped when its outputs exist, so a re-run resumes):
-  1. dataset     hard synthetic dataset (nnunet_csse.synthetic) in <workdir>/nnUNet_raw
+  1. dataset     hard synthetic dataset (nnunet_csse.tools.synthetic) in <workdir>/nnUNet_raw
   2. plan        nnUNetv2_plan_and_preprocess (+ the cpu_tiny plans preset on CPU)
   3. train       nnUNetv2_train with nnUNetTrainer_demo and nnUNetTrainerCSSE_demo (same budget and seed)
   4. predict     nnUNetv2_predict on the held-out cases
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_csse.environment import trainers_path
+from nnunet_csse.tools import StepFailed
 
 DEMO_DATASET_ID = 987
 DEMO_NAME = "CSSEDemo"
@@ -100,14 +101,14 @@ class Demo:
             bar.n = bar.total if proc.returncode == 0 else bar.n
             bar.close()
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
+            raise StepFailed(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
 
     def model_folder(self, trainer: str) -> Path:
         return self.results / self.dataset_folder.name / f"{trainer}__{self.s.plans}__{self.s.configuration}"
 
     # -------------------------------------------------------------------------------------------- stages
     def make_dataset(self) -> None:
-        from nnunet_csse.synthetic import write_synthetic_dataset
+        from nnunet_csse.tools.synthetic import write_synthetic_dataset
 
         if (self.dataset_folder / "dataset.json").exists():
             _say("dataset", f"reusing {self.dataset_folder}")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_csse.uafs import InstanceNormByStatistics, UAFSBlock, instance_norm_by_statistics, normalized_entropy
+from nnunet_csse.method.uafs import InstanceNormByStatistics, UAFSBlock, instance_norm_by_statistics, normalized_entropy
 
 
 def test_entropy_hand_values():

@@ -21,13 +21,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nnunet_csse import compare, splits
 from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, resolve_device, trainers_path
+from nnunet_csse.folders import root_from_env
+from nnunet_csse.tools import StepFailed, compare, splits
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -46,32 +46,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raw_root(value: str | None) -> Path:
-    root = value or os.environ.get("nnUNet_raw")
-    if not root:
-        raise SystemExit("error: no raw data folder: pass --raw DIR or export nnUNet_raw=/path/to/nnUNet_raw")
-    return Path(root)
-
-
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from nnunet_csse.synthetic import write_synthetic_dataset
+    from nnunet_csse.tools.synthetic import write_synthetic_dataset
 
-    try:
-        folder = write_synthetic_dataset(
-            _raw_root(args.raw), args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
-            size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
-            num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
-            ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
-        )
-    except (FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    raw = Path(args.raw) if args.raw else root_from_env(None, "nnUNet_raw")
+    folder = write_synthetic_dataset(
+        raw, args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
+        size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
+        num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
+        ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
+    )
     print(folder)
     return 0
 
 
 def _cmd_plans_list(args: argparse.Namespace) -> int:
-    from nnunet_csse.plans import list_presets, load_preset
+    from nnunet_csse.presets import list_presets, load_preset
 
     for name in list_presets():
         print(f"{name:12s} {load_preset(name)[1].get('description', '')}")
@@ -79,13 +69,9 @@ def _cmd_plans_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plans_apply(args: argparse.Namespace) -> int:
-    from nnunet_csse.plans import apply_preset
+    from nnunet_csse.presets import apply_preset
 
-    try:
-        target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force)
     print(f"wrote {target}")
     print(f"train with: nnUNetv2_train {args.dataset} CONFIG FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
     problem = ext_trainer_problem()
@@ -95,13 +81,9 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nnunet_csse.demo import Demo, DemoSettings, reset
+    from nnunet_csse.tools.demo import Demo, DemoSettings, reset
 
-    try:
-        device, which = resolve_device(args.device)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device, which = resolve_device(args.device)
     print(which)
     workdir = Path(args.workdir)
     if args.reset:
@@ -109,22 +91,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
                             iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
                             size=args.size, seed=args.seed)
-    try:
-        Demo(settings).run()
-    except RuntimeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    Demo(settings).run()
     return 0
 
 
 def _cmd_pretrained(args: argparse.Namespace) -> int:
     from nnunet_csse.pretrained import add_csse_modules
 
-    try:
-        added = add_csse_modules(args.input, args.output, args.dataset, args.configuration, args.trainer, args.plans)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    added = add_csse_modules(args.input, args.output, args.dataset, args.configuration, args.trainer, args.plans)
     print(f"wrote {args.output}: the pretrained weights plus {len(added)} freshly initialized CSSE tensors")
     print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer} -p {args.plans} "
           f"-pretrained_weights {args.output}")
@@ -134,14 +108,10 @@ def _cmd_pretrained(args: argparse.Namespace) -> int:
 def _cmd_uncertainty(args: argparse.Namespace) -> int:
     from nnunet_csse.uncertainty import predict_folder_with_uncertainty
 
-    try:
-        device, which = resolve_device(args.device)
-        print(which)
-        written = predict_folder_with_uncertainty(args.model, args.input, args.output, args.folds, args.checkpoint,
-                                                  device, use_mirroring=not args.disable_tta)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device, which = resolve_device(args.device)
+    print(which)
+    written = predict_folder_with_uncertainty(args.model, args.input, args.output, args.folds, args.checkpoint,
+                                              device, use_mirroring=not args.disable_tta)
     print(f"wrote {len(written)} segmentation(s), uncertainty map(s) and overlay(s) to {args.output}")
     return 0
 
@@ -227,8 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. The one error boundary of the tools: bad input (``ValueError``, a missing or existing
+    file) is one ``error:`` line and exit status 2, a failed step of a run (``StepFailed``, e.g. an nnU-Net
+    console script) status 1; never a traceback from our own checks."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except StepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

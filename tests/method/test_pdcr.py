@@ -1,4 +1,4 @@
-"""Tests for nnunet_csse.pdcr against slow, independent loop oracles (docs/method.md section 2)."""
+"""Tests for nnunet_csse.method.pdcr against slow, independent loop oracles (docs/method.md section 2)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_csse.anchors import AnchorGrid, input_grid
-from nnunet_csse.pdcr import (
+from nnunet_csse.method.anchors import AnchorGrid, input_grid
+from nnunet_csse.method.pdcr import (
     PairJob,
     centered_windows,
     composition_vectors,

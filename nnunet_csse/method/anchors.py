@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nnunet_csse.receptive_field import ExactField
+from nnunet_csse.method.receptive_field import ExactField
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -10,7 +9,8 @@ import pytest
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
-from nnunet_csse import splits as S
+from nnunet_csse.tools import splits as S
+from nnunet_csse.tools.cli import main
 
 DATASET = "Dataset042_Toy"
 CASES = [f"toy_{i:03d}" for i in range(20)]
@@ -57,10 +57,7 @@ def prep(nnunet_dirs):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="nnunet-csse")
-    S.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["split", *argv])
-    return args.func(args)
+    return main(["split", *argv])
 
 
 def test_limited_split_keeps_validation_and_subsamples_training(prep):

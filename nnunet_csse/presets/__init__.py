@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nnunet_csse import folders
 from nnunet_csse.config import CSSEConfig
 
 PRESET_KEYS = {"description", "csse", "network", "batch_size"}
@@ -27,9 +27,8 @@ MARKER = "csse_preset"  # written into derived plans so we only ever replace our
 
 
 def presets_dir() -> Path:
-    import nnunet_csse.presets as presets
-
-    return Path(os.path.dirname(os.path.abspath(presets.__file__)))
+    """The folder of the shipped preset JSON files (this package)."""
+    return Path(__file__).resolve().parent
 
 
 def list_presets() -> list[str]:
@@ -82,11 +81,11 @@ def apply_preset(
             (without it: a ValueError, so hand edits are never lost; an identical file is left as it is).
     """
     name, spec = load_preset(preset)
-    root = Path(preprocessed_root or os.environ.get("nnUNet_preprocessed") or "")
-    if not str(root) or not root.is_dir():
-        raise ValueError("nnUNet_preprocessed is not set or not a folder: export nnUNet_preprocessed=/path "
-                         "(plan and preprocess the dataset with nnUNetv2_plan_and_preprocess first)")
-    dataset_folder = _find_dataset(root, dataset)
+    try:
+        dataset_folder = folders.dataset_folder(dataset, "nnUNet_preprocessed", preprocessed_root)
+    except ValueError as e:
+        raise ValueError(f"{e}. Plan and preprocess it with nnUNetv2_plan_and_preprocess -d {dataset} first") \
+            from None
     source_file = dataset_folder / f"{source_plans}.json"
     if not source_file.is_file():
         available = sorted(p.stem for p in dataset_folder.glob("*.json") if "Plans" in p.stem)
@@ -116,15 +115,8 @@ def apply_preset(
         if not force:
             raise ValueError(f"{target} exists and differs from what preset '{name}' writes (edited by hand, or "
                              f"applied to other configurations); pass --force to replace it")
-    write_json_atomic(derived, target)
+    folders.write_json_atomic(derived, target)
     return target
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write ``obj`` as indented JSON through a temporary file, so readers never see half a plans file."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=4))
-    os.replace(tmp, path)
 
 
 def _apply_to_configuration(configuration: dict, spec: dict) -> None:
@@ -137,16 +129,3 @@ def _apply_to_configuration(configuration: dict, spec: dict) -> None:
     if network and arch is not None:  # configurations that inherit their architecture get it from the parent
         base, cap = network.get("base_features", 32), network.get("max_features", 320)
         arch["features_per_stage"] = [min(base * 2**i, cap) for i in range(arch["n_stages"])]
-
-
-def _find_dataset(root: Path, dataset: str | int) -> Path:
-    text = str(dataset)
-    if text.isdigit():
-        matches = sorted(root.glob(f"Dataset{int(text):03d}_*"))
-    else:
-        matches = [root / text] if (root / text).is_dir() else []
-    if len(matches) != 1:
-        known = sorted(p.name for p in root.glob("Dataset*_*"))
-        raise ValueError(f"dataset '{dataset}' not found in nnUNet_preprocessed ({root}); known: {known}. "
-                         f"Run nnUNetv2_plan_and_preprocess -d {dataset} first")
-    return matches[0]

@@ -5,7 +5,7 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
 
 1. :func:`label_volume` turns nnU-Net's full-resolution target into one float 0/1 volume: one-hot classes (or
    regions) and a last channel of valid voxels (ignore label / ignore channel).
-2. :func:`composition_vectors` computes, for every anchor of a layer's :class:`~nnunet_csse.anchors.AnchorGrid`,
+2. :func:`composition_vectors` computes, for every anchor of a layer's :class:`~nnunet_csse.method.anchors.AnchorGrid`,
    the class fractions r_i inside the anchor's window (the paper's "patch"; RF-PDCR: the exact input interval the
    anchor sees, :func:`layer_windows`): the grid is separable, so all window sums are one small matrix product per
    axis, instead of the authors' per-anchor loop with ``torch.unique``.
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_csse.anchors import AnchorGrid, AnchorLayer
-from nnunet_csse.config import CSSEConfig
+from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer
+from nnunet_csse.method.settings import PDCRSettings
 
 __all__ = ["label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors", "PairJob",
            "pdcr_pair_losses", "pdcr_pair_loss", "PDCRLoss"]
@@ -131,7 +131,7 @@ def layer_windows(layer: AnchorLayer, grid: AnchorGrid, window: str | int) -> li
     """The composition windows of ``layer``'s anchors (``grid`` on that layer), per axis.
 
     ``window="rf"`` (RF-PDCR): the exact input interval each anchor sees (for decoder maps it depends on the
-    position's parity and is not centred on the anchor, see :mod:`nnunet_csse.receptive_field`). An int (H-PDCR):
+    position's parity and is not centred on the anchor, see :mod:`nnunet_csse.method.receptive_field`). An int (H-PDCR):
     that many voxels centred on the anchor's input voxel ``J * t`` (the shared grid's centre, inside the image).
     """
     if window == "rf":
@@ -411,14 +411,14 @@ class PDCRLoss(nn.Module):
 
     Composition vectors of every anchored layer come from separable window sums over one label volume of the
     full-resolution target (``composition_vectors``), on the one input-space anchor grid the network used
-    (``CSSEConfig.input_grid`` of all anchored layers), so no loop runs over anchors or voxels. With
+    (``PDCRSettings.input_grid`` of all anchored layers), so no loop runs over anchors or voxels. With
     ``pdcr_pairs="batch"`` the anchors of all samples form one set (cross-image pairs) in the same batched call.
 
     Args:
         encoder_layers: anchored encoder maps (``CSSEUNet.encoder_anchor_layers``); the first two also form the
             cross-layer pair.
         decoder_layers: anchored decoder maps (``CSSEUNet.decoder_anchor_layers``).
-        config: windows ("rf" or H-PDCR sizes), temperature and anchor-grid settings.
+        settings: windows ("rf" or H-PDCR sizes), temperature, pairs and anchor-grid settings.
         num_classes: K classes including background, or R regions in region-based training.
         ignore_label: nnU-Net's ignore label (label training); its voxels count for nothing.
         has_regions: region-based training (target is (B, R[+1], *S) binary maps).
@@ -434,7 +434,7 @@ class PDCRLoss(nn.Module):
         self,
         encoder_layers: Sequence[AnchorLayer],
         decoder_layers: Sequence[AnchorLayer],
-        config: CSSEConfig,
+        settings: PDCRSettings,
         num_classes: int,
         ignore_label: int | None = None,
         has_regions: bool = False,
@@ -442,7 +442,7 @@ class PDCRLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = {"encoder": tuple(encoder_layers), "decoder": tuple(decoder_layers)}
-        self.config = config
+        self.settings = settings
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.has_regions = has_regions
@@ -458,9 +458,9 @@ class PDCRLoss(nn.Module):
         spatial = tuple(target.shape[2:])
         volume = label_volume(target, self.num_classes, self.ignore_label, self.has_regions,
                               self.region_ignore_channel)
-        grid = self.config.input_grid(spatial, self.anchor_layers)
-        windows = ["rf"] if self.config.pdcr_windows == "rf" else list(self.config.pdcr_windows)
-        batch_pairs = self.config.pdcr_pairs == "batch"
+        grid = self.settings.input_grid(spatial, self.anchor_layers)
+        windows = self.settings.window_sizes
+        batch_pairs = self.settings.pairs == "batch"
         cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
         def compositions(layer: AnchorLayer, num_anchors: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -504,7 +504,7 @@ class PDCRLoss(nn.Module):
             add_pairs("cross", proj_first, first, proj_second, second)
         # All pairs of the step in one batched call. Every layer has the same number of windows, so the mean over
         # a term's jobs is the mean over its layers of the per-layer mean over window sizes.
-        losses = pdcr_pair_losses(features, jobs, self.config.pdcr_temperature, self.distance_scale)
+        losses = pdcr_pair_losses(features, jobs, self.settings.temperature, self.distance_scale)
         return {term: losses[start:end].mean() for term, (start, end) in spans.items()}
 
 

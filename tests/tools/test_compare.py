@@ -3,7 +3,6 @@ tiny NIfTI test set evaluated by nnU-Net's evaluator; paired statistics checked 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -16,7 +15,8 @@ from matplotlib.container import ErrorbarContainer
 from nnunetv2.evaluation.evaluate_predictions import save_summary_json
 from scipy.stats import wilcoxon
 
-from nnunet_csse import compare as C
+from nnunet_csse.tools import compare as C
+from nnunet_csse.tools.cli import main
 
 DATASET = "Dataset042_Toy"
 PAIRED_COLUMNS = ["reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
@@ -114,10 +114,7 @@ def expected(trainer, key):
 
 
 def run_cli(argv):
-    parser = argparse.ArgumentParser(prog="nnunet-csse")
-    C.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
+    return main(["compare", *argv])
 
 
 @pytest.fixture

@@ -1,1 +1,0 @@
-"""Presets applied by `nnunet-csse plans apply`."""
