@@ -1,4 +1,4 @@
-"""The settings the method's core reads (docs/method.md section 4).
+"""The settings the method's core reads (docs/method.md section 3).
 
 Users set them through the plans' ``"csse"`` block, which ``nnunet_csse.config.CSSEConfig`` validates with
 messages naming each plans key; ``CSSEConfig.pdcr`` hands the loss this narrow, already valid view.
