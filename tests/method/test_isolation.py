@@ -1,4 +1,4 @@
-"""The method's core imports nothing but torch, numpy and itself (docs/method.md, "Layout")."""
+"""The method's core imports nothing but torch, numpy and itself (docs/development.md, "Layout")."""
 
 from __future__ import annotations
 
