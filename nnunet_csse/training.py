@@ -147,8 +147,11 @@ class CSSELocalLogger(LocalLogger):
     def plot_progress_png(self, output_folder: str) -> None:
         """nnU-Net's progress.png as it is, plus the PDCR curves in a small progress_pdcr.png next to it (a
         separate file: re-encoding nnU-Net's 3000 x 5400 px plot with an extra panel tripled the per-epoch cost)."""
+        from pathlib import Path
+
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         super().plot_progress_png(output_folder)
         epoch = min(len(v) for v in self.my_fantastic_logging.values())
@@ -157,10 +160,13 @@ class CSSELocalLogger(LocalLogger):
         ax = fig.add_subplot(1, 1, 1)
         for key in self.pdcr_keys:
             ax.plot(range(epoch), self.my_fantastic_logging[key][:epoch], ls="-", label=key, linewidth=2)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch", fontsize=14)
         ax.set_ylabel("PDCR term (unweighted)", fontsize=14)
         ax.tick_params(labelsize=12)  # nnU-Net's plot sets seaborn's font_scale=2.5 globally
         ax.legend(loc="upper right", fontsize=12)
+        fold = Path(output_folder).resolve()  # <trainer>__<plans>__<configuration>/fold_<f>
+        ax.set_title(f"PDCR terms per epoch: {fold.parent.name}, {fold.name}", fontsize=14)
         fig.tight_layout()
         fig.savefig(f"{output_folder}/progress_pdcr.png")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -160,30 +160,81 @@ def write_float_image(array: np.ndarray, path: Path, properties: dict) -> None:
     sitk.WriteImage(image, str(path), True)
 
 
-def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.ndarray, path: Path,
-                 title: str = "") -> None:
-    """PNG of the central slice: image, segmentation contours, uncertainty H. Arrays are (Z, Y, X)."""
+UNCERTAINTY_LABEL = "H: normalized entropy of the UAFS branch\n0 = certain, 1 = maximally uncertain"
+
+
+def label_color(label: int) -> str:
+    """The colour of foreground label ``label`` (1, 2, ...) in the figures: matplotlib's tab10 cycle."""
+    return f"C{(int(label) - 1) % 10}"
+
+
+def label_names(dataset_json: Mapping) -> dict[int, str]:
+    """Foreground label value -> name from a dataset.json; region datasets: the value ``regions_class_order``
+    gives the region in the exported segmentation."""
+    foreground = [(name, value) for name, value in dataset_json.get("labels", {}).items()
+                  if value not in (0, [0], (0,))]
+    order = dataset_json.get("regions_class_order")
+    if order is not None:
+        return {int(v): name for (name, _), v in zip(foreground, order)}
+    return {int(value): name for name, value in foreground if isinstance(value, int)}
+
+
+def show_uncertainty(ax, h: np.ndarray):
+    """Draw a 2D H map in [0, 1] into ``ax`` with a colorbar of the panel's own height just right of it (an inset,
+    so the panel keeps the size of its neighbours), labelled with what H is. Returns the colorbar."""
+    shown = ax.imshow(h, cmap="magma", vmin=0, vmax=1, interpolation="nearest")
+    colorbar = ax.figure.colorbar(shown, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]))
+    colorbar.set_label(UNCERTAINTY_LABEL, fontsize="small")
+    colorbar.ax.tick_params(labelsize="small")
+    return colorbar
+
+
+def overlay_title(case: str, model_folder: str | Path, folds: Sequence[int | str]) -> str:
+    """``case: <Dataset> <trainer>__<plans>__<configuration>, fold(s) ...`` for the overlay PNG."""
+    model = Path(model_folder).resolve()
+    dataset = f"{model.parent.name} " if model.parent.name.startswith("Dataset") else ""
+    folds = [str(f) for f in folds]
+    which = f"fold {folds[0]}" if len(folds) == 1 else f"folds {', '.join(folds)} (ensemble)"
+    return f"{case}: {dataset}{model.name}, {which}"
+
+
+def overlay_figure(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.ndarray, title: str = "",
+                   labels: Mapping[int, str] | None = None):
+    """Figure of the central slice: image, one contour per label (legend under it), uncertainty H with its colorbar;
+    the three panels have the same size. Arrays are (Z, Y, X); ``labels``: label value -> name (default: the
+    values found in ``segmentation``)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     z = image.shape[0] // 2
-    fig = Figure(figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     axes[0].imshow(image[z], cmap="gray")
     axes[0].set_title("image")
     axes[1].imshow(image[z], cmap="gray")
-    if segmentation[z].max() > 0:
-        axes[1].contour(segmentation[z], levels=np.arange(0.5, segmentation.max() + 1), cmap="autumn")
-    axes[1].set_title("segmentation")
-    shown = axes[2].imshow(uncertainty[z], cmap="magma", vmin=0, vmax=1)
+    labels = dict(labels) if labels is not None else {int(v): f"label {v}" for v in np.unique(segmentation) if v}
+    for value in labels:
+        if (segmentation[z] == value).any():
+            axes[1].contour(segmentation[z] == value, levels=[0.5], colors=[label_color(value)], linewidths=1.5)
+    axes[1].set_title("segmentation (contours)")
+    show_uncertainty(axes[2], uncertainty[z])
     axes[2].set_title("UAFS uncertainty H")
-    fig.colorbar(shown, ax=axes[2], fraction=0.046)
     for ax in axes:
         ax.axis("off")
+    if labels:
+        axes[1].legend(handles=[Line2D([], [], color=label_color(v), lw=2, label=f"{v}: {name}")
+                                for v, name in labels.items()], loc="upper center", bbox_to_anchor=(0.5, -0.01),
+                       ncol=min(len(labels), 4), fontsize="small", frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return fig
+
+
+def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.ndarray, path: Path,
+                 title: str = "", labels: Mapping[int, str] | None = None) -> None:
+    """``overlay_figure`` as PNG (100 dpi, 1200 x 440 px)."""
+    overlay_figure(image, segmentation, uncertainty, title, labels).savefig(path, dpi=100)
 
 
 def check_uncertainty_inputs(model_folder: str | Path, input_folder: str | Path, folds: Sequence[int | str],
@@ -251,6 +302,7 @@ def predict_folder_with_uncertainty(
     ending = predictor.dataset_json["file_ending"]
     output_folder.mkdir(parents=True, exist_ok=True)
     reader = predictor.plans_manager.image_reader_writer_class()
+    names = label_names(predictor.dataset_json)
     written = []
     for files in cases:
         case = Path(files[0]).name[: -len(f"_0000{ending}")]
@@ -262,6 +314,7 @@ def predict_folder_with_uncertainty(
         uncertainty = to_input_geometry(h, predictor, properties)[0]
         target = output_folder / f"{case}_uncertainty{ending}"
         write_float_image(uncertainty, target, properties)
-        save_overlay(image[0], segmentation, uncertainty, output_folder / f"{case}_overlay.png", case)
+        save_overlay(image[0], segmentation, uncertainty, output_folder / f"{case}_overlay.png",
+                     overlay_title(case, model_folder, folds), names)
         written.append(target)
     return written

@@ -36,9 +36,9 @@ def edit(folder, labels=None, network_class=None, csse=None) -> None:
         (folder / "dataset.json").write_text(json.dumps(dict(TOY_DATASET_JSON, labels=labels)))
 
 
-def start_training(trainer: str = "nnUNetTrainerCSSE"):
-    """What ``nnUNetv2_train 42 3d_fullres 0 -tr <trainer> -device cpu`` does before anything else."""
-    return get_trainer_from_args("42", "3d_fullres", 0, trainer, "nnUNetPlans", device=torch.device("cpu"))
+def start_training(trainer: str = "nnUNetTrainerCSSE", plans: str = "nnUNetPlans"):
+    """What ``nnUNetv2_train 42 3d_fullres 0 -tr <trainer> -p <plans> -device cpu`` does before anything else."""
+    return get_trainer_from_args("42", "3d_fullres", 0, trainer, plans, device=torch.device("cpu"))
 
 
 def test_valid_plans_start_a_training(dataset, nnunet_dirs):
@@ -69,6 +69,53 @@ def test_bad_input_is_named_before_nnunet_writes_anything(dataset, nnunet_dirs, 
         assert message in str(info.value)
     assert not any(nnunet_dirs["nnUNet_results"].iterdir()), "a results folder was created"
     assert sorted(p.relative_to(dataset) for p in dataset.rglob("*")) == before
+
+
+def test_plans_set_is_what_nnunet_trains_with(dataset, capsys):
+    """The control of the bad --set cases below: ``nnunet-csse plans set`` writes a new identifier whose settings
+    the trainer nnUNetv2_train builds reads."""
+    from nnunet_csse.tools.cli import main
+
+    assert main(["plans", "set", "-d", "42", "-c", "3d_fullres", "--set", "pdcr_temperature=1.0",
+                 "--set", "pdcr_encoder_stages=[1,2]", "--name", "nnUNetPlansMine"]) == 0
+    assert "nnUNetv2_train 42 3d_fullres FOLD -tr nnUNetTrainerCSSE -p nnUNetPlansMine" in capsys.readouterr().out
+    config = start_training(plans="nnUNetPlansMine").csse_config
+    assert config.pdcr_temperature == 1.0 and config.pdcr_encoder_stages == (1, 2)
+    assert start_training().csse_config.pdcr_temperature == 0.5  # nnU-Net's own plans are unchanged
+
+
+def _tree(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("args,messages", [
+    (["--set", "pdcr_temprature=1.0"], ["unknown csse setting", "pdcr_temprature", "did you mean 'pdcr_temperature'",
+                                         "allowed keys"]),
+    (["--set", "pdcr_temperature=-1"], ["'pdcr_temperature' must be a number > 0", "got -1"]),
+    (["--set", "pdcr_encoder_stages=2,3"], ["'pdcr_encoder_stages' must be a non-empty list", "got '2,3'"]),
+    (["--set", "uafs_decoder=yes"], ["'uafs_decoder' must be true or false"]),
+    (["--set", "pdcr_temperature"], ["--set takes KEY=VALUE, got 'pdcr_temperature'", "pdcr_temperature=1.0"]),
+    (["--set", "=1"], ["--set takes KEY=VALUE, got '=1'"]),
+    (["--set", "pdcr_temperature=1.0", "--name", "nnUNetPlans"], ["'nnUNetPlans' is the source plans"]),
+    (["--set", "pdcr_temperature=1.0", "-p", "nnUNetPlansMine", "--name", "nnUNetPlans"],
+     ["nnUNetPlans.json exists and was not written by nnunet-csse", "refusing to overwrite", "--name"]),
+    (["--set", "pdcr_temperature=1.0", "--name", "nnUNetPlans.json"], ["not a usable plans identifier", "'.json'"]),
+    (["--set", "pdcr_temperature=2.0", "--name", "nnUNetPlansMine"], ["differs from what this call writes", "--force"]),
+])
+def test_bad_plans_set_names_the_problem_and_writes_nothing(dataset, nnunet_dirs, capsys, args, messages):
+    from nnunet_csse.tools.cli import main
+
+    assert main(["plans", "set", "-d", "42", "--set", "pdcr_temperature=1.0", "--name", "nnUNetPlansMine"]) == 0
+    preprocessed = nnunet_dirs["nnUNet_preprocessed"]
+    before = _tree(preprocessed)
+    capsys.readouterr()
+    assert main(["plans", "set", "-d", "42", *args] if "--name" in args else
+                ["plans", "set", "-d", "42", *args, "--name", "nnUNetPlansNew"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for message in messages:
+        assert message in err
+    assert _tree(preprocessed) == before
 
 
 def test_ext_trainer_problem_and_fix(tmp_path):

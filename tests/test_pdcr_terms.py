@@ -241,3 +241,32 @@ def test_pdcr_reads_the_full_resolution_target_of_deep_supervision():
     terms = pdcr(hidden, target)
     expected = _DiceStandIn()(seg, targets) + 0.01 * terms["encoder"] + 0.02 * terms["cross"]
     torch.testing.assert_close(wrapper(output, targets), expected)
+
+
+def test_progress_pdcr_png_has_title_and_integer_epoch_ticks(tmp_path, monkeypatch):
+    """CSSELocalLogger.plot_progress_png: its own figure (nnU-Net's progress.png skipped here, see test_e2e) with
+    the model folder and fold in the title and integer epoch ticks."""
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from nnunetv2.training.logging.nnunet_logger import LocalLogger
+
+    from nnunet_csse.training import CSSELocalLogger
+
+    monkeypatch.setattr(LocalLogger, "plot_progress_png", lambda self, output_folder: None)
+    saved, savefig = [], Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: saved.append(fig) or savefig(fig, path, **kw))
+    fold = tmp_path / "nnUNetTrainerCSSE__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    logger = CSSELocalLogger(("encoder", "cross"))
+    for epoch in range(3):  # few epochs: matplotlib's default locator would put ticks at 0.25, 0.5, ...
+        for key in logger.my_fantastic_logging:  # every key: the plot stops at the shortest list
+            logger.log(key, {"pdcr_encoder": 4.0 - epoch, "pdcr_cross": 3.0 - epoch}.get(key, 0.5), epoch)
+    logger.plot_progress_png(str(fold))
+    assert plt.imread(fold / "progress_pdcr.png").shape[:2] == (500, 1200)
+    (ax,) = saved[0].axes
+    assert ax.get_title() == "PDCR terms per epoch: nnUNetTrainerCSSE__nnUNetPlans__3d_fullres, fold_0"
+    assert type(ax.xaxis.get_major_locator()) is MaxNLocator  # not the default AutoLocator (a subclass)
+    ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+    assert ticks == [0, 1, 2]
+    assert [line.get_label() for line in ax.lines] == ["pdcr_encoder", "pdcr_cross"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -22,6 +23,10 @@ from nnunet_csse.network import build_csse_network
 from nnunet_csse.uncertainty import (
     LogitsAndUncertainty,
     csse_network_of,
+    label_color,
+    label_names,
+    overlay_figure,
+    overlay_title,
     predict_logits_and_uncertainty,
     predict_uncertainty,
     save_overlay,
@@ -217,3 +222,38 @@ def test_overlay_png(tmp_path):
     save_overlay(image, segmentation, rng.uniform(size=image.shape), tmp_path / "overlay.png", "case")
     assert plt.imread(tmp_path / "overlay.png").shape[:2] == (440, 1200)
     assert plt.get_backend() == backend  # the library leaves pyplot's backend alone
+
+
+def test_overlay_figure_legend_colorbar_equal_panels_and_title(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 32, 48)).astype(np.float32)  # wide slices: a colorbar taking width shrank H's panel
+    segmentation = np.zeros(image.shape, np.uint8)
+    segmentation[:, 4:12, 4:20], segmentation[:, 16:28, 24:40] = 1, 2
+    title = overlay_title("case", tmp_path / "Dataset042_Toy" / "nnUNetTrainerCSSE__toy__c", (0, 1))
+    assert title == "case: Dataset042_Toy nnUNetTrainerCSSE__toy__c, folds 0, 1 (ensemble)"
+    assert overlay_title("case", tmp_path / "m" / "T__P__2d", ("all",)) == "case: T__P__2d, fold all"
+    fig = overlay_figure(image, segmentation, rng.uniform(size=image.shape), title, {1: "a", 2: "b", 3: "absent"})
+    fig.canvas.draw()
+    assert fig.get_suptitle() == title
+    panels = fig.axes[:3]
+    heights = {round(ax.get_window_extent().height, 3) for ax in panels}
+    widths = {round(ax.get_window_extent().width, 3) for ax in panels}
+    assert len(heights) == 1 and len(widths) == 1  # all panels the same size
+    (colorbar,) = [im.colorbar for im in panels[2].images if im.colorbar is not None]
+    assert "normalized entropy" in colorbar.ax.get_ylabel() and colorbar.mappable.get_clim() == (0, 1)
+    assert colorbar.ax.get_window_extent().height == pytest.approx(panels[2].get_window_extent().height, abs=1)
+    # one contour per label in the slice, in the legend's colour
+    legend = panels[1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["1: a", "2: b", "3: absent"]
+    contours = list(panels[1].collections)
+    assert len(contours) == 2
+    for value, contour, handle in zip((1, 2), contours, legend.legend_handles):
+        assert handle.get_color() == label_color(value)
+        assert tuple(contour.get_edgecolor()[0]) == pytest.approx(matplotlib.colors.to_rgba(label_color(value)))
+
+
+def test_label_names_from_dataset_json():
+    assert label_names({"labels": {"background": 0, "a": 1, "b": 2}}) == {1: "a", 2: "b"}
+    regions = {"labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]},
+               "regions_class_order": [1, 2, 3]}
+    assert label_names(regions) == {1: "whole", 2: "core", 3: "enhancing"}

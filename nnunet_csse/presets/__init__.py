@@ -7,15 +7,19 @@ A preset (``plans/<name>.json``) may hold:
     "batch_size":  int
 
 ``apply_preset`` reads ``<nnUNet_preprocessed>/<dataset>/<source>.json`` and writes
-``<source>CSSE_<preset>.json`` next to it; nnU-Net's own plans file is never written. The new configurations
-keep their ``data_identifier``, so the preprocessed data is shared and nothing needs preprocessing again.
+``<source>CSSE_<preset>.json`` (or an identifier of the caller's choice) next to it, optionally with single
+settings on top of the preset's (``nnunet-csse plans apply/set --set KEY=VALUE``, parsed by ``parse_settings``);
+nnU-Net's own plans file is never written. The new configurations keep their ``data_identifier``, so the
+preprocessed data is shared and nothing needs preprocessing again.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,26 +65,84 @@ def derived_identifier(source: str, preset_name: str) -> str:
     return f"{source}CSSE_{preset_name}"
 
 
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``["pdcr_temperature=1.0", "pdcr_windows=rf"]`` -> ``{"pdcr_temperature": 1.0, "pdcr_windows": "rf"}``.
+
+    A value is read as JSON (true, 0.5, [2, 3], null, "rf"); one that is not JSON is taken as a string (a bare
+    word). Only the syntax is checked here; ``apply_preset`` validates the settings as a plans' "csse" block."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got '{item}'; e.g. --set pdcr_temperature=1.0 or --set "
+                             f"pdcr_encoder_stages=[2,3] (keys: {', '.join(sorted(CSSEConfig().to_json()))})")
+        try:
+            settings[key] = json.loads(text)
+        except json.JSONDecodeError:
+            settings[key] = text.strip()
+    return settings
+
+
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+
+
+def _check_identifier(identifier: str, source_plans: str) -> None:
+    if not IDENTIFIER.fullmatch(identifier) or "__" in identifier:
+        raise ValueError(f"'{identifier}' is not a usable plans identifier: give letters, digits, '_' and '-' "
+                         f"without '.json' and without '__' (nnU-Net's results folders are "
+                         f"<trainer>__<plans>__<configuration>), e.g. nnUNetPlansMine")
+    if identifier == source_plans:
+        raise ValueError(f"the new plans identifier '{identifier}' is the source plans; choose another name so the "
+                         f"source stays as it is")
+
+
+def _settings_hint(settings: Mapping[str, Any]) -> str:
+    """' (did you mean ...?)' for the first unknown key that is close to a known one."""
+    known = list(CSSEConfig().to_json())
+    for key in settings:
+        close = difflib.get_close_matches(key, known, n=1) if key not in known else []
+        if close:
+            return f" (did you mean '{close[0]}'?)"
+    return ""
+
+
 def apply_preset(
-    preset: str,
+    preset: str | None,
     dataset: str | int,
     configurations: Sequence[str] | None = None,
     source_plans: str = "nnUNetPlans",
     preprocessed_root: str | Path | None = None,
     force: bool = False,
+    settings: Mapping[str, Any] | None = None,
+    identifier: str | None = None,
 ) -> Path:
-    """Write ``<source>CSSE_<preset>.json`` for ``dataset``; returns its path.
+    """Write ``<source>CSSE_<preset>.json`` (or ``<identifier>.json``) for ``dataset``; returns its path.
 
     Args:
-        preset: shipped preset name (``nnunet-csse plans list``) or a path to a preset JSON.
+        preset: shipped preset name (``nnunet-csse plans list``) or a path to a preset JSON; None: only
+            ``settings`` (then ``identifier`` is required).
         dataset: dataset id or name (``4`` or ``Dataset004_Hippocampus``).
         configurations: configurations to change (default: all); the others are copied unchanged.
         source_plans: the plans identifier to start from.
         preprocessed_root: default ``$nnUNet_preprocessed``.
-        force: replace an existing ``<source>CSSE_<preset>.json`` of ours that differs from what this call writes
-            (without it: a ValueError, so hand edits are never lost; an identical file is left as it is).
+        force: replace an existing file of ours that differs from what this call writes (without it: a
+            ValueError, so hand edits are never lost; an identical file is left as it is). A file not written by
+            nnunet-csse (nnU-Net's own plans) is never replaced.
+        settings: CSSE settings merged over the preset's into each chosen configuration's "csse" block; the
+            merged block is validated as the trainers validate it (``CSSEConfig.with_overrides``).
+        identifier: the new plans identifier (default ``<source>CSSE_<preset>``).
     """
-    name, spec = load_preset(preset)
+    if preset is None:
+        if identifier is None:
+            raise ValueError("without a preset, give the new plans identifier (--name), e.g. --name nnUNetPlansMine")
+        name, spec = None, {}
+    else:
+        name, spec = load_preset(preset)
+    if settings:
+        spec = {**spec, "csse": {**spec.get("csse", {}), **settings}}
+    identifier = identifier if identifier is not None else derived_identifier(source_plans, name)
+    _check_identifier(identifier, source_plans)
     try:
         dataset_folder = folders.dataset_folder(dataset, "nnUNet_preprocessed", preprocessed_root)
     except ValueError as e:
@@ -100,21 +162,29 @@ def apply_preset(
                          f"available: {available}")
 
     derived = copy.deepcopy(plans)
-    identifier = derived_identifier(source_plans, name)
     derived["plans_name"] = identifier
     derived[MARKER] = {"preset": name, "source_plans": source_plans, "configurations": chosen}
+    if settings:
+        derived[MARKER]["settings"] = dict(settings)
     for config_name in chosen:
-        _apply_to_configuration(derived["configurations"][config_name], spec)
+        configuration = derived["configurations"][config_name]
+        _apply_to_configuration(configuration, spec)
+        if settings:  # the block as the trainers will read it: source plans' settings + preset + these
+            CSSEConfig().with_overrides(configuration["csse"], source=(
+                f"configuration '{config_name}' of {source_plans}.json with settings "
+                f"{json.dumps(dict(settings))}{_settings_hint(settings)}"))
     target = dataset_folder / f"{identifier}.json"
     if target.exists():
         existing = json.loads(target.read_text())
         if MARKER not in existing:
-            raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it")
+            raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it. "
+                             f"Choose another plans identifier (--name)")
         if existing == derived:
             return target
         if not force:
-            raise ValueError(f"{target} exists and differs from what preset '{name}' writes (edited by hand, or "
-                             f"applied to other configurations); pass --force to replace it")
+            what = (f"preset '{name}'" + (" with these settings" if settings else "")) if name else "this call"
+            raise ValueError(f"{target} exists and differs from what {what} writes (edited by hand, or "
+                             f"applied to other configurations or settings); pass --force to replace it")
     folders.write_json_atomic(derived, target)
     return target
 

@@ -1,33 +1,45 @@
-"""The ``nnunet-csse`` command line.
+"""The nnunet-csse command line: one subcommand per tool, each with its own --help.
 
-    nnunet-csse trainers-path          print the folder to export as nnUNet_extTrainer
-    nnunet-csse check                  check nnUNet_extTrainer and nnU-Net's folders; print the fix if needed
-    nnunet-csse synth ...              write a synthetic dataset in nnU-Net raw format
-    nnunet-csse plans list             list the plans presets
-    nnunet-csse plans apply PRESET -d DATASET [-c CONFIG ...]
-                                       write a new plans identifier <source>CSSE_<PRESET> from a preset
-    nnunet-csse demo [--workdir DIR] [--device cpu|cuda] [--dim 2d|3d] [--epochs N]
-                                       baseline vs CSSE on a hard synthetic dataset, end to end
-    nnunet-csse pretrained -i CHECKPOINT -o OUT -d DATASET -c CONFIG [-tr TRAINER] [-p PLANS]
-                                       plain nnU-Net weights + fresh CSSE modules, for -pretrained_weights
-    nnunet-csse uncertainty -i IN -o OUT -m MODEL_FOLDER [-f FOLD]
-                                       segmentations + UAFS uncertainty maps (same geometry as the input)
-    nnunet-csse split -d DATASET --fraction 0.25 [--seed S] [--install | --restore]
-                                       limited-data splits that keep nnU-Net's validation folds
-    nnunet-csse compare -d DATASET -c CONFIG -tr TRAINER [TRAINER ...]
-                                       per-class validation Dice across folds, CSV + bar chart
+DESCRIPTION and EPILOG are what ``nnunet-csse --help`` prints; argparse lists the subcommands with their help.
+Errors of our own checks end in ``main()``, the one error boundary.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, resolve_device, trainers_path
 from nnunet_csse.folders import root_from_env
 from nnunet_csse.tools import StepFailed, compare, splits
+
+WIDTH = 110  # the hand-wrapped epilogs' width
+DESCRIPTION = "Tools around the CSSE trainers (PDCR + UAFS) for nnU-Net v2. 'nnunet-csse COMMAND --help' shows " \
+              "a command's options."
+EPILOG = """\
+typical use:
+  export nnUNet_extTrainer=$(nnunet-csse trainers-path)
+  nnunet-csse check
+  nnunet-csse plans apply authors_3d -d 4 -c 3d_fullres
+  nnunet-csse plans set -d 4 --set pdcr_temperature=1.0 --name nnUNetPlansTau1
+  nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainerCSSE -p nnUNetPlansCSSE_authors_3d
+  nnunet-csse compare -d 4 -c 3d_fullres -tr nnUNetTrainer nnUNetTrainerCSSE
+"""
+PLANS_EPILOG = """\
+{settings}
+
+The new plans identifier never replaces nnU-Net's own plans or any file nnunet-csse did not write; a file of
+ours that differs needs --force. The preprocessed data is shared: nothing needs preprocessing again.
+
+examples:
+  nnunet-csse plans apply authors_3d -d 4 -c 3d_fullres --set pdcr_temperature=1.0 --name nnUNetPlansTau1
+  nnunet-csse plans set -d 4 -p nnUNetPlans --set pdcr_encoder_stages=[2,3] --set pdcr_windows=rf \\
+      --name nnUNetPlansMine
+  nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainerCSSE -p nnUNetPlansMine
+"""
 
 
 def _cmd_trainers_path(args: argparse.Namespace) -> int:
@@ -69,11 +81,14 @@ def _cmd_plans_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plans_apply(args: argparse.Namespace) -> int:
-    from nnunet_csse.presets import apply_preset
+    """``plans apply`` and ``plans set`` (which has no preset): one code path writes derived plans."""
+    from nnunet_csse.presets import apply_preset, parse_settings
 
-    target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force)
+    target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force,
+                          settings=parse_settings(args.set or []), identifier=args.name)
+    config = args.configurations[0] if args.configurations and len(args.configurations) == 1 else "CONFIG"
     print(f"wrote {target}")
-    print(f"train with: nnUNetv2_train {args.dataset} CONFIG FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
+    print(f"train with: nnUNetv2_train {args.dataset} {config} FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
     problem = ext_trainer_problem()
     if problem:
         print(f"note: {problem}")
@@ -116,79 +131,126 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-csse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _command(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose --help starts with its one-line help."""
+    description = textwrap.fill(help[0].upper() + help[1:] + ".", WIDTH)
+    return sub.add_parser(name, help=help, description=description, **kwargs)
 
-    p = sub.add_parser("trainers-path", help="print the folder to use as nnUNet_extTrainer")
+
+def _add_plans_output(p: argparse.ArgumentParser, settings_required: bool) -> None:
+    """The options ``plans apply`` and ``plans set`` share."""
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (e.g. 4 or Dataset004_Hippocampus)")
+    p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                   help="configurations to change; the others are copied unchanged (default: all)")
+    p.add_argument("-p", "--source-plans", default="nnUNetPlans", metavar="PLANS",
+                   help="plans identifier to start from (default: %(default)s)")
+    p.add_argument("--set", action="append", required=settings_required, metavar="KEY=VALUE",
+                   help="one CSSE setting, repeatable; see below" + ("" if settings_required else " (default: none)"))
+    p.add_argument("--name", required=settings_required, metavar="IDENTIFIER",
+                   help="the new plans identifier, written as IDENTIFIER.json" +
+                        ("" if settings_required else " (default: <source>CSSE_<PRESET>)"))
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing file of ours that differs (without it: refuse, nothing is written)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nnunet_csse.config import CSSEConfig
+
+    parser = argparse.ArgumentParser(prog="nnunet-csse", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "trainers-path", "print the folder to export as nnUNet_extTrainer")
     p.set_defaults(func=_cmd_trainers_path)
 
-    p = sub.add_parser("check", help="check that nnU-Net finds the CSSE trainers and its folders (prints fixes)")
+    p = _command(sub, "check", "check that nnU-Net finds the CSSE trainers and its folders; print the fix if not")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("synth", help="write a seeded synthetic dataset in nnU-Net raw format")
+    p = _command(sub, "synth", "write a seeded synthetic dataset in nnU-Net raw format")
     p.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id (1-999)")
-    p.add_argument("--name", default="CSSESynth", help="dataset name (DatasetXXX_<name>)")
+    p.add_argument("--name", default="CSSESynth", help="dataset name, DatasetXXX_<name> (default: %(default)s)")
     p.add_argument("--raw", default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
-    p.add_argument("--dim", type=int, choices=(2, 3), default=3)
-    p.add_argument("--cases", type=int, default=8, help="number of training cases")
-    p.add_argument("--test-cases", type=int, default=0, help="number of imagesTs cases")
-    p.add_argument("--size", type=int, nargs="+", default=[32], help="image size (one value or one per axis)")
-    p.add_argument("--classes", type=int, default=3, help="number of classes including background")
-    p.add_argument("--channels", type=int, default=1, help="input channels (modalities)")
-    p.add_argument("--difficulty", choices=("hard", "easy"), default="hard")
-    p.add_argument("--ignore-label", action="store_true", help="add a partially annotated 'ignore' label")
-    p.add_argument("--regions", action="store_true", help="nested labels with region-based training")
-    p.add_argument("--spacing", type=float, nargs="+", default=None, help="voxel spacing per axis")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with this id")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=3, help="2d or 3d images (default: %(default)s)")
+    p.add_argument("--cases", type=int, default=8, help="number of training cases (default: %(default)s)")
+    p.add_argument("--test-cases", type=int, default=0, help="number of imagesTs cases (default: %(default)s)")
+    p.add_argument("--size", type=int, nargs="+", default=[32],
+                   help="image size, one value or one per axis (default: 32)")
+    p.add_argument("--classes", type=int, default=3,
+                   help="number of classes including background (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=1, help="input channels (modalities) (default: %(default)s)")
+    p.add_argument("--difficulty", choices=("hard", "easy"), default="hard",
+                   help="hard: similar textures, blurred touching boundaries, bias field and noise; easy: "
+                        "well-separated classes (default: %(default)s)")
+    p.add_argument("--ignore-label", action="store_true",
+                   help="add a partially annotated 'ignore' label (without it: every voxel is labelled)")
+    p.add_argument("--regions", action="store_true",
+                   help="nested labels with region-based training (without it: plain labels)")
+    p.add_argument("--spacing", type=float, nargs="+", default=None,
+                   help="voxel spacing per axis (default: 1 on every axis)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing dataset with this id (without it: refuse)")
     p.set_defaults(func=_cmd_synth)
 
-    plans = sub.add_parser("plans", help="plans presets").add_subparsers(dest="plans_command", required=True)
-    p = plans.add_parser("list", help="list the shipped presets")
+    plans = _command(sub, "plans", "plans presets and single CSSE settings under a new plans identifier")
+    plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="PLANS_COMMAND")
+    p = _command(plans_sub, "list", "list the shipped presets")
     p.set_defaults(func=_cmd_plans_list)
-    p = plans.add_parser("apply", help="write <source>CSSE_<PRESET>.json next to the dataset's nnU-Net plans")
-    p.add_argument("preset", help="preset name (see 'plans list') or path to a preset .json")
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("-c", "--configurations", nargs="+", default=None, help="configurations to change (default: all)")
-    p.add_argument("--source-plans", default="nnUNetPlans", help="plans identifier to start from")
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing <source>CSSE_<PRESET>.json that differs (default: refuse)")
+    epilog = PLANS_EPILOG.format(settings=textwrap.fill(
+        '--set KEY=VALUE (repeatable) sets one CSSE setting in the "csse" block of each chosen configuration, '
+        "checked as nnUNetv2_train checks it (the README's settings table lists the valid values). Values are "
+        "JSON: true/false, numbers, lists such as [2,3], null; a bare word is a string (rf, batch). Keys: "
+        f"{', '.join(sorted(CSSEConfig().to_json()))}.", WIDTH))
+    p = _command(plans_sub, "apply", "write <source>CSSE_<PRESET>.json (or --name) next to the dataset's nnU-Net "
+                                     "plans, with a preset's settings and optional --set settings",
+                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("preset", help="preset name (see 'nnunet-csse plans list') or path to a preset .json")
+    _add_plans_output(p, settings_required=False)
     p.set_defaults(func=_cmd_plans_apply)
+    p = _command(plans_sub, "set", "write a copy of a dataset's plans with single CSSE settings changed, under a "
+                                   "new plans identifier",
+                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_plans_output(p, settings_required=True)
+    p.set_defaults(func=_cmd_plans_apply, preset=None)
 
-    p = sub.add_parser("demo", help="baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")
+    p = _command(sub, "demo", "baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")
     p.add_argument("--workdir", default="nnunet_csse_demo", help="everything is written here (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda if torch finds a CUDA device, else cpu (printed)")
-    p.add_argument("--dim", choices=("2d", "3d"), default="2d")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--iterations", type=int, default=40, help="training iterations per epoch")
-    p.add_argument("--cases", type=int, default=16, help="training cases")
-    p.add_argument("--test-cases", type=int, default=6, help="held-out cases")
-    p.add_argument("--size", type=int, default=None, help="image size (default 96 in 2d, 48 in 3d)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reset", action="store_true", help="delete earlier demo outputs in --workdir first")
+    p.add_argument("--dim", choices=("2d", "3d"), default="2d", help="dataset and network (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs per run (default: %(default)s)")
+    p.add_argument("--iterations", type=int, default=40,
+                   help="training iterations per epoch (default: %(default)s)")
+    p.add_argument("--cases", type=int, default=16, help="training cases (default: %(default)s)")
+    p.add_argument("--test-cases", type=int, default=6, help="held-out cases (default: %(default)s)")
+    p.add_argument("--size", type=int, default=None, help="image size (default: 96 in 2d, 48 in 3d)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--reset", action="store_true",
+                   help="delete earlier demo outputs in --workdir first (without it: finished steps are reused)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("pretrained", help="add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
+    p = _command(sub, "pretrained", "add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
     p.add_argument("-i", "--input", required=True, help="nnU-Net checkpoint (e.g. .../fold_0/checkpoint_final.pth)")
     p.add_argument("-o", "--output", required=True, help="new checkpoint file to write")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name you will fine-tune on")
     p.add_argument("-c", "--configuration", required=True, help="configuration you will train")
-    p.add_argument("-tr", "--trainer", default="nnUNetTrainerCSSE", help="CSSE trainer you will train with")
-    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier you will train with")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainerCSSE",
+                   help="CSSE trainer you will train with (default: %(default)s)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans",
+                   help="plans identifier you will train with (default: %(default)s)")
     p.set_defaults(func=_cmd_pretrained)
 
-    p = sub.add_parser("uncertainty", help="segment a folder and write UAFS uncertainty maps + PNG overlays")
+    p = _command(sub, "uncertainty", "segment a folder and write UAFS uncertainty maps + PNG overlays")
     p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> images")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-m", "--model", required=True, help="trained model folder (<trainer>__<plans>__<config>)")
-    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s) to use (ensembled)")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="fold(s) to use, ensembled (default: 0)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file name in each fold folder (default: %(default)s)")
     p.add_argument("-device", "--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda if torch finds a CUDA device, else cpu (printed)")
-    p.add_argument("--disable_tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--disable_tta", action="store_true",
+                   help="no test-time mirroring (without it: mirrored predictions are averaged, as nnU-Net does)")
     p.set_defaults(func=_cmd_uncertainty)
 
     splits.register(sub)

@@ -712,7 +712,9 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
         stats = [t.mean_std(k) for k in comparison.classes]
         means = [0.0 if math.isnan(m) else m for m, _, _ in stats]
         xs = [c + (i - (n_trainers - 1) / 2) * width for c in range(n_classes)]
-        bars = ax.bar(xs, means, width, label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''})")
+        no_std = ", no std" if with_std and len(t.folds) < 2 else ""  # a single fold among runs with error bars
+        bars = ax.bar(xs, means, width, label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}"
+                                              f"{no_std})")
         bar_std = [(x, m, s) for x, m, (_, s, _) in zip(xs, means, stats) if not math.isnan(s)]
         if bar_std:
             ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
@@ -853,22 +855,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "compare", help="per-class Dice of finished trainings or test-set predictions, paired per-case "
                         "statistics vs the first one, CSV + markdown + PNG",
-        description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on "
+        description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on\n"
                     "a labelled test set, against the first one given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset", help="dataset id or name")
-    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation)")
+    p.add_argument("-d", "--dataset",
+                   help="dataset id or name (no default: cross-validation needs it; a test set reads its "
+                        "dataset.json unless --dataset-json)")
+    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation; no default)")
     p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
-                   help="trainer class names (or TRAINER__PLANS); the first is the reference")
-    p.add_argument("-p", "--plans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("--folds", nargs="+", type=_fold, help="folds to collect (default 0 1 2 3 4)")
-    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations")
+                   help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation; no "
+                        "default)")
+    p.add_argument("-p", "--plans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
+    p.add_argument("--labels", metavar="FOLDER",
+                   help="test set: folder with the reference segmentations (no default)")
     p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",
                    help="test set: prediction folders (NAME=FOLDER, or FOLDER named after itself); the first is the "
-                        "reference")
-    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json to use instead of -d")
+                        "reference (no default)")
+    p.add_argument("--dataset-json", metavar="FILE",
+                   help="test set: dataset.json to use instead of -d (default: the one of -d)")
     p.add_argument("-np", "--num-processes", type=int, default=None,
-                   help="test set: evaluator processes (default nnU-Net's default_num_processes)")
+                   help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "
-                                              ".png, _paired.png (default: .)")
+                                              ".png, _paired.png (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -184,22 +186,21 @@ class Demo:
         return "\n".join(rows)
 
     def figure(self) -> Path:
-        """Image, ground truth, both predictions and the CSSE model's UAFS uncertainty for one held-out case."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        """Image, ground truth, both predictions (with their Dice on this case from nnU-Net's evaluator) and the
+        CSSE model's UAFS uncertainty for one held-out case, as <workdir>/demo_figure.png."""
         import SimpleITK as sitk
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_csse.uncertainty import predict_uncertainty, preprocess_case, to_input_geometry
+        from nnunet_csse.uncertainty import label_names, predict_uncertainty, preprocess_case, to_input_geometry
 
         image_file = sorted((self.dataset_folder / "imagesTs").glob("*_0000.nii.gz"))[0]
         case = image_file.name[: -len("_0000.nii.gz")]
-        os.environ["nnUNet_extTrainer"] = self.env["nnUNet_extTrainer"]  # the predictor looks the trainer up
         predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False)
-        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's trainer lookup is chatty
+        # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only (patch.dict puts
+        # os.environ back as it was); nnU-Net's lookup is chatty
+        with mock.patch.dict(os.environ, nnUNet_extTrainer=self.env["nnUNet_extTrainer"]), \
+                contextlib.redirect_stdout(io.StringIO()):
             predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])),
                                                            use_folds=(0,))
         image, data, properties = preprocess_case(predictor, [str(image_file)])
@@ -208,25 +209,17 @@ class Demo:
         def read(path: Path) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
-        panels = [("image", image[0], "gray"), ("ground truth", read(self.dataset_folder / "labelsTs" /
-                                                                     f"{case}.nii.gz"), "viridis")]
+        predictions = {}
         for label in TRAINERS:
-            panels.append((f"{label} prediction", read(self.root / "predictions" / label / f"{case}.nii.gz"),
-                           "viridis"))
-        panels.append(("CSSE: UAFS uncertainty H", uncertainty, "magma"))
-        z = panels[0][1].shape[0] // 2
-        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
-        for ax, (title, array, cmap) in zip(axes, panels):
-            vmax = 1 if "uncertainty" in title else (3 if cmap == "viridis" else None)
-            ax.imshow(array[z], cmap=cmap, vmin=0 if vmax else None, vmax=vmax, interpolation="nearest")
-            ax.set_title(title)
-            ax.axis("off")
-        fig.suptitle(f"nnunet-csse demo, held-out case {case} ({self.s.configuration}, {self.s.epochs} epochs x "
-                     f"{self.s.iterations} iterations)")
-        fig.tight_layout()
+            folder = self.root / "predictions" / label
+            summary = json.loads((folder / "summary.json").read_text())
+            predictions[label] = (read(folder / f"{case}.nii.gz"), case_dice(summary, f"{case}.nii.gz"))
+        names = label_names(json.loads((self.dataset_folder / "dataset.json").read_text()))
+        fig = demo_figure(image[0], read(self.dataset_folder / "labelsTs" / f"{case}.nii.gz"), predictions,
+                          uncertainty, names, f"nnunet-csse demo, held-out case {case} ({self.s.configuration}, "
+                                              f"{self.s.epochs} epochs x {self.s.iterations} iterations)")
         path = self.root / "demo_figure.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
     def run(self) -> str:
@@ -245,6 +238,60 @@ class Demo:
         (self.root / "demo_report.txt").write_text(report)
         print(report)
         return report
+
+
+def case_dice(summary: dict, prediction_file: str) -> dict[int, float]:
+    """Label -> Dice of one case (by its prediction file name) from nnU-Net's evaluator summary.json."""
+    for entry in summary["metric_per_case"]:
+        if Path(entry["prediction_file"]).name == prediction_file:
+            return {int(key): float("nan") if m["Dice"] is None else float(m["Dice"])
+                    for key, m in entry["metrics"].items() if key.isdigit() and key != "0"}
+    raise KeyError(f"{prediction_file} is not in the evaluator's summary")
+
+
+def _dice_text(dice: dict[int, float]) -> str:
+    """``Dice 0.85 / 0.70 / 0.00, mean 0.52`` (labels in order; n/a: absent from truth and prediction)."""
+    finite = [v for v in dice.values() if math.isfinite(v)]
+    mean = f", mean {sum(finite) / len(finite):.2f}" if finite else ""
+    return "Dice " + " / ".join("n/a" if math.isnan(v) else f"{v:.2f}" for _, v in sorted(dice.items())) + mean
+
+
+def demo_figure(image: np.ndarray, truth: np.ndarray, predictions: dict[str, tuple[np.ndarray, dict[int, float]]],
+                uncertainty: np.ndarray, names: dict[int, str], title: str):
+    """The demo's figure (a matplotlib ``Figure``, no pyplot): central slice of image, ground truth, each
+    prediction with its per-class Dice on this case in the panel title, and the UAFS uncertainty H with its
+    colorbar; one legend for the class colours. Arrays are (Z, Y, X); ``predictions``: name -> (segmentation,
+    label -> Dice); ``names``: foreground label -> name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import to_rgb
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    from nnunet_csse.uncertainty import label_color, show_uncertainty
+
+    z = image.shape[0] // 2
+    top = max([int(truth.max()), *(int(seg.max()) for seg, _ in predictions.values()), *names])
+    palette = np.array([(0.1, 0.1, 0.1)] + [to_rgb(label_color(v)) for v in range(1, top + 1)])
+    fig = Figure(figsize=(4 * (3 + len(predictions)), 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3 + len(predictions))
+    axes[0].imshow(image[z], cmap="gray", interpolation="nearest")
+    axes[0].set_title("image")
+    axes[1].imshow(palette[truth[z].astype(int)], interpolation="nearest")
+    axes[1].set_title("ground truth")
+    for ax, (label, (segmentation, dice)) in zip(axes[2:], predictions.items()):
+        ax.imshow(palette[segmentation[z].astype(int)], interpolation="nearest")
+        ax.set_title(f"{label} prediction\n{_dice_text(dice)}")
+    show_uncertainty(axes[-1], uncertainty[z])
+    axes[-1].set_title("CSSE: UAFS uncertainty H")
+    for ax in axes:
+        ax.axis("off")
+    handles = [Patch(color=palette[0], label="0: background")]
+    handles += [Patch(color=palette[v], label=f"{v}: {names.get(v, f'label {v}')}") for v in range(1, top + 1)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(f"{title}\nDice: this case, per class {' / '.join(str(v) for v in range(1, top + 1))} "
+                 f"(nnU-Net's evaluator)")
+    return fig
 
 
 def reset(workdir: Path) -> None:

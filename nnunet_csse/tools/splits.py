@@ -399,12 +399,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("--fraction", type=float, default=None,
-                   help="share of each fold's training cases to keep, in (0, 1] (e.g. 0.25)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsampling (default 0)")
+                   help="share of each fold's training cases to keep, in (0, 1], e.g. 0.25 (no default: required "
+                        "unless --restore)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsampling (default: %(default)s)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--output", default=None, help="file to write (default: splits_final_frac<NN>_seed<S>.json "
                                                       "next to splits_final.json)")
     where.add_argument("--install", action="store_true",
-                       help="back up splits_final.json to splits_final.full.json and replace it by the limited split")
-    p.add_argument("--restore", action="store_true", help="put splits_final.full.json back as splits_final.json")
+                       help="back up splits_final.json to splits_final.full.json and replace it by the limited split "
+                            "(without it: splits_final.json is left alone)")
+    p.add_argument("--restore", action="store_true",
+                   help="put splits_final.full.json back as splits_final.json (without it: --fraction writes a "
+                        "limited split)")
     p.set_defaults(func=_cmd_split)

@@ -262,6 +262,26 @@ def test_fold_subset_and_single_fold(results, tmp_path):
     assert n == 1 and mean == pytest.approx(0.88) and math.isnan(std)
 
 
+def test_single_fold_run_among_runs_with_std_has_no_error_bar(results):
+    write_trainer(results, "nnUNetTrainerPDCR", {0: as_cases(DICE["nnUNetTrainer"][0], 0)})
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE", "nnUNetTrainerPDCR"],
+                                    out_dir=None)
+    figure = C.fold_mean_figure(comparison)
+    ax = figure.axes[0]
+    errorbars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errorbars) == 2  # the two runs with several folds
+    single_fold_bars = [c for c in ax.containers if c.get_label() == "nnUNetTrainerPDCR (1 fold, no std)"][0]
+    single_fold_x = {round(bar.get_x() + bar.get_width() / 2, 6) for bar in single_fold_bars}
+    for container in errorbars:  # x of each error bar's vertical line
+        xs = {round(float(segment[0][0]), 6) for lines in container.lines[2] for segment in lines.get_segments()}
+        assert len(xs) == len(comparison.classes) and not xs & single_fold_x
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels == ["nnUNetTrainer (5 folds)", "nnUNetTrainerCSSE (3 folds)", "nnUNetTrainerPDCR (1 fold, no std)"]
+    figure.canvas.draw()
+    legend = figure.legends[0].get_window_extent()
+    assert all(not legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+
+
 def test_no_results_is_an_error_naming_the_path(results, tmp_path, capsys):
     with pytest.raises(ValueError) as info:
         C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerPDCR"], out_dir=tmp_path)
