@@ -4,8 +4,13 @@ Runs part A (PDCR vs loop), B (train_step time and memory vs nnUNetTrainer) and 
 table with the machine it ran on and PASS/MISS per target, and writes ``<out>/benchmark_<tag>.json`` and
 ``<out>/benchmark_<tag>.png``.
 
-``python -m benchmarks accuracy [...]`` instead trains trainers side by side and compares their validation Dice
-(:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``).
+Other commands:
+
+- ``python -m benchmarks accuracy [...]`` trains trainers side by side and compares their validation Dice
+  (:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``);
+- ``python -m benchmarks summary FILE.json ...`` lists the targets of several runs, one line each;
+- ``python -m benchmarks profile [--device] [--size] [--trainers] ...`` prints, per aten op, the device time per
+  step of each trainer and its difference to nnUNetTrainer (``python -m benchmarks profile --help``).
 """
 
 from __future__ import annotations
@@ -45,8 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed train_step rounds (default: per size)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1: the CPU time of one thread is robust to other load)")
-    p.add_argument("--placeholders", choices=("auto", "on", "off"), default="auto",
-                   help="placeholder modules for SimpleITK/imagecodecs: auto = only where not installed")
     args = p.parse_args(argv)
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = sorted(set(args.parts) - set(PARTS))
@@ -72,18 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import accuracy
 
         return accuracy.main(given[1:])
-    args = parse_args(argv)
-    from benchmarks import placeholders
+    if given[:1] == ["summary"]:
+        from benchmarks.report import summary_main
 
-    placed = placeholders.install(args.placeholders)  # before anything imports nnunetv2
+        return summary_main(given[1:])
+    if given[:1] == ["profile"]:
+        from benchmarks.step import profile_main
+
+        return profile_main(given[1:])
+    args = parse_args(argv)
 
     import dataclasses
 
     import torch
 
-    from benchmarks import machine, pdcr_speed, plot, report, scaling, step_time
-    from benchmarks.profiles import profile
-    from benchmarks.trainers import TRAINERS
+    from benchmarks import pdcr, report, step
+    from benchmarks.plans import TRAINERS, profile
 
     device_name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device_name == "cuda" and not torch.cuda.is_available():
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         prof = dataclasses.replace(prof, step=dataclasses.replace(
             prof.step, warmup=prof.step.warmup if args.warmup is None else args.warmup,
             steps=prof.step.steps if args.steps is None else args.steps))
-    threads, threads_reason = machine.choose_threads(device, args.threads)
+    threads, threads_reason = report.choose_threads(device, args.threads)
+    torch.set_num_threads(threads)
     if device_name == "cuda":
         torch.backends.cudnn.benchmark = True  # as nnUNetv2_train
     trainers = args.trainers.split(",") if args.trainers else list(TRAINERS)
@@ -111,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         notes.append("--amp on CPU: PDCR parts use bfloat16 feature maps under autocast; nnU-Net's train_step "
                      "never autocasts on CPU")
     results: dict = {
-        "machine": machine.machine_info(device),
+        "machine": report.machine_info(device),
         "settings": {"size": size, "device": device_name, "compile": args.compile, "amp": amp, "threads": threads,
-                     "threads_reason": threads_reason, "placeholders": placed, "parts": args.parts,
+                     "threads_reason": threads_reason, "parts": args.parts,
                      "trainers": trainers, "argv": sys.argv[1:] if argv is None else argv},
         "notes": notes, "parts": {},
     }
@@ -122,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     failures = results["failures"] = {}
     jobs = {
         "pdcr": ("pdcr_speed", f"[A] PDCR vs loop on {prof.pdcr_plan.describe()} ...",
-                 lambda: pdcr_speed.run(prof.pdcr_plan, device, prof.speed, amp=amp,
+                 lambda: pdcr.run_speed(prof.pdcr_plan, device, prof.speed, amp=amp,
                                         compile_loss=args.compile and device_name == "cuda")),
         "step": ("step_time", f"[B] train_step on {prof.step_plan.describe()}, trainers {', '.join(trainers)} ...",
-                 lambda: step_time.run(prof.step_plan, size, device, trainers, prof.step,
-                                       compile_network=args.compile, threads=threads)),
+                 lambda: step.run_steps(prof.step_plan, size, device, trainers, prof.step,
+                                        compile_network=args.compile, threads=threads)),
         "scaling": ("scaling", f"[C] PDCR scaling on {prof.scaling_plan.describe()} ...",
-                    lambda: scaling.run(prof.scaling_plan, device, prof.spacings, prof.sides, prof.classes,
-                                        prof.scaling_reps, amp=amp)),
+                    lambda: pdcr.run_scaling(prof.scaling_plan, device, prof.spacings, prof.sides, prof.classes,
+                                             prof.scaling_reps, amp=amp)),
     }
     for part in PARTS:
         if part not in args.parts:
@@ -155,14 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             elapsed[key] = time.perf_counter() - t0
     elapsed["total"] = time.perf_counter() - started
     results["targets"] = report.targets(results)
-    results["settings"]["placeholders"] = sorted(set(placed) | set(placeholders.active()))
     table = report.format_table(results)
     print(table + "\n(ran " + ", ".join(f"{k} {v:.0f} s" for k, v in elapsed.items()) + ")", flush=True)
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"benchmark_{tag}.json"
-    png_path = plot.write_png(results, out / f"benchmark_{tag}.png")
+    png_path = report.write_png(results, out / f"benchmark_{tag}.png")
     results["files"] = {"json": str(json_path), "png": str(png_path) if png_path else None}
     json_path.write_text(json.dumps(_finite_json(results), indent=1))
     print(f"wrote {json_path}" + (f" and {png_path}" if png_path else ""), flush=True)

@@ -742,7 +742,7 @@ class Benchmark:
                        skipped: list[Run], figure: Path | None, out: Path) -> None:
         import torch
 
-        from benchmarks.machine import cpu_model
+        from benchmarks.report import cpu_model
 
         s = self.s
         gpu = torch.cuda.get_device_name(0) if s.device == "cuda" and torch.cuda.is_available() else None

@@ -11,12 +11,12 @@
 #   --dry-run      the same steps on CPU at a tiny size (cpu_tiny plans preset, 1 epoch x 2 iterations), to check
 #                  the script and the data on a machine without a GPU
 #
-# Run from the repository root of a checkout with nnunet-csse installed (pip install -e .). Budget (environment):
-# ACCURACY_EPOCHS x ACCURACY_ITERATIONS, ACCURACY_VAL_ITERATIONS per epoch; default 15 x 250, 50 (nnU-Net's epoch of
-# 250 iterations, 15 of them). Sized from nnU-Net's reference epoch time for this dataset (about 10 s per epoch on
-# A100-class GPUs) to fit about 10 minutes for both trainers on one H100 or H200, with preprocessing, start-up,
-# torch.compile and the final validation; an estimate, the outputs state what each run took. ACCURACY_FOLDS (default
-# 0) and ACCURACY_TRAINERS (default "baseline CSSE") choose the runs.
+# Run from the repository root of a clone with nnunet-csse installed as README.md says (pip install .). Budget
+# (environment): ACCURACY_EPOCHS x ACCURACY_ITERATIONS, ACCURACY_VAL_ITERATIONS per epoch; default 15 x 250, 50
+# (nnU-Net's epoch of 250 iterations, 15 of them). Sized from nnU-Net's reference epoch time for this dataset
+# (about 10 s per epoch on A100-class GPUs) to fit about 10 minutes for both trainers on one H100-class GPU, with
+# preprocessing, start-up, torch.compile and the final validation; an estimate, the outputs state what each run
+# took. ACCURACY_FOLDS (default 0) and ACCURACY_TRAINERS (default "baseline CSSE") choose the runs.
 set -euo pipefail
 
 data="" workdir="work_dirs/accuracy" out="" dry_run=0

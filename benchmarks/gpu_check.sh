@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
-# One GPU benchmark run on a bare NVIDIA machine (Python 3.12 + torch with CUDA, no nnU-Net), from the repo root.
+# One GPU benchmark run, from the repository root of a clone with nnunet-csse installed as README.md says
+# (pip install . : nnU-Net v2 and PyTorch with CUDA come with it).
 #
-# Optional, for a machine without package access: bash benchmarks/fetch_gpu_wheels.sh beforehand fills .whl/
-# (~16 MiB, git-ignored), whose wheels this script installs first.
-#
-# Budget: everything, installs included, ends within GPU_CHECK_BUDGET_S (default 500 s): each step's timeout is
+# Budget: everything ends within GPU_CHECK_BUDGET_S (default 500 s): each step's timeout is
 # what is left minus what the later steps need. Steps (GPU_CHECK_STEPS, default all, in this order):
 #   checks   the CUDA-only code paths against their references (benchmarks/cuda_checks.py);
 #   eager    no torch.compile, AMP: PDCR vs loop (A) and train_step time/memory (B) at nnU-Net's default
@@ -12,16 +10,13 @@
 #            (default: nnUNetTrainer, UAFS, PDCR, CSSE and the benchmark-only variants CSSE[uafs-k1] and
 #            CSSE[no-full-res-UAFS], which price two departures from the authors' UAFS design in the same run;
 #            parts: GPU_CHECK_EAGER_PARTS, default pdcr,step);
-#   profile  an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (benchmarks/profile_step.py);
+#   profile  an op-by-op GPU time profile of one CSSE train_step against nnUNetTrainer (python -m benchmarks profile);
 #   compile  torch.compile on (nnU-Net's own nnUNet_compile path, which also compiles PDCRLoss in our trainers):
 #            A with the compiled loss and B of GPU_CHECK_COMPILE_TRAINERS (default the 4 trainers), fewer steps; a
 #            compile failure is printed with its text, a timeout is reported as such;
 #   scaling  PDCR scaling curves (C).
-# Results: $OUT/benchmark_*.json and *.png, the printed tables in $OUT/gpu_results.txt (at most 7 files).
-# SimpleITK and imagecodecs are not carried (too large): the benchmark puts placeholder modules for them on
-# sys.path for this run only and says so in its output.
-# CPU dry run of the same logic: GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZE=tiny GPU_CHECK_SKIP_INSTALL=1 \
-#   OUT=/tmp/gc bash benchmarks/gpu_check.sh
+# Results: $OUT/benchmark_*.json and *.png, the printed tables in $OUT/gpu_results.txt.
+# CPU dry run of the same logic: GPU_CHECK_DEVICE=cpu GPU_CHECK_SIZE=tiny OUT=/tmp/gc bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,19 +53,13 @@ step() {
   return 0
 }
 
-if [ -z "${GPU_CHECK_SKIP_INSTALL:-}" ]; then
-  say "=== installing carried wheels into /tmp/site: $(ls .whl/*.whl 2>/dev/null | wc -l) wheels"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl 2>&1 | tee -a "$LOG" || { say "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # the benchmarks package lives next to nnunet_csse/
 say "=== machine"
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "no nvidia-smi") | tee -a "$LOG"
-python3 -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__,
-'| cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" \
-  2>&1 | tee -a "$LOG"
+python3 -c "import sys, torch; from importlib.metadata import version; print('python', sys.version.split()[0],
+'| torch', torch.__version__, '| cuda', torch.version.cuda, '| nnunetv2', version('nnunetv2'), '|',
+torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" 2>&1 | tee -a "$LOG" \
+  || { say "nnunetv2 is not installed: pip install . in the repository root (README.md, Install)"; exit 1; }
 
 BENCH=(python3 -m benchmarks --device "$DEVICE" --size "$SIZE" --out "$OUT")
 ORDER=(checks eager profile compile scaling)
@@ -94,7 +83,7 @@ wanted checks && step "checks: CUDA-only code paths vs their references" "$(rese
 wanted eager && step "eager: train_step ($EAGER_TRAINERS), PDCR vs loop" "$(reserve_after eager)" "${BENCH[@]}" \
   --parts "${GPU_CHECK_EAGER_PARTS:-pdcr,step}" --trainers "$EAGER_TRAINERS" --tag "${DEVICE}_${SIZE}"
 wanted profile && step "profile: eager op profile, nnUNetTrainer vs nnUNetTrainerCSSE" "$(reserve_after profile)" \
-  python3 -m benchmarks.profile_step --device "$DEVICE" --size "$SIZE" --trainers nnUNetTrainer,nnUNetTrainerCSSE \
+  python3 -m benchmarks profile --device "$DEVICE" --size "$SIZE" --trainers nnUNetTrainer,nnUNetTrainerCSSE \
   --top 15
 wanted compile && step "compile: train_step ($COMPILE_TRAINERS), compiled PDCR vs loop" "$(reserve_after compile)" \
   "${BENCH[@]}" --parts "${GPU_CHECK_COMPILE_PARTS:-pdcr,step}" --compile --trainers "$COMPILE_TRAINERS" \
@@ -102,5 +91,5 @@ wanted compile && step "compile: train_step ($COMPILE_TRAINERS), compiled PDCR v
 wanted scaling && step "scaling: PDCR scaling curves" 5 "${BENCH[@]}" --parts scaling --tag "${DEVICE}_${SIZE}_scaling"
 
 say "=== summary of all targets ($((SECONDS - START)) s elapsed)"
-python3 -m benchmarks.summary "$OUT"/benchmark_*.json 2>&1 | tee -a "$LOG"
+python3 -m benchmarks summary "$OUT"/benchmark_*.json 2>&1 | tee -a "$LOG"
 ls -l "$OUT" | tee -a "$LOG"

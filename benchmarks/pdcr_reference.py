@@ -10,6 +10,7 @@ reference the vectorized loss must agree with, and the baseline of the speed com
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -23,9 +24,9 @@ Compositions = list[list[torch.Tensor | None]]  # [sample][anchor] -> (K,) fract
 
 
 def anchor_vectors(fmap: torch.Tensor, grid: AnchorGrid) -> torch.Tensor:
-    """(B, C, X, Y, Z) -> (B, N, C): the grid's feature vectors by a plain strided slice, row-major."""
-    (ox, oy, oz), (sx, sy, sz), (nx, ny, nz) = grid.offsets, grid.steps, grid.counts
-    picked = fmap[:, :, ox::sx, oy::sy, oz::sz][:, :, :nx, :ny, :nz]
+    """(B, C, *S) -> (B, N, C): the grid's feature vectors by a plain strided slice, row-major."""
+    picked = fmap[(..., *(slice(o, None, s) for o, s in zip(grid.offsets, grid.steps)))]
+    picked = picked[(..., *(slice(0, n) for n in grid.counts))]
     return picked.reshape(fmap.shape[0], fmap.shape[1], -1).permute(0, 2, 1)
 
 
@@ -35,10 +36,10 @@ def loop_compositions(target: torch.Tensor, grid: AnchorGrid, stride: Sequence[i
     """Composition vector of every anchor, one window crop and one ``torch.bincount`` per anchor.
 
     Args:
-        target: (B, 1, X, Y, Z) class ids (float, as nnU-Net passes them); with ``regions``, (B, R[+1], X, Y, Z)
-            0/1 region maps (the last channel nnU-Net's ignore mask if ``region_ignore_channel``).
-        grid, stride: the anchor grid on a map of cumulative stride ``stride``; anchor (t0, t1, t2) sits at input
-            voxel ``stride * (offset + step * t)`` per axis.
+        target: (B, 1, *S) class ids (float, as nnU-Net passes them; S of 2 or 3 axes); with ``regions``,
+            (B, R[+1], *S) 0/1 region maps (the last channel nnU-Net's ignore mask if ``region_ignore_channel``).
+        grid, stride: the anchor grid on a map of cumulative stride ``stride``; anchor (t0, t1, ...) sits at input
+            voxel ``stride * (offset + step * t)`` per axis; anchors in row-major order.
         window: window size per axis in input voxels.
         num_classes: K classes (label mode) or R regions.
     """
@@ -47,28 +48,24 @@ def loop_compositions(target: torch.Tensor, grid: AnchorGrid, stride: Sequence[i
     for b in range(target.shape[0]):
         labels = target[b, 0]
         per_anchor: list[torch.Tensor | None] = []
-        for tx in range(grid.counts[0]):
-            for ty in range(grid.counts[1]):
-                for tz in range(grid.counts[2]):
-                    lo, hi = [], []
-                    for axis, t in enumerate((tx, ty, tz)):
-                        center = stride[axis] * (grid.offsets[axis] + grid.steps[axis] * t)
-                        start = center - (window[axis] - 1) // 2
-                        lo.append(max(start, 0))
-                        hi.append(min(start + window[axis] - 1, size[axis] - 1))
-                    box = (slice(lo[0], hi[0] + 1), slice(lo[1], hi[1] + 1), slice(lo[2], hi[2] + 1))
-                    if regions:
-                        per_anchor.append(_region_fractions(target[b][(slice(None), *box)], num_classes,
-                                                            region_ignore_channel))
-                        continue
-                    crop = labels[box].reshape(-1).long()
-                    if ignore_label is not None:
-                        crop = crop[crop != ignore_label]
-                    if crop.numel() == 0:
-                        per_anchor.append(None)
-                        continue
-                    counts = torch.bincount(crop, minlength=num_classes)[:num_classes]
-                    per_anchor.append((counts.double() / crop.numel()).float())
+        for position in itertools.product(*(range(n) for n in grid.counts)):
+            box = []
+            for axis, t in enumerate(position):
+                center = stride[axis] * (grid.offsets[axis] + grid.steps[axis] * t)
+                start = center - (window[axis] - 1) // 2
+                box.append(slice(max(start, 0), min(start + window[axis] - 1, size[axis] - 1) + 1))
+            if regions:
+                per_anchor.append(_region_fractions(target[b][(slice(None), *box)], num_classes,
+                                                    region_ignore_channel))
+                continue
+            crop = labels[tuple(box)].reshape(-1).long()
+            if ignore_label is not None:
+                crop = crop[crop != ignore_label]
+            if crop.numel() == 0:
+                per_anchor.append(None)
+                continue
+            counts = torch.bincount(crop, minlength=num_classes)[:num_classes]
+            per_anchor.append((counts.double() / crop.numel()).float())
         out.append(per_anchor)
     return out
 
@@ -93,25 +90,27 @@ def loop_pair_loss(feats_a: torch.Tensor, comps_a: Compositions, feats_b: torch.
 
         L_b = -(1 / (n_a n_b)) sum_i [ sum_j s_ij (1 - d_ij) - n_b * logsumexp_j(s_ij d_ij) ],
 
-    averaged over the samples that have valid anchors on both sides.
+    averaged over the samples that have valid anchors on both sides. Computed in float32, or in float64 for float64
+    features (a gradient oracle).
     """
+    dtype = torch.promote_types(feats_a.dtype, torch.float32)
     per_sample = []
     for b in range(feats_a.shape[0]):
         rows_a = [i for i, c in enumerate(comps_a[b]) if c is not None]
         cols_b = [j for j, c in enumerate(comps_b[b]) if c is not None]
         if not rows_a or not cols_b:
             continue
-        fb = F.normalize(feats_b[b, cols_b].float(), dim=-1, eps=1e-8)
+        fb = F.normalize(feats_b[b, cols_b].to(dtype), dim=-1, eps=1e-8)
         rb = torch.stack([comps_b[b][j] for j in cols_b])
-        total = feats_a.new_zeros((), dtype=torch.float32)
+        total = feats_a.new_zeros((), dtype=dtype)
         for i in rows_a:
-            fi = F.normalize(feats_a[b, i].float(), dim=0, eps=1e-8)
+            fi = F.normalize(feats_a[b, i].to(dtype), dim=0, eps=1e-8)
             s = (fb @ fi) / temperature
             d = distance_scale * (comps_a[b][i][None, :] - rb).abs().sum(-1)
             total = total + (s * (1.0 - d)).sum() - len(cols_b) * torch.logsumexp(s * d, dim=0)
         per_sample.append(-total / (len(rows_a) * len(cols_b)))
     if not per_sample:
-        return (feats_a.float().sum() + feats_b.float().sum()) * 0.0
+        return (feats_a.to(dtype).sum() + feats_b.to(dtype).sum()) * 0.0
     return torch.stack(per_sample).mean()
 
 

@@ -1,21 +1,71 @@
-"""Benchmark plans: nnU-Net 3d_fullres-style plans, dataset.json and synthetic label maps.
+"""What every benchmark part runs on: plans, sizes, synthetic batches, nnU-Net trainers built from a plan, timers.
 
-Every part of the benchmark derives its network from one :class:`BenchPlan`, written in nnU-Net's own plans
-format (``architecture`` with ``arch_kwargs``), so the baseline and the CSSE trainers get the very same
-architecture kwargs.
+Every part derives its network from one :class:`BenchPlan`, written in nnU-Net's own plans format
+(``architecture`` with ``arch_kwargs``), so the baseline and the CSSE trainers get the very same architecture
+kwargs. :func:`arch_kwargs` is also the tests' toy architecture (``tests/conftest.py`` re-exports it).
+
+Trainers are nnU-Net's real classes, initialized on a benchmark plan without a preprocessed dataset.
+``nnUNetTrainer.__init__`` needs ``nnUNet_results`` (log and output folders) and ``nnUNet_preprocessed``; its
+``initialize()`` builds the network, optimizer and loss exactly as in training and then only *infers the dataset
+class from the file endings* in the preprocessed configuration folder. :func:`nnunet_folders` therefore creates
+temporary folders and one empty marker file ``<folder>/nnUNetPlans_3d_fullres/marker.b2nd`` that is never read, and
+:func:`make_trainer` points nnU-Net's variables at them for the construction only: the benchmark feeds synthetic
+batches straight into ``train_step`` and never builds a data loader.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-PLAIN_UNET = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
 DATASET_NAME = "Dataset999_CSSEBench"
 CONFIGURATION = "3d_fullres"
+
+
+def arch_kwargs(dim: int, arch: str, n_stages: int = 4, features: int | Sequence[int] = 4, strides=None,
+                kernels=None) -> dict:
+    """Architecture kwargs in nnU-Net plans format (default planner / ResEnc planner layout: strings for the
+    imported ops, stride 2 after stage 0).
+
+    Args:
+        features: the width of every stage, or (the tests' toy networks) the first stage's width, doubled per stage
+            up to 64.
+    """
+    conv = f"torch.nn.modules.conv.Conv{dim}d"
+    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
+    strides = strides or [[1] * dim] + [[2] * dim] * (n_stages - 1)
+    kernels = kernels or [[3] * dim] * n_stages
+    if isinstance(features, Sequence):
+        if len(features) != n_stages:
+            raise ValueError(f"{len(features)} stage widths for {n_stages} stages")
+        widths = list(features)
+    else:
+        widths = [min(features * 2**i, 64) for i in range(n_stages)]
+    kw = dict(
+        n_stages=n_stages, features_per_stage=widths, conv_op=conv,
+        kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1 if arch == RESENC else 2] * (n_stages - 1),
+        conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
+        dropout_op_kwargs=None, nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True},
+    )
+    if arch == RESENC:
+        kw["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6][:n_stages]
+    else:
+        kw["n_conv_per_stage"] = [2] * n_stages
+    return kw
 
 
 @dataclass(frozen=True)
@@ -36,23 +86,7 @@ class BenchPlan:
 
     def arch_kwargs(self) -> dict:
         """``arch_kwargs`` exactly as nnU-Net's planner writes them (strings for the imported ops)."""
-        n = self.n_stages
-        return {
-            "n_stages": n,
-            "features_per_stage": list(self.features),
-            "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": [[3, 3, 3]] * n,
-            "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n - 1),
-            "n_conv_per_stage": [2] * n,
-            "n_conv_per_stage_decoder": [2] * (n - 1),
-            "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None,
-            "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True},
-        }
+        return arch_kwargs(3, PLAIN, n_stages=self.n_stages, features=self.features)
 
     def plans_dict(self) -> dict:
         """A complete nnU-Net v2 plans dict with one configuration, ``3d_fullres``."""
@@ -92,9 +126,9 @@ class BenchPlan:
                     "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
                                                            "force_separate_z": None},
                     "architecture": {
-                        "network_class_name": PLAIN_UNET,
+                        "network_class_name": PLAIN,
                         "arch_kwargs": self.arch_kwargs(),
-                        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+                        "_kw_requires_import": list(REQ_IMPORT),
                     },
                     "batch_dice": False,
                 },
@@ -160,3 +194,288 @@ def synthetic_batch(plan: BenchPlan, ds_scales: list[list[float]] | None, seed: 
         data = data.pin_memory()
         target = [t.pin_memory() for t in target] if isinstance(target, list) else target.pin_memory()
     return {"data": data, "target": target}
+
+
+# --- sizes: which plan, how many repetitions and which sweep points each part uses
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Part A: timed calls of the vectorized loss and of the loop reference, untimed loop calls first."""
+
+    reps_vectorized: int
+    reps_loop: int
+    warmup_loop: int
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Part B: train_step warm-up and timed rounds; CPU memory: steps per trainer and processes at a time."""
+
+    warmup: int
+    steps: int
+    memory_steps: int = 2
+    memory_parallel: int = 1
+
+
+@dataclass(frozen=True)
+class Profile:
+    pdcr_plan: BenchPlan
+    speed: SpeedSettings
+    step_plan: BenchPlan
+    step: StepSettings
+    scaling_plan: BenchPlan
+    spacings: tuple[int, ...]
+    sides: tuple[int, ...]
+    classes: tuple[int, ...]
+    scaling_reps: int
+
+
+def profile(size: str, device: str) -> Profile:
+    """``tiny``: smoke test (< 1 min on 2 CPU cores). ``small`` (CPU default): PDCR at the issue's 2 x 128^3,
+    steps on a CPU-sized 3d_fullres-like plan. ``full`` (CUDA default): everything at nnU-Net's default 3D plan."""
+    gpu = device == "cuda"
+    if size == "tiny":
+        return Profile(TINY, SpeedSettings(3, 1, 0), TINY, StepSettings(1, 2, 1, 2), TINY,
+                       (16, 8, 4), (16, 32), (2, 4, 8), 1)
+    if size == "small":
+        return Profile(FULL, SpeedSettings(10, 3, 1) if gpu else SpeedSettings(3, 2, 0),
+                       SMALL, StepSettings(3, 10, 1, 1) if gpu else StepSettings(1, 3, 1, 2), FULL,
+                       (64, 32, 16, 8) if gpu else (64, 32, 16), (32, 64, 96, 128),
+                       (2, 4, 8, 16) if gpu else (2, 4, 8), 5 if gpu else 2)
+    if size == "full":
+        return Profile(FULL, SpeedSettings(20, 5, 2) if gpu else SpeedSettings(3, 2, 0),
+                       FULL, StepSettings(5, 20, 1, 1) if gpu else StepSettings(1, 3, 1, 1), FULL,
+                       (64, 32, 16, 8), (32, 64, 96, 128, 160, 192), (2, 4, 8, 16, 32), 10 if gpu else 2)
+    raise ValueError(f"unknown size {size!r}: tiny, small or full")
+
+
+# --- timers: wall clock with device synchronization
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, device work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_once_with_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``fn``. With one torch thread on CPU the CPU time is
+    the step's own compute, which other load on a shared machine hardly changes; the wall time is not."""
+    synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def time_repeated(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 1) -> list[float]:
+    """``warmup`` untimed calls, then ``reps`` timed calls; returns the per-call seconds."""
+    for _ in range(warmup):
+        fn()
+    return [time_once(fn, device) for _ in range(reps)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- trainers: nnU-Net's real classes and benchmark-only variants of the CSSE trainer
+
+TRAINERS = ("nnUNetTrainer", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR", "nnUNetTrainerCSSE")
+BASELINE = "nnUNetTrainer"
+HOW = ("trainers are nnU-Net's real classes, constructed from an in-memory plans dict and initialize()d; "
+       "nnUNet_results/nnUNet_preprocessed point to a temporary folder whose preprocessed configuration folder "
+       "holds one empty '.b2nd' marker file (initialize() only infers the dataset class from file endings); no "
+       "data loader is built: train_step(batch) gets the same synthetic batch (random image, block labels, "
+       "nearest-downsampled deep-supervision targets) every step")
+
+
+def nnunet_folders(root: Path) -> dict[str, str]:
+    """Create nnU-Net's three folders under ``root`` (with the marker file) and return them by variable name; the
+    process environment is left alone (:func:`make_trainer` sets them for the construction only)."""
+    dirs = {name: root / name for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    config_folder = dirs["nnUNet_preprocessed"] / DATASET_NAME / f"nnUNetPlans_{CONFIGURATION}"
+    config_folder.mkdir(parents=True, exist_ok=True)
+    (config_folder / "marker.b2nd").touch()
+    return {name: str(path) for name, path in dirs.items()}
+
+
+@contextlib.contextmanager
+def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in ``os.environ`` inside the block only; every variable is restored (or removed) on exit."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def uafs_blocks(network: torch.nn.Module) -> list:
+    """The network's UAFS blocks (encoder and decoder), in module order."""
+    from nnunet_csse.method.uafs import UAFSBlock
+
+    return [m for m in network.modules() if isinstance(m, UAFSBlock)]
+
+
+def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
+    """Put ``nn.InstanceNormNd`` back into every UAFS branch (same parameters)."""
+    from nnunet_csse.method.uafs import InstanceNormByStatistics
+
+    for block in uafs_blocks(network):
+        for i, layer in enumerate(block.branch):
+            if isinstance(layer, InstanceNormByStatistics):
+                norm_class = {1: torch.nn.InstanceNorm1d, 2: torch.nn.InstanceNorm2d,
+                              3: torch.nn.InstanceNorm3d}[len(block.kernel_size)]
+                norm = norm_class(layer.num_features, eps=layer.eps, affine=layer.weight is not None)
+                norm.load_state_dict(layer.state_dict())
+                block.branch[i] = norm
+    return network
+
+
+class _ChannelsLastInput(torch.nn.Module):
+    """Runs ``conv`` on a channels-last copy of its input (cuDNN's native layout for half-precision convs)."""
+
+    def __init__(self, conv: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
+        return self.conv(x.contiguous(memory_format=layout))
+
+
+def _with_channels_last_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
+    for block in uafs_blocks(network):
+        block.branch[0] = _ChannelsLastInput(block.branch[0])
+    return network
+
+
+def _with_pointwise_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
+    """The first UAFS branch conv as 1 x 1 (what ``"uafs_kernel_size": 1`` in a plan builds; fresh weights)."""
+    for block in uafs_blocks(network):
+        conv = block.branch[0]
+        block.branch[0] = type(conv)(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None).to(
+            device=conv.weight.device, dtype=conv.weight.dtype)
+    return network
+
+
+def _without_full_resolution_uafs(network: torch.nn.Module) -> torch.nn.Module:
+    """No UAFS block after the last (full-resolution) decoder stage."""
+    network.decoder_uafs[-1] = torch.nn.Identity()
+    return network
+
+
+def _with_eager_pdcr(loss: torch.nn.Module) -> torch.nn.Module:
+    if hasattr(getattr(loss, "pdcr", None), "_orig_mod"):
+        loss.pdcr = loss.pdcr._orig_mod
+    return loss
+
+
+def _with_batch_pairs(loss: torch.nn.Module) -> torch.nn.Module:
+    pdcr = getattr(loss.pdcr, "_orig_mod", loss.pdcr)
+    pdcr.settings = dataclasses.replace(pdcr.settings, pairs="batch")
+    return loss
+
+
+def _unchanged(obj):
+    return obj
+
+
+# Benchmark-only variants: the shipped trainer with one optimization undone (or one candidate applied), so
+# before/after come from one run. name: (base trainer, what differs, network modifier, loss modifier)
+VARIANTS = {
+    "nnUNetTrainerCSSE[cudnn-IN]": ("nnUNetTrainerCSSE", "UAFS branches normalize with nn.InstanceNormNd (cuDNN "
+                                    "batch norm), as before InstanceNormByStatistics",
+                                    _with_module_instance_norm, _unchanged),
+    "nnUNetTrainerCSSE[eager-PDCR]": ("nnUNetTrainerCSSE", "PDCRLoss left uncompiled when nnU-Net compiles",
+                                      _unchanged, _with_eager_pdcr),
+    "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "the UAFS branch conv runs on a channels-last "
+                                              "copy of its input (tried, not adopted)",
+                                              _with_channels_last_branch_conv, _unchanged),
+    # method departures, measured so their price and gain are known (not the authors' design: docs/method.md section 1)
+    "nnUNetTrainerCSSE[uafs-k1]": ("nnUNetTrainerCSSE", "UAFS branch conv 1 x 1 instead of the authors' 3 x 3 (x 3) "
+                                   "(method departure)", _with_pointwise_branch_conv, _unchanged),
+    "nnUNetTrainerCSSE[no-full-res-UAFS]": ("nnUNetTrainerCSSE", "no UAFS block after the full-resolution decoder "
+                                            "stage (method departure)", _without_full_resolution_uafs, _unchanged),
+    # option beyond the authors: one anchor set over the batch, (B N)^2 pairs instead of B N^2
+    "nnUNetTrainerCSSE[batch-pairs]": ("nnUNetTrainerCSSE", "pdcr_pairs \"batch\": cross-image anchor pairs",
+                                       _unchanged, _with_batch_pairs),
+}
+
+
+def _variant_class(name: str) -> type:
+    base_name, _, modify_network, modify_loss = VARIANTS[name]
+    base = trainer_class(base_name)
+
+    class Variant(base):
+        @classmethod
+        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            # nnU-Net inspects this signature for 'plans_manager'
+            return modify_network(super().build_network_architecture(
+                plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                enable_deep_supervision))
+
+        def _build_loss(self):
+            return modify_loss(super()._build_loss())
+
+    Variant.__name__ = Variant.__qualname__ = name
+    return Variant
+
+
+def trainer_class(name: str) -> type:
+    if name in VARIANTS:
+        return _variant_class(name)
+    if name == BASELINE:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+        return nnUNetTrainer
+    import nnunet_csse.training as training
+
+    try:
+        return getattr(training, name)
+    except AttributeError:
+        raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS} or {tuple(VARIANTS)}") from None
+
+
+def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_network: bool,
+                 folders: Mapping[str, str]):
+    """An initialized trainer (network, optimizer, loss, grad scaler as nnU-Net makes them).
+
+    nnU-Net reads its folders and its compile switch (``_do_i_compile``: ``nnUNet_compile``, never on CPU) from the
+    environment during ``__init__`` and ``initialize()`` only; both see ``folders`` (from :func:`nnunet_folders`)
+    and ``nnUNet_compile`` = ``compile_network`` there, and the caller's environment is restored afterwards.
+    """
+    plans = plan.plans_dict()
+    plans["continue_training"] = False
+    # the same seed for every trainer: its U-Net (built before any CSSE module) starts from the same weights, so
+    # step times do not differ by initialization (on CPU, e.g., by how many denormal values a network produces)
+    torch.manual_seed(0)
+    environ = {**folders, "nnUNet_compile": "true" if compile_network else "false"}
+    with scoped_environ(environ), contextlib.redirect_stdout(io.StringIO()):
+        trainer = trainer_class(name)(plans, CONFIGURATION, 0, plan.dataset_json(), device)
+        trainer.initialize()
+    return trainer
+
+
+def deep_supervision_scales(trainer) -> list[list[float]] | None:
+    scales = trainer._get_deep_supervision_scales()
+    return [list(map(float, s)) for s in scales] if scales is not None else None
+
+
+def parameter_count(trainer) -> int:
+    return sum(p.numel() for p in trainer.network.parameters())

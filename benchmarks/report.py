@@ -1,10 +1,89 @@
-"""Targets (PASS/MISS from measured figures) and the printed table."""
+"""What a benchmark run reports: the machine it ran on, PASS/MISS per target, the printed table, the PNG, and
+``python -m benchmarks summary`` over several runs' JSON files."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
 
-from benchmarks.machine import describe
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from benchmarks.plans import VARIANTS
+
+# --- the machine
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(device: torch.device) -> dict:
+    """A JSON-able description of the machine and the libraries used."""
+    info = {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "nnunetv2": _version("nnunetv2"),
+        "dynamic_network_architectures": _version("dynamic_network_architectures"),
+        "device": str(device),
+        "load_average_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def choose_threads(device: torch.device, requested: int | None) -> tuple[int, str]:
+    """Torch intra-op threads for the run and why (the caller sets them).
+
+    CUDA: 1, as ``nnUNetv2_train -device cuda`` sets. CPU: ``requested``, else 1. The benchmark is after ratios,
+    and with one thread the process CPU time of a step is its own compute, which other load on a shared machine
+    hardly changes (on a busy 2-core machine two threads made steps 2-20x slower and erratic).
+    """
+    if device.type == "cuda":
+        return 1, "as nnUNetv2_train on CUDA"
+    if requested:
+        return requested, "requested"
+    return 1, f"CPU default of this benchmark; nnUNetv2_train would use all {os.cpu_count()} cores: --threads N"
+
+
+def describe(info: dict) -> str:
+    where = info.get("gpu") or info["cpu"]
+    extra = f", CUDA {info['cuda']}" if info.get("cuda") else f", {info['torch_threads']} torch threads"
+    return (f"{info['device']} | {where} | {info['cpu_count']} CPU cores{extra} | load avg (1 min) at start "
+            f"{info['load_average_1m']} | torch {info['torch']} | nnunetv2 {info['nnunetv2']} | "
+            f"python {info['python']}")
+
+
+# --- targets and the printed table
 
 CSSE = "nnUNetTrainerCSSE"
 
@@ -66,8 +145,6 @@ def format_table(results: dict) -> str:
     s = results["settings"]
     lines.append(f"settings: size {s['size']}, device {s['device']}, compile {'on' if s['compile'] else 'off'}, "
                  f"AMP {'on' if s['amp'] else 'off'}, torch threads {s['threads']} ({s['threads_reason']})")
-    lines.append("placeholders: " + (", ".join(s["placeholders"]) + " are tiny placeholder modules in this run "
-                                     "(not installed; no image is read)" if s["placeholders"] else "none"))
     for note in results.get("notes", []):
         lines.append(f"note: {note}")
     parts = results.get("parts", {})
@@ -142,8 +219,6 @@ def _step_lines(b: dict) -> list[str]:
         if "error" in mem:
             line += f"  memory error: {mem['error'][:200]}"
         lines.append(line)
-    from benchmarks.trainers import VARIANTS
-
     lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']][0]}: {VARIANTS[r['trainer']][1]}"
               for r in b["rows"] if r["trainer"] in VARIANTS]
     for r in b["rows"]:
@@ -170,3 +245,101 @@ def _scaling_lines(c: dict) -> list[str]:
             lines.append(f"     {label} {p[label]:>4}  patch {p['patch'][0]}^3  K {p['num_classes']:>2}  "
                          f"anchors/sample {anchors:>11s}  {_ms(p['time_s'])}{mem}")
     return lines
+
+
+# --- summary of several runs
+
+def summarize(paths: list[Path]) -> str:
+    lines = []
+    for path in paths:
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            lines.append(f"{path.name}: unreadable ({exc})")
+            continue
+        s = results["settings"]
+        lines.append(f"{path.name}: {describe(results['machine'])}; size {s['size']}, compile "
+                     f"{'on' if s['compile'] else 'off'}, AMP {'on' if s['amp'] else 'off'}")
+        for t in results.get("targets", []):
+            value = t["measured"]
+            shown = f"{value:.3f}x" if isinstance(value, (int, float)) else "n/a"
+            lines.append(f"  {t['status']:4s}  {t['target']:70s} measured {shown}"
+                         + (f"  ({t['failure']})" if t.get("failure") else ""))
+        if not results.get("targets"):
+            lines.append("  (no targets in this run's parts)")
+    return "\n".join(lines)
+
+
+def summary_main(argv: list[str]) -> int:
+    """``python -m benchmarks summary FILE.json ...``: the targets of several benchmark runs, one line each."""
+    paths = [Path(p) for p in argv]
+    if not paths:
+        print("usage: python -m benchmarks summary FILE.json ...", file=sys.stderr)
+        return 2
+    print(summarize(paths))
+    return 0
+
+
+# --- the PNG of the scaling curves and the step-time comparison
+
+def _total_anchors(point: dict) -> int:
+    return max(point["anchors_per_sample"])
+
+
+def write_png(results: dict, path: Path) -> Path | None:
+    """Write the figure; returns its path, or None if there is nothing to plot."""
+    scaling = results.get("parts", {}).get("scaling")
+    steps = results.get("parts", {}).get("step_time")
+    panels = (3 if scaling else 0) + (1 if steps else 0)
+    if not panels:
+        return None
+    fig = Figure(figsize=(5 * panels, 4.2))
+    FigureCanvasAgg(fig)  # renders to PNG without pyplot or a process-wide backend
+    axes = fig.subplots(1, panels, squeeze=False)
+    axes = list(axes[0])
+    title = results["machine"].get("gpu") or results["machine"]["cpu"]
+    if scaling:
+        ax = axes.pop(0)
+        pts = scaling["anchors"]
+        n = [_total_anchors(p) for p in pts]
+        t = [p["time_s"] * 1e3 for p in pts]
+        ax.loglog(n, t, "o-", label="PDCR fwd+bwd")
+        if len(n) > 1:
+            ref = [t[-1] * (x / n[-1]) ** 2 for x in n]
+            ax.loglog(n, ref, "--", color="grey", label="~N^2 (through last point)")
+        ax.set_xlabel("anchors per sample and layer (N)")
+        ax.set_ylabel("ms")
+        ax.set_title("vs anchors")
+        ax.legend(fontsize=8)
+        ax = axes.pop(0)
+        pts = scaling["patch"]
+        ax.plot([p["side"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
+        for p in pts:
+            ax.annotate(f"N={_total_anchors(p)}", (p["side"], p["time_s"] * 1e3), fontsize=7)
+        ax.set_xlabel("patch side (voxels, cubic)")
+        ax.set_ylabel("ms")
+        ax.set_title("vs patch size")
+        ax = axes.pop(0)
+        pts = scaling["classes"]
+        ax.plot([p["classes"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
+        ax.set_xlabel("classes K (background included)")
+        ax.set_ylabel("ms")
+        ax.set_title("vs classes")
+    if steps:
+        ax = axes.pop(0)
+        key = "median_cpu_s" if steps.get("target_time_basis") == "cpu" else "median_s"
+        rows = [r for r in steps["rows"] if key in r]
+        ax.bar([r["trainer"].replace("nnUNetTrainer", "") or "nnUNet" for r in rows],
+               [r[key] for r in rows], color="tab:blue")
+        base = next((r for r in rows if r["trainer"] == "nnUNetTrainer"), None)
+        if base is not None:
+            ax.axhline(base[key] * steps["target_time_ratio"], color="red", ls="--", lw=1,
+                       label=f"{steps['target_time_ratio']:.2f} x nnUNetTrainer")
+            ax.legend(fontsize=8)
+        ax.set_ylabel("train_step median, " + ("process CPU s" if key == "median_cpu_s" else "wall s"))
+        ax.set_title("train_step" + (" (compiled)" if steps.get("compile") else ""))
+    fig.suptitle(f"nnunet-csse benchmarks on {title}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -20,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+# the toy architectures (nnU-Net plans format) are the benchmark plans' own; re-exported for the tests
+from benchmarks.plans import PLAIN, REQ_IMPORT, RESENC, arch_kwargs  # noqa: E402, F401
 
 BIN = os.path.dirname(sys.executable)
 PLANS = "nnUNetPlansCSSE_cpu_tiny"
@@ -51,25 +50,6 @@ def nnunet_env(root) -> dict:
     # one worker everywhere: these machines have 2 cores, and nnU-Net spawns a fresh interpreter per worker
     env.update(nnUNet_extTrainer=trainers_path(), nnUNet_compile="false", nnUNet_def_n_proc="1")
     return env
-
-
-def arch_kwargs(dim: int, arch: str, n_stages: int = 4, features: int = 4, strides=None, kernels=None) -> dict:
-    """Architecture kwargs in nnU-Net plans format (default planner / ResEnc planner layout)."""
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
-    strides = strides or [[1] * dim] + [[2] * dim] * (n_stages - 1)
-    kernels = kernels or [[3] * dim] * n_stages
-    kw = dict(
-        n_stages=n_stages, features_per_stage=[min(features * 2**i, 64) for i in range(n_stages)], conv_op=conv,
-        kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1 if arch == RESENC else 2] * (n_stages - 1),
-        conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
-        dropout_op_kwargs=None, nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True},
-    )
-    if arch == RESENC:
-        kw["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6][:n_stages]
-    else:
-        kw["n_conv_per_stage"] = [2] * n_stages
-    return kw
 
 
 @pytest.fixture

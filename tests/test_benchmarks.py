@@ -16,8 +16,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from benchmarks.pdcr_case import PDCR_CONFIG, make_case
-from benchmarks.pdcr_speed import agreement
+from benchmarks.pdcr import PDCR_CONFIG, agreement, make_case
 from benchmarks.plans import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -29,15 +28,13 @@ def _finite(value) -> bool:
 
 def test_tiny_run_prints_table_and_writes_json(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    # --placeholders on: the GPU machine's path (stand-ins for SimpleITK / imagecodecs) is exercised here too
     proc = subprocess.run([sys.executable, "-m", "benchmarks", "--size", "tiny", "--device", "cpu", "--threads", "1",
-                           "--placeholders", "on", "--out", str(tmp_path)],
+                           "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
     for text in ("nnunet-csse benchmarks", "machine: cpu", "torch " + torch.__version__, "A. PDCR loss",
-                 "B. nnU-Net train_step", "C. PDCR forward + backward scaling", "Targets",
-                 "SimpleITK, imagecodecs are tiny placeholder modules"):
+                 "B. nnU-Net train_step", "C. PDCR forward + backward scaling", "Targets"):
         assert text in out, f"{text!r} missing from the output:\n{out}"
     for trainer in ("nnUNetTrainer ", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR", "nnUNetTrainerCSSE"):
         assert trainer in out
@@ -46,7 +43,6 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     results = json.loads((tmp_path / "benchmark_cpu_tiny.json").read_text())
     assert (tmp_path / "benchmark_cpu_tiny.png").stat().st_size > 0
     assert results["machine"]["torch"] == torch.__version__
-    assert results["settings"]["placeholders"] == ["SimpleITK", "imagecodecs"]
     a = results["parts"]["pdcr_speed"]
     assert all(_finite(a[k]) and a[k] > 0 for k in ("vectorized_s", "loop_s", "speedup"))
     rows = results["parts"]["step_time"]["rows"]
@@ -63,6 +59,11 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
     assert [t["status"] for t in results["targets"]] and all(t["status"] in ("PASS", "MISS")
                                                              for t in results["targets"])
     assert all(_finite(t["measured"]) for t in results["targets"])
+
+    from benchmarks.report import summarize  # python -m benchmarks summary FILE.json ...
+
+    summary = summarize([tmp_path / "benchmark_cpu_tiny.json"])
+    assert summary.startswith("benchmark_cpu_tiny.json: cpu") and summary.count("  PASS") + summary.count("  MISS") == 3
 
 
 @pytest.mark.parametrize("variant", ["rf", "hpdcr", "ignore_label"])
@@ -84,12 +85,11 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
     PDCRLoss in torch.compile (built lazily: nothing is compiled here), the benchmark's [eager-PDCR] variant not."""
     from torch._dynamo.eval_frame import OptimizedModule
 
-    from benchmarks.trainers import prepare_nnunet_folders, trainer_class
+    from benchmarks.plans import nnunet_folders, trainer_class
     from nnunet_csse.method.pdcr import PDCRLoss
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(name, str(tmp_path / name))  # restored after the test
-    prepare_nnunet_folders(tmp_path)
+    for name, folder in nnunet_folders(tmp_path).items():
+        monkeypatch.setenv(name, folder)  # restored after the test
     losses = {}
     for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[eager-PDCR]", "nnUNetTrainerCSSE[batch-pairs]"):
         compiling = type("Compiling", (trainer_class(name),), {"_do_i_compile": lambda self: True})
@@ -101,30 +101,31 @@ def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypat
     assert isinstance(losses["nnUNetTrainerCSSE"], OptimizedModule)
     assert isinstance(losses["nnUNetTrainerCSSE"]._orig_mod, PDCRLoss)
     assert type(losses["nnUNetTrainerCSSE[eager-PDCR]"]) is PDCRLoss
-    assert losses["nnUNetTrainerCSSE"]._orig_mod.config.pdcr_pairs == "sample"
-    assert losses["nnUNetTrainerCSSE[batch-pairs]"]._orig_mod.config.pdcr_pairs == "batch"  # compiled, re-configured
+    assert losses["nnUNetTrainerCSSE"]._orig_mod.settings.pairs == "sample"
+    assert losses["nnUNetTrainerCSSE[batch-pairs]"]._orig_mod.settings.pairs == "batch"  # compiled, re-configured
 
 
-def test_network_variants_change_what_they_name_and_train(tmp_path, monkeypatch):
-    """Each benchmark-only network variant makes its one change, and the trainer still takes a finite step."""
-    from benchmarks.plans import synthetic_batch
-    from benchmarks.trainers import (
+def test_network_variants_change_what_they_name_and_train(tmp_path):
+    """Each benchmark-only network variant makes its one change, and the trainer still takes a finite step; building
+    a trainer leaves the process environment as it was."""
+    from benchmarks.plans import (
         VARIANTS,
         _unchanged,
         deep_supervision_scales,
         make_trainer,
-        prepare_nnunet_folders,
+        nnunet_folders,
+        synthetic_batch,
         uafs_blocks,
     )
     from nnunet_csse.method.uafs import InstanceNormByStatistics
 
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile"):
-        monkeypatch.setenv(name, "")  # records the user's value: restored after the test (the helpers set these)
-    prepare_nnunet_folders(tmp_path)
+    folders = nnunet_folders(tmp_path)
+    environ = dict(os.environ)
     for name, (_, _, modify_network, _) in VARIANTS.items():
         if modify_network is _unchanged:
             continue
-        trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False)
+        trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False, folders=folders)
+        assert dict(os.environ) == environ
         net = trainer.network
         blocks = uafs_blocks(net)
         if name.endswith("[cudnn-IN]"):

@@ -1,14 +1,15 @@
-"""Tests for nnunet_csse.method.pdcr against slow, independent loop oracles (docs/method.md section 2)."""
+"""Tests for nnunet_csse.method.pdcr against the slow, independent loop oracle of benchmarks.pdcr_reference
+(docs/method.md section 2)."""
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
 
+from benchmarks.pdcr_reference import loop_compositions, loop_pair_loss
 from nnunet_csse.method.anchors import AnchorGrid, input_grid
 from nnunet_csse.method.pdcr import (
     PairJob,
@@ -48,30 +49,18 @@ def _anchor_centers(grid: AnchorGrid, stride) -> list[tuple[int, ...]]:
     ]
 
 
-def _window_voxels(center, window, shape):
-    ranges = []
-    for c, w, n in zip(center, window, shape, strict=True):
-        start = c - (w - 1) // 2
-        ranges.append(range(max(start, 0), min(start + w - 1, n - 1) + 1))
-    return itertools.product(*ranges)
+def _oracle_compositions(target: torch.Tensor, grid, stride, window, num_classes, **kwargs):
+    """comp (B, N, K), valid (B, N) from the shared loop oracle (one window crop per anchor)."""
+    comps = loop_compositions(target, grid, stride, window, num_classes, **kwargs)
+    comp = np.array([[np.zeros(num_classes) if c is None else c.double().numpy() for c in sample] for sample in comps])
+    valid = np.array([[c is not None for c in sample] for sample in comps])
+    return comp, valid
 
 
 def _oracle_labels(labels: np.ndarray, grid, stride, window, num_classes, ignore):
-    """labels (B, *S) ints -> comp (B, N, K), valid (B, N) by counting voxels one by one."""
-    centers = _anchor_centers(grid, stride)
-    comp = np.zeros((labels.shape[0], len(centers), num_classes))
-    valid = np.zeros((labels.shape[0], len(centers)), dtype=bool)
-    for b in range(labels.shape[0]):
-        for i, c in enumerate(centers):
-            counts = np.zeros(num_classes)
-            for v in _window_voxels(c, window, labels.shape[1:]):
-                lab = int(labels[(b, *v)])
-                if lab != ignore:
-                    counts[lab] += 1
-            if counts.sum() > 0:
-                comp[b, i] = counts / counts.sum()
-                valid[b, i] = True
-    return comp, valid
+    """labels (B, *S) ints -> comp (B, N, K), valid (B, N)."""
+    target = torch.as_tensor(labels)[:, None].float()
+    return _oracle_compositions(target, grid, stride, window, num_classes, ignore_label=ignore)
 
 
 def _windows(grid, stride, window):
@@ -124,17 +113,10 @@ def test_composition_vectors_region_mode(case):
     volume = label_volume(target.float(), has_regions=True, region_ignore_channel=True, num_classes=3)
     assert volume.shape == (2, 4, *shape)
     comp, valid_anchor = composition_vectors(volume, _windows(grid, stride, window))
-    t = target.numpy()
-    centers = _anchor_centers(grid, stride)
-    for b in range(2):
-        for i, c in enumerate(centers):
-            counts, n = np.zeros(3), 0
-            for v in _window_voxels(c, window, shape):
-                if not t[(b, 3, *v)]:
-                    n += 1
-                    counts += [t[(b, r, *v)] for r in range(3)]
-            assert bool(valid_anchor[b, i]) == (n > 0)
-            np.testing.assert_allclose(comp[b, i].numpy(), counts / max(n, 1), rtol=1e-6, atol=1e-7)
+    ref_comp, ref_valid = _oracle_compositions(target.float(), grid, stride, window, 3, regions=True,
+                                               region_ignore_channel=True)
+    np.testing.assert_array_equal(valid_anchor.numpy(), ref_valid)
+    np.testing.assert_allclose(comp.numpy(), ref_comp, rtol=1e-6, atol=1e-7)
 
 
 def test_region_mode_without_ignore_channel():
@@ -158,29 +140,14 @@ def test_fully_ignored_window(case):
     torch.testing.assert_close(comp[0, 1:].sum(-1), torch.ones(grid.num_anchors - 1))
 
 
-def _oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
-    """Direct float64 double loop over the formula of docs/method.md section 2, step 5."""
-    fa, ca, fb, cb = (np.asarray(x, dtype=np.float64) for x in (fa, ca, fb, cb))
-    losses = []
-    for b in range(fa.shape[0]):
-        ia, ib = np.flatnonzero(va[b]), np.flatnonzero(vb[b])
-        if len(ia) == 0 or len(ib) == 0:
-            continue
+def _oracle_loss(fa, ca, va, fb, cb, vb, tau, scale) -> torch.Tensor:
+    """The shared loop oracle of the formula of docs/method.md section 2, step 5, in float64 (autograd through it is
+    the gradient oracle for the closed-form backward)."""
+    def anchors(comp, valid):
+        return [[c if v else None for c, v in zip(cs, vs)] for cs, vs in zip(torch.as_tensor(comp).double(), valid)]
 
-        def s(i, j, b=b):
-            x, y = fa[b, i], fb[b, j]
-            return float(x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) / tau)
-
-        def d(i, j, b=b):
-            return scale * float(np.abs(ca[b, i] - cb[b, j]).sum())
-
-        total = 0.0
-        for i in ia:
-            lse = math.log(sum(math.exp(s(i, k) * d(i, k)) for k in ib))
-            for j in ib:
-                total += s(i, j) * (1 - d(i, j)) - lse
-        losses.append(-total / (len(ia) * len(ib)))
-    return float(np.mean(losses))
+    fa, fb = torch.as_tensor(fa).double(), torch.as_tensor(fb).double()
+    return loop_pair_loss(fa, anchors(ca, va), fb, anchors(cb, vb), tau, scale)
 
 
 def _random_side(gen, b, n, c, k):
@@ -209,7 +176,7 @@ def test_pair_loss_matches_oracle(cross):
         tau, scale = 0.7, 1 / 3
     loss = pdcr_pair_loss(fa, ca, va, fb, cb, vb, temperature=tau, distance_scale=scale)
     assert loss.dtype == torch.float32 and loss.ndim == 0
-    expected = _oracle_loss(fa.detach(), ca, va.numpy(), fb.detach(), cb, vb.numpy(), tau, scale)
+    expected = float(_oracle_loss(fa.detach(), ca, va.numpy(), fb.detach(), cb, vb.numpy(), tau, scale))
     assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
     loss.backward()
     assert torch.isfinite(fa.grad).all() and fa.grad[0].abs().sum() > 0
@@ -245,31 +212,6 @@ def test_loss_and_gradients_finite(case, scenario):
         assert fmap_a.grad.abs().sum() > 0 and fmap_b.grad.abs().sum() > 0
 
 
-def _autograd_oracle_loss(fa, ca, va, fb, cb, vb, tau, scale):
-    """The formula of docs/method.md section 2, step 5 as a plain float64 loop of torch scalars: autograd through it is
-    the gradient oracle for the closed-form backward."""
-    losses = []
-    for b in range(fa.shape[0]):
-        ia, ib = va[b].nonzero()[:, 0].tolist(), vb[b].nonzero()[:, 0].tolist()
-        if not ia or not ib:
-            continue
-
-        def s(i, j, b=b):
-            x, y = fa[b, i], fb[b, j]
-            return torch.dot(x, y) / (x.norm() * y.norm()) / tau
-
-        def d(i, j, b=b):
-            return scale * (ca[b, i] - cb[b, j]).abs().sum()
-
-        total = 0.0
-        for i in ia:
-            lse = torch.logsumexp(torch.stack([s(i, k) * d(i, k) for k in ib]), 0)
-            for j in ib:
-                total = total + s(i, j) * (1 - d(i, j)) - lse
-        losses.append(-total / (len(ia) * len(ib)))
-    return torch.stack(losses).mean() if losses else torch.zeros((), dtype=fa.dtype)
-
-
 def test_batched_pairs_match_autograd_oracle_in_value_and_gradient():
     """Several pairs of different anchor counts and widths in one call (zero padding inside), sharing feature
     tensors (self pairs, a cross pair, two windows of one layer): every loss and every feature gradient equals the
@@ -292,8 +234,8 @@ def test_batched_pairs_match_autograd_oracle_in_value_and_gradient():
     for f in features:
         f.grad = None
     oracle = torch.stack([
-        _autograd_oracle_loss(features[j.a], j.comp_a.double(), j.valid_a, features[j.b], j.comp_b.double(),
-                              j.valid_b, tau, scale) for j in jobs
+        _oracle_loss(features[j.a], j.comp_a.double(), j.valid_a, features[j.b], j.comp_b.double(), j.valid_b, tau,
+                     scale) for j in jobs
     ])
     torch.testing.assert_close(losses.detach(), oracle.detach(), rtol=1e-10, atol=1e-12)
     (oracle * weights).sum().backward()

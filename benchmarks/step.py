@@ -1,0 +1,409 @@
+"""Part B (issue "Performance") and the op profile: nnU-Net's train_step of the CSSE trainers vs nnUNetTrainer.
+
+Time (:func:`run_steps`): all trainers are built from one plan (same arch kwargs) and fed the same synthetic batch.
+Steps are interleaved (one step of each trainer per round) so drift in machine speed hits all of them alike; the
+figure per trainer is the median over the timed rounds after warm-up, and ratios are taken against nnUNetTrainer.
+
+Peak step memory of one trainer. CUDA: allocator statistics in the running process (``max_memory_allocated``
+during one ``train_step`` minus what was allocated before it, with this trainer's gradients released first).
+CPU: the RSS is shared by everything in a process, so each trainer is measured in a process of its own (forked
+from ``python -m benchmarks.step``, which only imports). Just before the steps the kernel's peak-RSS mark is reset
+(``5`` written to ``/proc/self/clear_refs``, Linux >= 4.0) and the RSS read; after them the peak (``VmHWM``) is
+read; the delta is the steps' own memory (activations, gradients, optimizer state, temporaries). Where the reset is
+refused the lifetime peak (``getrusage`` ``ru_maxrss``) is used and the result says so.
+
+``python -m benchmarks profile`` (:func:`profile_main`): the op-by-op profile of :data:`PROFILE_DESCRIPTION`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.plans import (
+    BASELINE,
+    HOW,
+    PLANS,
+    BenchPlan,
+    StepSettings,
+    deep_supervision_scales,
+    make_trainer,
+    median,
+    nnunet_folders,
+    parameter_count,
+    profile,
+    synchronize,
+    synthetic_batch,
+    time_once_with_cpu,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MMAP_THRESHOLD = 1 << 20  # bytes: allocations from 1 MiB up are mmapped and unmapped on free
+
+# --- part B: train_step time
+
+TARGET_TIME_RATIO = 1.10
+TARGET_MEMORY_RATIO = 1.10
+
+
+def _failure(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc)[-6:])}"[:4000]
+
+
+def run_steps(plan: BenchPlan, size: str, device: torch.device, trainers: list[str], settings: StepSettings,
+        compile_network: bool = False, threads: int | None = None) -> dict:
+    """Time ``train_step`` of every trainer and measure its step memory. Returns a JSON-able dict."""
+    if BASELINE not in trainers:
+        trainers = [BASELINE, *trainers]
+    rows: dict[str, dict] = {name: {"trainer": name} for name in trainers}
+    with tempfile.TemporaryDirectory(prefix="csse_bench_nnunet_") as workdir:
+        folders = nnunet_folders(Path(workdir))
+        built = {}
+        for name in trainers:
+            try:
+                built[name] = make_trainer(name, plan, device, compile_network, folders)
+                rows[name]["parameters"] = parameter_count(built[name])
+            except Exception as exc:  # noqa: BLE001 - reported in the table, never hidden
+                rows[name]["failure"] = "initialize: " + _failure(exc)
+        if not built:
+            return {"plan": plan.describe(), "rows": list(rows.values()), "how": HOW}
+        first = next(iter(built.values()))
+        batch = synthetic_batch(plan, deep_supervision_scales(first), pin=device.type == "cuda")
+        times: dict[str, list[float]] = {name: [] for name in built}
+        cpu_times: dict[str, list[float]] = {name: [] for name in built}
+        losses: dict[str, list[float]] = {name: [] for name in built}
+        interrupted = _time_steps(built, batch, device, settings, rows, times, cpu_times, losses)
+        graph_breaks = _graph_breaks() if compile_network else {}
+        if device.type == "cuda" and not interrupted:
+            for name, trainer in built.items():
+                try:
+                    rows[name]["memory"] = cuda_step_memory(trainer, batch, device)
+                except Exception as exc:  # noqa: BLE001
+                    rows[name]["memory"] = {"error": _failure(exc)}
+        built.clear()
+    if device.type != "cuda" and not interrupted:
+        ok = [n for n in trainers if "failure" not in rows[n]]
+        for name, result in cpu_memory_all(ok, size, settings.memory_steps, threads or
+                                                  torch.get_num_threads(), settings.memory_parallel).items():
+            rows[name]["memory"] = result
+    _ratios(rows, times, losses, "median_s", "time_ratio", "times_s")
+    _ratios(rows, cpu_times, losses, "median_cpu_s", "cpu_time_ratio", "cpu_times_s")
+    _memory_ratios(rows)
+    # On CPU with one torch thread the process CPU time is the step's compute and barely moves with other load
+    # on a shared machine, so the target uses it there; otherwise (CUDA, several threads) the wall time.
+    basis = "cpu" if device.type == "cpu" and (threads or torch.get_num_threads()) == 1 else "wall"
+    extra = {"graph_breaks": graph_breaks} if compile_network else {}
+    if interrupted:
+        extra["interrupted"] = interrupted
+    return {**extra, "plan": plan.describe(), "arch_kwargs": plan.arch_kwargs(), "batch_size": plan.batch_size,
+            "patch": list(plan.patch), "compile": compile_network and device.type == "cuda",
+            "compile_requested": compile_network, "amp": device.type == "cuda",
+            "warmup": settings.warmup, "steps": settings.steps, "how": HOW, "rows": list(rows.values()),
+            "target_time_basis": basis,
+            "target_time_ratio": TARGET_TIME_RATIO, "target_memory_ratio": TARGET_MEMORY_RATIO}
+
+
+def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSettings, rows: dict[str, dict],
+                times: dict[str, list[float]], cpu_times: dict[str, list[float]],
+                losses: dict[str, list[float]]) -> str | None:
+    """Interleaved rounds of one ``train_step`` per trainer; a trainer that raises is reported and dropped.
+    Returns a note if interrupted (Ctrl-C or the GPU script's timeout), keeping what was measured."""
+    total = settings.warmup + settings.steps
+    for step in range(total):
+        for name, trainer in list(built.items()):
+            out: dict = {}
+            try:
+                seconds, cpu_seconds = time_once_with_cpu(lambda t=trainer, o=out: o.update(t.train_step(batch)),
+                                                          device)
+            except KeyboardInterrupt:
+                note = f"interrupted in round {step} of {total} ({name}); figures use the rounds done"
+                print(f"[B] {note}", flush=True)
+                return note
+            except Exception as exc:  # noqa: BLE001 - e.g. a torch.compile failure: reported, not hidden
+                rows[name]["failure"] = f"train_step {step}: " + _failure(exc)
+                print(f"[B] {name} FAILED in train_step {step}: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
+                del built[name]
+                continue
+            losses[name].append(float(np.asarray(out["loss"])))
+            if step >= settings.warmup:
+                times[name].append(seconds)
+                cpu_times[name].append(cpu_seconds)
+            elif step == 0 or seconds > 5.0:
+                print(f"[B] warm-up {step}: {name} {seconds:.2f} s", flush=True)
+        if step == total - 1 or (step >= settings.warmup and (step - settings.warmup) % 10 == 9):
+            print(f"[B] round {step + 1}/{total}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in built
+                                                            if times[n]), flush=True)
+    return None
+
+
+def _graph_breaks() -> dict:
+    """torch._dynamo's graph-break reasons and counts in this process (compile runs)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {"graph_breaks": dict(counters.get("graph_break", {})),
+            "unique_graphs": counters.get("stats", {}).get("unique_graphs")}
+
+
+def _ratios(rows: dict[str, dict], times: dict[str, list[float]], losses: dict[str, list[float]], median_key: str,
+            ratio_key: str, list_key: str) -> None:
+    """Per trainer: median of ``times`` and its ratio to nnUNetTrainer's median (also the median of the
+    per-round ratios, which cancels drift between rounds)."""
+    base_times = times.get(BASELINE) or []
+    base_med = median(base_times)
+    for name, row in rows.items():
+        t = times.get(name) or []
+        if t and "failure" not in row:
+            row[median_key] = median(t)
+            row[list_key] = t
+            row[ratio_key] = row[median_key] / base_med if base_times and base_med > 0 else math.nan
+            paired = [a / b for a, b in zip(t, base_times) if b > 0]
+            row[f"paired_{ratio_key}_median"] = median(paired) if paired else math.nan
+        if losses.get(name):
+            row["loss_first"], row["loss_last"] = losses[name][0], losses[name][-1]
+
+
+def _memory_ratios(rows: dict[str, dict]) -> None:
+    base_mem = rows[BASELINE].get("memory", {}).get("step_bytes")
+    for row in rows.values():
+        mem = row.get("memory", {}).get("step_bytes")
+        if mem is not None and base_mem:
+            row["memory_ratio"] = mem / base_mem
+
+
+# --- part B: step memory
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last :func:`reset_peak_rss` (or process start)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS; False where that is not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
+    """Peak bytes allocated during one ``train_step`` above what was allocated before it."""
+    trainer.optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    trainer.train_step(batch)
+    torch.cuda.synchronize(device)
+    return {"method": "torch.cuda.max_memory_allocated - memory_allocated before the step",
+            "before_bytes": base, "peak_bytes": torch.cuda.max_memory_allocated(device),
+            "step_bytes": torch.cuda.max_memory_allocated(device) - base,
+            "reserved_peak_bytes": torch.cuda.max_memory_reserved(device)}
+
+
+def cpu_memory_all(trainers: list[str], size: str, steps: int, threads: int, parallel: int) -> dict[str, dict]:
+    """CPU step memory of each trainer, each in its own fresh process.
+
+    One helper process (``python -m benchmarks.step``) imports torch and nnU-Net once, runs no torch work, and
+    forks one child per trainer (``parallel`` at a time); each child builds its trainer and measures its steps.
+    glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in that process so freed tensors leave the
+    RSS at once and the RSS peak follows live tensor memory.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
+    cmd = [sys.executable, "-m", "benchmarks.step", "--trainers", ",".join(trainers), "--size", size,
+           "--steps", str(steps), "--threads", str(threads), "--parallel", str(parallel)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        return {t: {"error": f"memory helper failed ({proc.returncode}): {proc.stderr[-3000:]}"} for t in trainers}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _measure(trainer_name: str, size: str, steps: int, threads: int) -> dict:
+    """In a freshly forked child: build the trainer, then measure the RSS peak of ``steps`` train steps."""
+    torch.set_num_threads(threads)
+    plan = PLANS[size]
+    with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
+        device = torch.device("cpu")
+        trainer = make_trainer(trainer_name, plan, device, False, nnunet_folders(Path(workdir)))
+        batch = synthetic_batch(plan, deep_supervision_scales(trainer))
+        gc.collect()
+        reset = reset_peak_rss()
+        before = current_rss_bytes()
+        for _ in range(steps):
+            trainer.train_step(batch)
+        peak = peak_rss_bytes()
+    method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
+              "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
+              "steps, own process")
+    return {"method": method, "peak_reset": reset, "before_bytes": before, "peak_bytes": peak,
+            "step_bytes": peak - before, "steps": steps}
+
+
+def _fork_measure(trainer: str, args: argparse.Namespace, result_file: Path) -> int:
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 0
+        try:
+            result = _measure(trainer, args.size, args.steps, args.threads)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            result, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
+        result_file.write_text(json.dumps(result))
+        os._exit(code)
+    return pid
+
+
+def _helper(args: argparse.Namespace) -> dict[str, dict]:
+    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401 - imported once, before forking
+
+    import nnunet_csse.training  # noqa: F401
+
+    trainers = args.trainers.split(",")
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="csse_bench_memres_") as tmp:
+        files = {t: Path(tmp) / f"{i}.json" for i, t in enumerate(trainers)}
+        for start in range(0, len(trainers), max(1, args.parallel)):
+            batch = trainers[start:start + max(1, args.parallel)]
+            pids = {_fork_measure(t, args, files[t]): t for t in batch}
+            for pid, trainer in pids.items():
+                _, status = os.waitpid(pid, 0)
+                try:
+                    results[trainer] = json.loads(files[trainer].read_text())
+                except (OSError, ValueError):
+                    results[trainer] = {"error": f"memory child for {trainer} exited with status {status}"}
+    return results
+
+
+# --- profile: where the extra step time goes, op by op
+
+PROFILE_DESCRIPTION = """``python -m benchmarks profile``: where a CSSE trainer's extra train_step time goes, op by op.
+
+Profiles a few ``train_step`` calls of each trainer (after warm-up) with ``torch.profiler`` and prints, per aten op,
+the device time per step of each trainer and the difference to nnUNetTrainer, largest (either way) first. On CUDA
+the device time is the GPU kernel time; on CPU it is the op's own CPU time. A diagnosis tool: the step-time
+targets come from ``python -m benchmarks`` (interleaved medians), not from this profile.
+"""
+
+
+def _self_device_us(event, cuda: bool) -> float:
+    if not cuda:
+        return event.self_cpu_time_total
+    for name in ("self_device_time_total", "self_cuda_time_total"):
+        if hasattr(event, name):
+            return getattr(event, name)
+    return 0.0
+
+
+def op_times(trainer, batch: dict, device, steps: int) -> tuple[dict[str, float], int]:
+    """Per aten op: self device time per step in ms; and the number of aten op calls per step."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    synchronize(device)
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.train_step(batch)
+        synchronize(device)
+    times: dict[str, float] = defaultdict(float)
+    calls = 0
+    for event in prof.key_averages():
+        if event.key.startswith("aten::"):
+            times[event.key] += _self_device_us(event, cuda) / 1000.0 / steps
+            calls += event.count
+    return dict(times), calls // steps
+
+
+def profile_main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks profile [--device] [--size] [--trainers] ...``: prints the op table."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks profile", description=PROFILE_DESCRIPTION)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--size", choices=("tiny", "small", "full"), default=None)
+    p.add_argument("--trainers", default="nnUNetTrainer,nnUNetTrainerCSSE")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=15)
+    args = p.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as nnUNetv2_train
+    else:
+        torch.set_num_threads(1)
+    plan = profile(args.size or ("full" if device.type == "cuda" else "tiny"), device.type).step_plan
+    names = [BASELINE, *[n for n in args.trainers.split(",") if n and n != BASELINE]]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="csse_profile_") as workdir:
+        folders = nnunet_folders(Path(workdir))
+        for name in names:
+            trainer = make_trainer(name, plan, device, False, folders)
+            batch = synthetic_batch(plan, deep_supervision_scales(trainer), pin=device.type == "cuda")
+            for _ in range(args.warmup):
+                trainer.train_step(batch)
+            results[name] = op_times(trainer, batch, device, args.steps)
+            del trainer
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    kind = "GPU kernel" if device.type == "cuda" else "CPU self"
+    print(f"profile of train_step on {plan.describe()}, {device.type}, eager, {args.steps} steps after "
+          f"{args.warmup} warm-up; {kind} time per step in ms")
+    base, base_calls = results[BASELINE]
+    for name in names[1:]:
+        ops, calls = results[name]
+        total, base_total = sum(ops.values()), sum(base.values())
+        print(f"\n{name}: {total:.2f} ms vs {BASELINE} {base_total:.2f} ms ({total - base_total:+.2f} ms); "
+              f"aten op calls per step {calls} vs {base_calls}")
+        diff = sorted(((ops.get(k, 0.0) - base.get(k, 0.0), k) for k in set(ops) | set(base)),
+                      key=lambda item: -abs(item[0]))  # largest differences either way
+        print(f"   {'aten op':44s} {name[:14]:>14s} {BASELINE[:14]:>14s} {'difference':>11s}")
+        for delta, key in diff[:args.top]:
+            print(f"   {key[:44]:44s} {ops.get(key, 0.0):14.3f} {base.get(key, 0.0):14.3f} {delta:+11.3f}")
+    return 0
+
+
+def memory_helper_main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.step``: the import-only helper process of :func:`cpu_memory_all`."""
+    parser = argparse.ArgumentParser(description="CPU step memory, one forked process per trainer")
+    parser.add_argument("--trainers", required=True, help="comma list")
+    parser.add_argument("--size", required=True)
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=1)
+    args = parser.parse_args(argv)
+    print(json.dumps(_helper(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(memory_helper_main())
