@@ -920,10 +920,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return Benchmark(settings).run()
-    except DataMissing as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
+    except (DataMissing, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

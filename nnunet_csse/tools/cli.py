@@ -265,12 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, StepFailed) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 1 if isinstance(e, StepFailed) else 2
 
 
 if __name__ == "__main__":
