@@ -101,11 +101,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     device, which = resolve_device(args.device)
     print(which)
     workdir = Path(args.workdir)
-    if args.reset:
-        reset(workdir)
     settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
                             iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
-                            size=args.size, seed=args.seed)
+                            size=args.size, seed=args.seed)  # validated before --reset deletes anything
+    if args.reset:
+        reset(workdir)
     Demo(settings).run()
     return 0
 

@@ -48,6 +48,16 @@ class DemoSettings:
     size: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # checked before anything is written; nnU-Net's 5-fold split needs 5 training cases
+        for name, minimum in (("epochs", 1), ("iterations", 1), ("cases", 5), ("test_cases", 1)):
+            value = getattr(self, name)
+            if value < minimum:
+                why = " (nnU-Net's 5-fold cross-validation split needs 5)" if name == "cases" else ""
+                raise ValueError(f"demo --{name.replace('_', '-')} must be >= {minimum}{why}, got {value}")
+        if self.size is not None and self.size < 16:
+            raise ValueError(f"demo --size must be >= 16 voxels (the network downsamples 4 times), got {self.size}")
+
     @property
     def configuration(self) -> str:
         return "2d" if self.dim == "2d" else "3d_fullres"

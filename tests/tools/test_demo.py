@@ -142,3 +142,17 @@ def test_demo_figure_leaves_process_state_alone(tmp_path, monkeypatch):
     assert "baseline prediction\nDice 0.51 / 0.52 / 0.53, mean 0.52" in titles
     assert "CSSE prediction\nDice 0.61 / 0.62 / 0.63, mean 0.62" in titles
 
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--cases", "4", "--cases must be >= 5 (nnU-Net's 5-fold"), ("--epochs", "0", "--epochs must be >= 1"),
+    ("--test-cases", "0", "--test-cases must be >= 1"), ("--size", "8", "--size must be >= 16"),
+])
+def test_bad_demo_settings_are_one_error_line_before_anything_is_written(tmp_path, capsys, option, value, message):
+    from nnunet_csse.tools.cli import main
+
+    workdir = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(workdir), "--device", "cpu", option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not workdir.exists()
