@@ -62,7 +62,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nnunet_csse.folders import find_dataset_folder, write_json_atomic
+from nnunet_csse.folders import FOREGROUND_MEAN, find_dataset_folder, read_evaluator_summary, write_json_atomic
 from nnunet_csse.schedules import (
     BUDGET_LOG_PREFIX,
     ENV_EPOCHS,
@@ -604,7 +604,7 @@ class Benchmark:
         import torch
 
         fold_dir = self.fold_dir(run)
-        summary = json.loads((fold_dir / "validation" / "summary.json").read_text())
+        mean_dice, case_dice = read_evaluator_summary(fold_dir / "validation" / "summary.json")
         dataset_json = json.loads((fold_dir.parent / "dataset.json").read_text())
         names = {str(v): k for k, v in dataset_json["labels"].items() if isinstance(v, int)}
         checkpoint = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
@@ -618,7 +618,7 @@ class Benchmark:
         budget_logged = re.findall(rf"{BUDGET_LOG_PREFIX} (\d+) epochs x (\d+) iterations per epoch, (\d+) validation "
                                    rf"iterations per epoch, seed (\d+)", logs)
         train_cases = int(subset[-1][0]) if subset else (int(split[-1][0]) if split else None)
-        dice = {names.get(k, k): _finite(v["Dice"]) for k, v in summary["mean"].items()}
+        dice = {names.get(k, k): _finite(v) for k, v in mean_dice.items() if k != FOREGROUND_MEAN}
         classes = [names.get(str(k), str(k)) for k in sorted(int(v) for v in names if v != "0")]
         per_class = [[_finite(x) for x in epoch] for epoch in logging["dice_per_class_or_region"]]
         curves = {
@@ -655,8 +655,8 @@ class Benchmark:
             "val_cases": int(split[-1][1]) if split else None,
             "training_subset": subset[-1][2].strip().split(", ") if subset else None,
             "subset_seed": TRAINING_SUBSET_SEED if run.fraction < 1 else None,
-            "validation": {"dice": dice, "foreground_mean_dice": _finite(summary["foreground_mean"]["Dice"]),
-                           "cases": len(summary.get("metric_per_case", []))},
+            "validation": {"dice": dice, "foreground_mean_dice": _finite(mean_dice[FOREGROUND_MEAN]),
+                           "cases": len(case_dice)},
             "final_ema_pseudo_dice": curves["ema_pseudo_dice"][-1] if curves["ema_pseudo_dice"] else None,
             "curves": curves, "warnings": warnings, "fold_folder": self._relative(fold_dir),
         }

@@ -1,4 +1,5 @@
-"""nnU-Net folders, dataset names and the JSON files this package writes into them: the one place for each.
+"""nnU-Net folders, dataset names, the JSON files this package writes into them and the evaluator summaries it
+reads: the one place for each.
 
 Dataset ids follow nnU-Net's convention (``maybe_convert_to_dataset_name``): a value starting with ``Dataset`` is
 a dataset name, anything else an integer id matching exactly one ``Dataset%03d_*`` folder. nnU-Net's own function
@@ -78,3 +79,30 @@ def write_json_atomic(obj: Any, path: Path, sort_keys: bool = False) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=4, sort_keys=sort_keys))
     os.replace(tmp, path)
+
+
+FOREGROUND_MEAN = "foreground_mean"
+
+
+def read_evaluator_summary(path: Path) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """The Dice of an nnU-Net evaluator ``summary.json``: (mean per label or region key, plus
+    ``FOREGROUND_MEAN``; per case, keyed by the reference file's name, per key). NaN where nnU-Net wrote null
+    (the class is absent in both). A ``ValueError`` naming the file when it is not such a summary."""
+    try:
+        summary = json.loads(Path(path).read_text())
+        mean = {str(k): _dice(v) for k, v in summary["mean"].items()}
+        mean[FOREGROUND_MEAN] = _dice(summary["foreground_mean"])
+        cases: dict[str, dict[str, float]] = {}
+        for entry in summary["metric_per_case"]:
+            case = Path(entry["reference_file"]).name
+            if case in cases:
+                raise ValueError(f"case {case} listed twice")
+            cases[case] = {str(k): _dice(m) for k, m in entry["metrics"].items()}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not an nnU-Net summary.json (no Dice in 'mean'/'foreground_mean'/"
+                         f"'metric_per_case': {e}); re-run nnUNetv2_train ... --val") from None
+    return mean, cases
+
+
+def _dice(metrics: dict) -> float:
+    return float("nan") if metrics["Dice"] is None else float(metrics["Dice"])

@@ -60,12 +60,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunet_csse.folders import resolve_dataset_name, root_from_env
+from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary, resolve_dataset_name, root_from_env
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FOREGROUND = "foreground_mean"
+FOREGROUND = FOREGROUND_MEAN
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 TIE_TOLERANCE = 1e-12  # |difference| below this is a tie
 N_RESAMPLES = 10_000  # bootstrap resamples
@@ -363,28 +363,6 @@ def _label_names(folder: Path) -> dict[str, str]:
         return {}
 
 
-def _as_float(value: object) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _load_summary(path: Path) -> tuple[dict[str, float], CaseDice]:
-    """(mean Dice per key incl. FOREGROUND, per-case Dice keyed by the reference file's name)."""
-    try:
-        summary = json.loads(path.read_text())
-        dice = {str(k): _as_float(v["Dice"]) for k, v in summary["mean"].items()}
-        dice[FOREGROUND] = _as_float(summary["foreground_mean"]["Dice"])
-        cases: CaseDice = {}
-        for entry in summary["metric_per_case"]:
-            case = Path(entry["reference_file"]).name
-            if case in cases:
-                raise ValueError(f"case {case} listed twice")
-            cases[case] = {str(k): _as_float(m["Dice"]) for k, m in entry["metrics"].items()}
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path} is not an nnU-Net summary.json (no Dice in 'mean'/'foreground_mean'/"
-                         f"'metric_per_case': {e}); re-run nnUNetv2_train ... --val") from None
-    return dice, cases
-
-
 def compare_trainers(
     dataset: str | int,
     configuration: str,
@@ -434,7 +412,7 @@ def compare_trainers(
             if not path.is_file():
                 result.missing.append(f)
                 continue
-            fold_dice, cases = _load_summary(path)
+            fold_dice, cases = read_evaluator_summary(path)
             for key, value in fold_dice.items():
                 result.dice.setdefault(key, {})[f] = value
             for case, metrics in cases.items():

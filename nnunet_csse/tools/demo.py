@@ -29,6 +29,7 @@ from unittest import mock
 import numpy as np
 
 from nnunet_csse.environment import trainers_path
+from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary
 from nnunet_csse.tools import StepFailed
 
 DEMO_DATASET_ID = 987
@@ -181,18 +182,16 @@ class Demo:
                 self._run(["nnUNetv2_evaluate_folder", str(self.dataset_folder / "labelsTs"), str(out), "-djfile",
                            str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
                           f"evaluate_{label}")
-            summaries[label] = json.loads(summary.read_text())
+            summaries[label] = read_evaluator_summary(summary)
         return summaries
 
     def table(self, summaries: dict[str, dict]) -> str:
         labels = json.loads((self.dataset_folder / "dataset.json").read_text())["labels"]
         names = {str(v): k for k, v in labels.items()}
         rows = [f"{'class':<14}" + "".join(f"{label:>12}" for label in summaries)]
-        for key in summaries["baseline"]["mean"]:
-            rows.append(f"{names.get(key, key):<14}" + "".join(f"{s['mean'][key]['Dice']:>12.4f}"
-                                                            for s in summaries.values()))
-        rows.append(f"{'mean (fg)':<14}" + "".join(f"{s['foreground_mean']['Dice']:>12.4f}"
-                                                   for s in summaries.values()))
+        for key in (k for k in summaries["baseline"][0] if k != FOREGROUND_MEAN):
+            rows.append(f"{names.get(key, key):<14}" + "".join(f"{mean[key]:>12.4f}" for mean, _ in summaries.values()))
+        rows.append(f"{'mean (fg)':<14}" + "".join(f"{mean[FOREGROUND_MEAN]:>12.4f}" for mean, _ in summaries.values()))
         return "\n".join(rows)
 
     def figure(self) -> Path:
@@ -222,8 +221,8 @@ class Demo:
         predictions = {}
         for label in TRAINERS:
             folder = self.root / "predictions" / label
-            summary = json.loads((folder / "summary.json").read_text())
-            predictions[label] = (read(folder / f"{case}.nii.gz"), case_dice(summary, f"{case}.nii.gz"))
+            _, cases = read_evaluator_summary(folder / "summary.json")
+            predictions[label] = (read(folder / f"{case}.nii.gz"), case_dice(cases, f"{case}.nii.gz"))
         names = label_names(json.loads((self.dataset_folder / "dataset.json").read_text()))
         fig = demo_figure(image[0], read(self.dataset_folder / "labelsTs" / f"{case}.nii.gz"), predictions,
                           uncertainty, names, f"nnunet-csse demo, held-out case {case} ({self.s.configuration}, "
@@ -250,13 +249,12 @@ class Demo:
         return report
 
 
-def case_dice(summary: dict, prediction_file: str) -> dict[int, float]:
-    """Label -> Dice of one case (by its prediction file name) from nnU-Net's evaluator summary.json."""
-    for entry in summary["metric_per_case"]:
-        if Path(entry["prediction_file"]).name == prediction_file:
-            return {int(key): float("nan") if m["Dice"] is None else float(m["Dice"])
-                    for key, m in entry["metrics"].items() if key.isdigit() and key != "0"}
-    raise KeyError(f"{prediction_file} is not in the evaluator's summary")
+def case_dice(cases: dict[str, dict[str, float]], file_name: str) -> dict[int, float]:
+    """Label -> Dice of one case (its file name; prediction and reference share it) from the per-case Dice of
+    ``read_evaluator_summary``."""
+    if file_name not in cases:
+        raise KeyError(f"{file_name} is not in the evaluator's summary")
+    return {int(key): dice for key, dice in cases[file_name].items() if key.isdigit() and key != "0"}
 
 
 def _dice_text(dice: dict[int, float]) -> str:

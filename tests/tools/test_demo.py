@@ -114,9 +114,12 @@ def test_demo_figure_leaves_process_state_alone(tmp_path, monkeypatch):
         folder = tmp_path / "predictions" / label
         write_nifti(label_map(i + 1), folder / "case.nii.gz")
         metrics = {str(v): {"Dice": 0.5 + 0.1 * i + 0.01 * v} for v in NAMES}
-        (folder / "summary.json").write_text(json.dumps({"metric_per_case": [
-            {"prediction_file": str(folder / "other.nii.gz"), "metrics": {"1": {"Dice": 0.0}}},
-            {"prediction_file": str(folder / "case.nii.gz"), "metrics": metrics}]}))
+        (folder / "summary.json").write_text(json.dumps({
+            "mean": metrics, "foreground_mean": {"Dice": 0.5}, "metric_per_case": [
+                {"prediction_file": str(folder / "other.nii.gz"), "reference_file": "labelsTs/other.nii.gz",
+                 "metrics": {"1": {"Dice": 0.0}}},
+                {"prediction_file": str(folder / "case.nii.gz"), "reference_file": "labelsTs/case.nii.gz",
+                 "metrics": metrics}]}))
     import nnunetv2.inference.predict_from_raw_data as predict_module
 
     monkeypatch.setattr(predict_module, "nnUNetPredictor", FakePredictor)
