@@ -8,6 +8,7 @@ Unknown keys and bad values raise ``ValueError`` naming the key and what is allo
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,9 @@ class CSSEConfig:
         known = {f.name for f in dataclasses.fields(self) if not f.name.startswith("_")}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown csse setting(s) {unknown} in {source}; allowed keys: {sorted(known)}")
+            close = [m for key in unknown for m in difflib.get_close_matches(key, known, n=1)]
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown csse setting(s) {unknown} in {source}{hint}; allowed keys: {sorted(known)}")
         values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}
         return dataclasses.replace(self, **values, _source=source, _given=self._given | frozenset(values))
 

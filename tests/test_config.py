@@ -83,3 +83,9 @@ def test_hierarchical_windows_must_fit_the_patch():
     check_windows_fit_patch(nnUNetTrainerCSSE.csse_defaults, (8, 8))  # RF windows are clipped, never too large
     with pytest.raises(ValueError, match=r"larger than the patch \[8, 64\]"):
         check_windows_fit_patch(hpdcr, (8, 64), "2d")
+
+
+def test_a_misspelt_plans_key_names_the_setting_it_is_close_to():
+    expected = r"unknown csse setting\(s\) \['uafs_kernal_size'\].*did you mean 'uafs_kernel_size'"
+    with pytest.raises(ValueError, match=expected):
+        CSSEConfig().with_overrides({"uafs_kernal_size": 5}, source="plans")

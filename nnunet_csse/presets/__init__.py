@@ -16,7 +16,6 @@ preprocessed data is shared and nothing needs preprocessing again.
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -97,16 +96,6 @@ def _check_identifier(identifier: str, source_plans: str) -> None:
                          f"source stays as it is")
 
 
-def _settings_hint(settings: Mapping[str, Any]) -> str:
-    """' (did you mean ...?)' for the first unknown key that is close to a known one."""
-    known = list(CSSEConfig().to_json())
-    for key in settings:
-        close = difflib.get_close_matches(key, known, n=1) if key not in known else []
-        if close:
-            return f" (did you mean '{close[0]}'?)"
-    return ""
-
-
 def apply_preset(
     preset: str | None,
     dataset: str | int,
@@ -172,7 +161,7 @@ def apply_preset(
         if settings:  # the block as the trainers will read it: source plans' settings + preset + these
             CSSEConfig().with_overrides(configuration["csse"], source=(
                 f"configuration '{config_name}' of {source_plans}.json with settings "
-                f"{json.dumps(dict(settings))}{_settings_hint(settings)}"))
+                f"{json.dumps(dict(settings))}"))
     target = dataset_folder / f"{identifier}.json"
     if target.exists():
         existing = json.loads(target.read_text())
