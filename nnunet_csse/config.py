@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,9 +116,9 @@ class CSSEConfig:
     def uses_pdcr(self) -> bool:
         return self.pdcr_encoder_weight > 0 or self.pdcr_cross_weight > 0 or self.pdcr_decoder_weight > 0
 
-    @property
+    @functools.cached_property
     def pdcr(self) -> PDCRSettings:
-        """The loss settings the method's core reads (already validated here)."""
+        """The loss settings the method's core reads (already validated here; built once per config)."""
         return PDCRSettings(
             encoder_weight=self.pdcr_encoder_weight, cross_weight=self.pdcr_cross_weight,
             decoder_weight=self.pdcr_decoder_weight, windows=self.pdcr_windows, temperature=self.pdcr_temperature,
