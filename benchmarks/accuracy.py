@@ -27,8 +27,11 @@ and run seed (:func:`nnunet_csse.schedules.training_subset`).
 Outputs (``--out``, default ``benchmarks/results/accuracy``), in a folder named after dataset, plans,
 configuration and budget: one JSON record per run (budget, wall time, validation Dice per class from nnU-Net's
 ``summary.json``, learning curves from the checkpoint's logging), ``runs.csv`` and ``runs.md``, the output of
-``nnunet-csse compare`` per seed and fraction in ``compare/``, ``summary.md`` (how many runs each comparison rests
-on) and ``learning_curves.png``. No checkpoints.
+``nnunet-csse compare`` per seed and fraction in ``compare/`` (plus, for each fraction f < 1, every trainer at f
+against the first trainer at full data: the limited-data question), ``summary.md`` (how many runs each comparison
+rests on) and ``learning_curves.png``. No checkpoints. ``--report-only`` trains nothing and writes these outputs for
+the finished runs of the grid it is given: to pool folds that separate invocations trained, or to look at results
+while another invocation trains the rest.
 
 Example (from the repository root; CPU, half-width network, baseline vs CSSE on 3 folds, full and 25% data)::
 
@@ -139,6 +142,7 @@ class Settings:
     preprocess_processes: int
     convert_from: Path | None
     save_every: int
+    report_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +234,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
                    help="-np of nnUNetv2_plan_and_preprocess (default: min(8, CPU cores))")
     p.add_argument("--save-every", type=int, default=None,
                    help="checkpoint_latest.pth every N epochs, for resuming (default: about 10 per run)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the outputs for the runs of this grid that have finished (e.g. while "
+                        "another invocation trains the rest, or to pool folds trained by separate invocations)")
     args = p.parse_args(argv)
     for name in ("epochs", "iterations", "val_iterations"):
         if getattr(args, name) < 1:
@@ -272,7 +279,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         trainers=trainers, folds=list(args.folds), seeds=list(args.seeds), fractions=fractions, budget=budget,
         workdir=args.workdir, out=args.out, device=device, threads=threads, da_workers=da_workers,
         preprocess_processes=args.preprocess_processes or max(1, min(8, cores)),
-        convert_from=args.convert_from, save_every=save_every)
+        convert_from=args.convert_from, save_every=save_every, report_only=args.report_only)
 
 
 # ----------------------------------------------------------------------------------------------- the data
@@ -433,6 +440,10 @@ class Benchmark:
             self.dataset_name = folder.name
             self.say(f"[data] reusing preprocessed {folder.name} ({s.plans}, {s.configuration})")
             return
+        if s.report_only:
+            raise DataMissing(f"--report-only: dataset {s.dataset} with plans {s.plans} is not preprocessed in "
+                              f"{self.preprocessed}, so no run can have finished; run the benchmark without "
+                              f"--report-only first")
         if raw is None:
             raise DataMissing(
                 f"dataset {s.dataset} not found in {self.raw} or {self.preprocessed}: pass --convert-from DIR (a "
@@ -513,10 +524,11 @@ class Benchmark:
     def finished(fold_dir: Path) -> bool:
         return (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
 
-    def train_all(self) -> tuple[list[Run], list[Run]]:
-        """Train what is not finished; returns (runs skipped because finished, runs that failed)."""
+    def train_all(self) -> tuple[list[Run], list[Run], list[Run]]:
+        """Train what is not finished (``--report-only``: nothing); returns the runs skipped because finished, the
+        runs that failed and the runs left untrained."""
         runs = self.runs()
-        skipped, failed = [], []
+        skipped, failed, pending = [], [], []
         self.say(f"[runs] {len(runs)} runs: {len(self.s.trainers)} trainers x {len(self.s.fractions)} fractions x "
                  f"{len(self.s.folds)} folds x {len(self.s.seeds)} seeds")
         for i, run in enumerate(runs, 1):
@@ -525,10 +537,12 @@ class Benchmark:
             if self.finished(fold_dir):
                 self.say(f"{head}: finished before, skipped (reusing {self._relative(fold_dir)})")
                 skipped.append(run)
-                continue
-            if not self.train(run, head):
+            elif self.s.report_only:
+                self.say(f"{head}: not finished, left out (--report-only)")
+                pending.append(run)
+            elif not self.train(run, head):
                 failed.append(run)
-        return skipped, failed
+        return skipped, failed, pending
 
     def train(self, run: Run, head: str) -> bool:
         """One ``nnUNetv2_train`` session (resumed with ``--c`` from a checkpoint); True when it finished."""
@@ -662,7 +676,8 @@ class Benchmark:
         }
 
     # ------------------------------------------------------------------------------------------- reports
-    def write_outputs(self, records: list[dict], failed: list[Run], skipped: list[Run]) -> Path:
+    def write_outputs(self, records: list[dict], failed: list[Run], skipped: list[Run],
+                      pending: Sequence[Run] = ()) -> Path:
         s = self.s
         out = s.out / f"{self.dataset_name}__{self.plans_identifier}__{s.configuration}__{s.budget.tag}"
         (out / "runs").mkdir(parents=True, exist_ok=True)
@@ -673,7 +688,7 @@ class Benchmark:
         self._write_table(records, classes, out)
         comparisons = self.comparisons = self._compare(records, out)
         figure = self._figure(records, out / "learning_curves.png") if records else None
-        self._write_summary(records, classes, comparisons, failed, skipped, figure, out)
+        self._write_summary(records, classes, comparisons, failed, skipped, pending, figure, out)
         return out
 
     def _rows(self, records: list[dict], classes: list[str]) -> list[dict]:
@@ -705,41 +720,64 @@ class Benchmark:
         (out / "runs.md").write_text("\n".join(lines) + "\n")
 
     def _compare(self, records: list[dict], out: Path) -> list[dict]:
-        """``nnunet-csse compare`` per seed and fraction, on the trainers with at least one finished run."""
+        """``nnunet-csse compare`` per seed and fraction, on the trainers with at least one finished run; and per
+        seed and fraction f < 1 (when 1 is in the grid too) the limited-data question: every trainer at f against
+        the reference trainer at 1."""
         comparisons = []
+        reference = self.s.trainers[0]
         for seed in self.s.seeds:
             for fraction in self.s.fractions:
                 group = [r for r in records if r["seed"] == seed and r["fraction"] == fraction]
-                trainers = [t for t in self.s.trainers if any(r["trainer"] == t for r in group)]
-                folder = out / "compare" / f"seed{seed}_{fraction_tag(fraction)}"
-                entry = {"seed": seed, "fraction": fraction, "folder": str(folder.relative_to(out)),
-                         "trainers": trainers, "runs": len(group),
-                         "folds": {t: sorted(r["fold"] for r in group if r["trainer"] == t) for t in trainers}}
-                comparisons.append(entry)
-                if not trainers:
-                    entry["output"] = "no finished run"
-                    continue
-                folder.mkdir(parents=True, exist_ok=True)
-                plans = fraction_plans(self.plans_identifier, fraction)
-                cmd = [_executable("nnunet-csse"), "compare", "-d", self.dataset_name, "-c", self.s.configuration,
-                       "-tr", *trainers, "-p", plans, "--folds", *[str(f) for f in self.s.folds], "--out",
-                       str(folder)]
-                env = dict(self.base_env(), nnUNet_results=str(self.results_root(seed)))
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                text = (proc.stdout + proc.stderr).strip()
-                text = text.replace(str(folder.resolve()), ".").replace(str(folder), ".")
-                text = text.replace(str(self.workdir), "<workdir>")
-                entry["returncode"] = proc.returncode
-                entry["output"] = text
-                (folder / "compare.txt").write_text(
-                    f"$ nnunet-csse compare -d {self.dataset_name} -c {self.s.configuration} -tr {' '.join(trainers)} "
-                    f"-p {plans} --folds {' '.join(str(f) for f in self.s.folds)} --out .\n"
-                    f"seed {seed}, fraction {fraction:g}: {len(group)} runs\n{self.budget_line()}\n\n{text}\n")
-                self.say(f"[compare] seed {seed}, fraction {fraction:g} ({len(group)} runs):\n{text}")
+                comparisons.append(self._compare_group(
+                    out / "compare" / f"seed{seed}_{fraction_tag(fraction)}", seed, f"fraction {fraction:g}",
+                    [(t, fraction) for t in self.s.trainers], group, out))
+            if 1.0 not in self.s.fractions:
+                continue
+            for fraction in (f for f in self.s.fractions if f < 1.0):
+                group = [r for r in records if r["seed"] == seed and (
+                    (r["fraction"] == 1.0 and r["trainer"] == reference) or r["fraction"] == fraction)]
+                comparisons.append(self._compare_group(
+                    out / "compare" / f"seed{seed}_{fraction_tag(fraction)}_vs_{fraction_tag(1.0)}", seed,
+                    f"fraction {fraction:g} against {reference} at fraction 1",
+                    [(reference, 1.0), *((t, fraction) for t in self.s.trainers)], group, out))
         return comparisons
 
+    def _compare_group(self, folder: Path, seed: int, title: str, members: list[tuple[str, float]],
+                       group: list[dict], out: Path) -> dict:
+        """One ``nnunet-csse compare`` of ``members`` (trainer, fraction; the first is the reference) over the folds
+        of this invocation; members without a finished run are left out. Members of one fraction are named by
+        trainer (``-p`` gives the plans), mixed fractions as ``TRAINER__PLANS``."""
+        found = [(t, f) for t, f in members if any(r["trainer"] == t and r["fraction"] == f for r in group)]
+        one_fraction = len({f for _, f in members}) == 1
+        plans = fraction_plans(self.plans_identifier, members[0][1])
+        names = [t if one_fraction else f"{t}__{fraction_plans(self.plans_identifier, f)}" for t, f in found]
+        entry = {"seed": seed, "title": title, "folder": str(folder.relative_to(out)), "trainers": names,
+                 "runs": len(group), "folds": {n: sorted(r["fold"] for r in group if (r["trainer"], r["fraction"])
+                                                         == m) for n, m in zip(names, found)}}
+        if not found or found[0] != members[0]:
+            entry["output"] = "no finished run" if not found else f"the reference {members[0][0]} at fraction " \
+                                                                 f"{members[0][1]:g} has no finished run"
+            return entry
+        folder.mkdir(parents=True, exist_ok=True)
+        folds = [str(f) for f in self.s.folds]
+        cmd = [_executable("nnunet-csse"), "compare", "-d", self.dataset_name, "-c", self.s.configuration,
+               "-tr", *names, "-p", plans, "--folds", *folds, "--out", str(folder)]
+        env = dict(self.base_env(), nnUNet_results=str(self.results_root(seed)))
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        text = (proc.stdout + proc.stderr).strip()
+        text = text.replace(str(folder.resolve()), ".").replace(str(folder), ".")
+        text = text.replace(str(self.workdir), "<workdir>")
+        entry["returncode"] = proc.returncode
+        entry["output"] = text
+        (folder / "compare.txt").write_text(
+            f"$ nnunet-csse compare -d {self.dataset_name} -c {self.s.configuration} -tr {' '.join(names)} "
+            f"-p {plans} --folds {' '.join(folds)} --out .\n"
+            f"seed {seed}, {title}: {len(group)} runs\n{self.budget_line()}\n\n{text}\n")
+        self.say(f"[compare] seed {seed}, {title} ({len(group)} runs):\n{text}")
+        return entry
+
     def _write_summary(self, records: list[dict], classes: list[str], comparisons: list[dict], failed: list[Run],
-                       skipped: list[Run], figure: Path | None, out: Path) -> None:
+                       skipped: list[Run], pending: Sequence[Run], figure: Path | None, out: Path) -> None:
         import torch
 
         from benchmarks.report import cpu_model
@@ -755,7 +793,9 @@ class Benchmark:
                  f"of each fold unchanged).", "",
                  f"{len(records)} of {len(self.runs())} runs finished ({len(skipped)} reused from earlier "
                  f"invocations); {len(failed)} failed" + (": " + "; ".join(r.describe() for r in failed) if failed
-                                                          else "") + ".", "",
+                                                          else "") + "." +
+                 (f" Not finished yet (--report-only): {'; '.join(r.describe() for r in pending)}." if pending
+                  else ""), "",
                  "Not bit-deterministic: the seed fixes the initial weights and the start of the data stream, but "
                  "augmentation workers are unseeded and cuDNN autotunes; repeat with --seeds to see the spread.", ""]
         lines += ["## Mean validation Dice over runs", "",
@@ -782,7 +822,7 @@ class Benchmark:
         lines += ["", "## nnunet-csse compare, per seed and fraction", ""]
         for c in comparisons:
             folds = "; ".join(f"{t}: {len(f)} fold(s) {f}" for t, f in c["folds"].items()) or "none"
-            lines += [f"### seed {c['seed']}, fraction {c['fraction']:g} (`{c['folder']}`)", "",
+            lines += [f"### seed {c['seed']}, {c['title']} (`{c['folder']}`)", "",
                       f"Rests on {c['runs']} runs ({folds}).", "", "```", c.get("output", ""), "```", ""]
         lines += ["## Files", "", "- `runs/*.json`: one record per run (budget, wall time, Dice, learning curves)",
                   "- `runs.csv`, `runs.md`: the per-run table", "- `compare/seed*_frac*/`: nnunet-csse compare output"]
@@ -849,10 +889,10 @@ class Benchmark:
                  f"{s.folds}; seeds {s.seeds}; fractions {[f'{f:g}' for f in s.fractions]}\n[benchmark] {header}\n"
                  f"[benchmark] work folder {self.workdir}")
         t0 = time.perf_counter()
-        skipped, failed = self.train_all()
+        skipped, failed, pending = self.train_all()
         records = [self.record(run, run in skipped) for run in self.runs() if self.finished(self.fold_dir(run))]
-        out = self.write_outputs(records, failed, skipped)
-        trained = len(self.runs()) - len(skipped) - len(failed)
+        out = self.write_outputs(records, failed, skipped, pending)
+        trained = len(self.runs()) - len(skipped) - len(failed) - len(pending)
         compare_failed = [c for c in self.comparisons if c.get("returncode", 0) != 0]
         self.say(f"[benchmark] {trained} runs trained, {len(skipped)} reused, {len(failed)} failed in "
                  f"{time.perf_counter() - t0:.0f} s" + (f"; {len(compare_failed)} comparison(s) failed" if

@@ -170,6 +170,16 @@ def test_absent_data_says_what_to_pass_in_one_line(tmp_path, capsys):
     assert not workdir.exists()
 
 
+def test_report_only_without_preprocessed_data_says_to_train_first(tmp_path, capsys):
+    workdir = tmp_path / "work"
+    write_synthetic_dataset(workdir / "nnUNet_raw", 906, "ReportToy", dim=3, num_cases=5, size=16, seed=0)
+    before = sorted(workdir.rglob("*"))
+    assert accuracy.main(["-d", "906", "--workdir", str(workdir), "--device", "cpu", "--report-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--report-only" in err and "not preprocessed" in err
+    assert sorted(workdir.rglob("*")) == before  # nothing planned or preprocessed
+
+
 def test_convert_from_writes_nnunet_raw_format(tmp_path):
     source = tmp_path / "copy"
     for sub in ("images", "labels"):
@@ -199,13 +209,13 @@ def test_convert_from_writes_nnunet_raw_format(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
-def _benchmark(workdir: Path, out: Path) -> subprocess.CompletedProcess:
+def _benchmark(workdir: Path, out: Path, *extra: str, folds: tuple[str, ...] = ("0",)) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
                nnUNet_def_n_proc="1")  # one export / evaluation worker: these machines have 2 cores
     cmd = [sys.executable, "-m", "benchmarks", "accuracy", "-d", "905", "-c", "3d_fullres", "--preset", "cpu_tiny",
-           "--trainers", "nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark", "--folds", "0",
+           "--trainers", "nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark", "--folds", *folds,
            "--fractions", "1.0", "0.5", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
-           "--device", "cpu", "--threads", "1", "--workdir", str(workdir), "--out", str(out)]
+           "--device", "cpu", "--threads", "1", "--workdir", str(workdir), "--out", str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
@@ -273,9 +283,20 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
         for trainer, value in fg.items():
             assert value == pytest.approx(records[trainer, fraction]["validation"]["foreground_mean_dice"])
         assert (folder / "compare_Dataset905_AccuracyToy_3d_fullres.png").stat().st_size > 0
+    # the limited-data question: both trainers at 0.5 against the reference trainer at 1.0, in one table
+    folder = results / "compare" / "seed0_frac50_vs_frac100"
+    compared = list(csv.DictReader(open(folder / "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
+    fg = {row["trainer"]: float(row["mean"]) for row in compared if row["class"] == "foreground_mean"}
+    expected = {"nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny": ("nnUNetTrainer_benchmark", 1.0),
+                "nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50": ("nnUNetTrainer_benchmark", 0.5),
+                "nnUNetTrainerCSSE_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50": ("nnUNetTrainerCSSE_benchmark", 0.5)}
+    assert list(fg) == list(expected)  # the reference (full data) first
+    for name, key in expected.items():
+        assert fg[name] == pytest.approx(records[key]["validation"]["foreground_mean_dice"])
+    assert "3 runs" in (folder / "compare.txt").read_text()
     summary = (results / "summary.md").read_text()
     assert budget in summary and "4 of 4 runs finished (0 reused" in summary
-    assert summary.count("Rests on 2 runs") == 2 and str(workdir) not in summary
+    assert summary.count("Rests on 2 runs") == 2 and "Rests on 3 runs" in summary and str(workdir) not in summary
     figure = results / "learning_curves.png"
     import matplotlib.image
 
@@ -297,3 +318,15 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert again["reused_in_this_invocation"] and again["wall_s"] == records["nnUNetTrainer_benchmark", 1.0]["wall_s"]
     assert "4 of 4 runs finished (4 reused" in (results / "summary.md").read_text()
     assert took < sum(r["wall_s"] for r in records.values())  # no training: faster than the runs themselves
+
+    # --report-only over a larger grid: the finished runs are reported, the others left out, nothing trained
+    third = _benchmark(workdir, out, "--report-only", folds=("0", "1")).stdout
+    assert third.count("finished before, skipped") == 4 and third.count("not finished, left out (--report-only)") == 4
+    assert "training (" not in third and "0 runs trained, 4 reused, 0 failed" in third
+    assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
+    summary = (results / "summary.md").read_text()
+    assert "4 of 8 runs finished (4 reused" in summary
+    assert "Not finished yet (--report-only): nnUNetTrainer_benchmark, fraction 1, fold 1, seed 0;" in summary
+    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100" /
+                                        "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
+    assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
