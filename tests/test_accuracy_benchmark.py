@@ -330,3 +330,5 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100" /
                                         "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
     assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
+    report = (results / "compare" / "seed0_frac100" / "compare_Dataset905_AccuracyToy_3d_fullres.md").read_text()
+    assert "no validation/summary.json for fold(s) 1" in report and str(workdir) not in report

@@ -749,7 +749,8 @@ def paired_figure(comparison: Comparison) -> Figure:
         ax.set_xlim(-0.6, len(keys) - 0.4)
         ax.set_ylim(-limit, limit)
         ax.set_ylabel("Dice difference per case")
-        ax.set_title(f"{trainer} − {comparison.trainers[0].name} (reference)", fontsize="medium")
+        # two lines: TRAINER__PLANS names are long, and one line would be cut at the figure's edge
+        ax.set_title(f"{trainer}\nminus {comparison.trainers[0].name} (reference)", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     handles = [Line2D([], [], ls="", marker="o", color=c, alpha=0.6, label=label)
                for c, label in (("tab:green", "case better"), ("tab:red", "case worse"), ("grey", "tie"))]
