@@ -39,8 +39,14 @@ Example (from the repository root; CPU, half-width network, baseline vs CSSE on 
         --folds 0 1 2 --fractions 1.0 0.25 --epochs 20 --iterations 50 --device cpu
 
 On a CPU shared with other work, ``--threads 1`` avoids oversubscribing the cores (OpenMP threads that wait for
-each other); the default is all cores, as ``nnUNetv2_train -device cpu`` uses. ``benchmarks/accuracy_gpu.sh`` runs
-the GPU variant at nnU-Net's default plan.
+each other); the default is all cores, as ``nnUNetv2_train -device cpu`` uses. Measured on 2 cores (half-width
+Hippocampus plan): a 2-thread training next to a 1-thread one slowed from about 95 s to 990 s per epoch; two 1-thread
+trainings side by side (baseline and CSSE) took about 205 s and 230 s per epoch, no faster in total than one after
+the other at 2 threads (95 s and 120 s). So train the runs one after the other with all cores, and give every
+training ``--threads 1`` only when runs must share the cores. On Linux with autogroup scheduling
+(``/proc/sys/kernel/sched_autogroup_enabled``), ``nice`` does not work across terminal sessions: lower the priority
+of competing work with ``/proc/<pid>/autogroup`` instead. ``benchmarks/accuracy_gpu.sh`` runs the GPU variant at
+nnU-Net's default plan.
 
 Reproducibility: the seed fixes the initial weights (the U-Net part is the same for every trainer) and the start of
 the data stream, but the runs are not bit-deterministic: augmentation workers (``nnUNet_n_proc_DA`` > 0) are
