@@ -332,3 +332,19 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
     report = (results / "compare" / "seed0_frac100" / "compare_Dataset905_AccuracyToy_3d_fullres.md").read_text()
     assert "no validation/summary.json for fold(s) 1" in report and str(workdir) not in report
+
+
+def test_comparison_without_a_finished_reference_is_skipped_not_run_against_another_trainer(tmp_path):
+    settings = accuracy.parse_args(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                    "--device", "cpu", "--fractions", "1.0", "0.25"])
+    bench = accuracy.Benchmark(settings)
+    out = tmp_path / "out"
+    only_csse = [{"trainer": "nnUNetTrainerCSSE_benchmark", "fraction": 0.25, "fold": 0, "seed": 0}]
+    folder = out / "compare" / "seed0_frac25_vs_frac100"
+    entry = bench._compare_group(folder, 0, "limited data", [("nnUNetTrainer_benchmark", 1.0),
+                                                             ("nnUNetTrainerCSSE_benchmark", 0.25)], only_csse, out)
+    assert entry["output"] == "the reference nnUNetTrainer_benchmark at fraction 1 has no finished run"
+    assert entry["trainers"] == ["nnUNetTrainerCSSE_benchmark__nnUNetPlans_frac25"] and "returncode" not in entry
+    assert not folder.exists()  # nnunet-csse compare was not run
+    assert bench._compare_group(folder, 0, "none", [("nnUNetTrainer_benchmark", 1.0)], [], out)["output"] == \
+        "no finished run"
