@@ -824,8 +824,9 @@ class Benchmark:
                     "foreground_mean_dice"] for r in group if (r["fold"], r["seed"]) in reference
                     and r["validation"]["foreground_mean_dice"] is not None
                     and reference[(r["fold"], r["seed"])]["validation"]["foreground_mean_dice"] is not None]
+                n_pairs = f"{len(pairs)} pair" + ("s" if len(pairs) != 1 else "")
                 paired = "reference" if trainer == s.trainers[0] else (
-                    f"{_mean_std(pairs, signed=True)} ({len(pairs)} pairs)" if pairs else "-")
+                    f"{_mean_std(pairs, signed=True)} ({n_pairs})" if pairs else "-")
                 lines.append(f"| {fraction:g} | {trainer} | {len(group)} | " + " | ".join(cells) + f" | {paired} |")
         lines += ["", "## nnunet-csse compare, per seed and fraction", ""]
         for c in comparisons:
