@@ -845,7 +845,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation; no "
                         "default)")
     p.add_argument("-p", "--plans", help="plans identifier (default: nnUNetPlans)")
-    p.add_argument("--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
+    p.add_argument("-f", "--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
     p.add_argument("--labels", metavar="FOLDER",
                    help="test set: folder with the reference segmentations (no default)")
     p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",

@@ -262,6 +262,15 @@ def test_fold_subset_and_single_fold(results, tmp_path):
     assert n == 1 and mean == pytest.approx(0.88) and math.isnan(std)
 
 
+@pytest.mark.parametrize("flag", ["-f", "--folds"])
+def test_cli_fold_subset_with_nnunets_short_flag(results, tmp_path, capsys, flag):
+    assert run_cli(["-d", "42", "-c", CONFIG, "-tr", "nnUNetTrainer", "nnUNetTrainerCSSE", flag, "0", "1",
+                    "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "2/2: 0,1" in captured.out and "5/5" not in captured.out
+    assert "warning" not in captured.err  # folds 3 and 4, missing for CSSE, were not asked for
+
+
 def test_single_fold_run_among_runs_with_std_has_no_error_bar(results):
     write_trainer(results, "nnUNetTrainerPDCR", {0: as_cases(DICE["nnUNetTrainer"][0], 0)})
     comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE", "nnUNetTrainerPDCR"],
