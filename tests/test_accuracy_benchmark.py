@@ -297,6 +297,7 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     summary = (results / "summary.md").read_text()
     assert budget in summary and "4 of 4 runs finished (0 reused" in summary
     assert summary.count("Rests on 2 runs") == 2 and "Rests on 3 runs" in summary and str(workdir) not in summary
+    assert "(1 pair) |" in summary and "pairs)" not in summary  # one fold: one (fold, seed) pair
     figure = results / "learning_curves.png"
     import matplotlib.image
 
