@@ -16,7 +16,11 @@ Work folder (``--workdir``, default ``work_dirs/accuracy``, git-ignored)::
     logs/...                                      (the console output of every nnUNetv2_train)
 
 A finished run (``fold_X/checkpoint_final.pth`` and ``fold_X/validation/summary.json``) is reused; an interrupted
-one resumes with ``nnUNetv2_train --c``. So the benchmark can be stopped and started again at any time.
+one resumes with ``nnUNetv2_train --c``. So the benchmark can be stopped and started again at any time. A run
+recorded in ``--out`` (``runs/<run>.json``, next to nnU-Net's per-case ``runs/<run>.validation_summary.json``) is
+reused too when its work folder is gone: commit the output folder and a later checkout (a new machine, an empty work
+folder) continues the grid instead of training it again; delete the two files to train that run again. The
+comparisons are computed from these per-case files, not from the work folder, so runs of different invocations pool.
 
 Limited data: each fraction f < 1 gets its own plans identifier ``<plans>_frac<NN>``, a copy of the plans with
 ``"training_fraction": f`` in the configuration (same ``data_identifier``, so the preprocessed data is shared) and
@@ -26,8 +30,10 @@ and run seed (:func:`nnunet_csse.schedules.training_subset`).
 
 Outputs (``--out``, default ``benchmarks/results/accuracy``), in a folder named after dataset, plans,
 configuration and budget: one JSON record per run (budget, wall time, validation Dice per class from nnU-Net's
-``summary.json``, learning curves from the checkpoint's logging), ``runs.csv`` and ``runs.md``, the output of
-``nnunet-csse compare`` per seed and fraction in ``compare/`` (plus, for each fraction f < 1, every trainer at f
+``summary.json``, learning curves from the checkpoint's logging) next to a copy of that ``summary.json`` (the per-case
+Dice), ``runs.csv`` and ``runs.md``, the output of ``nnunet-csse compare`` per seed and fraction in
+``compare/seed<S>_frac<NN>_folds<F-F>`` (named by the folds it rests on, so a comparison over other folds is never
+overwritten; plus, for each fraction f < 1, every trainer at f
 against the first trainer at full data: the limited-data question), ``summary.md`` (how many runs each comparison
 rests on) and ``learning_curves.png``. No checkpoints. ``--report-only`` trains nothing and writes these outputs for
 the finished runs of the grid it is given: to pool folds that separate invocations trained, or to look at results
@@ -98,6 +104,7 @@ HIPPOCAMPUS_NAME = "Hippocampus"
 HIPPOCAMPUS_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 FILE_ENDING = ".nii.gz"
 SESSIONS_FILE = "benchmark_sessions.json"  # per fold folder: the wall time of every nnUNetv2_train session
+PER_CASE_SUFFIX = ".validation_summary.json"  # next to a run's record: its fold's validation/summary.json
 FRACTION_MARKER = "csse_benchmark_fraction"  # in derived plans: we only ever replace our own files
 DEFAULT_WORKDIR = Path("work_dirs") / "accuracy"
 DEFAULT_OUT = Path("benchmarks") / "results" / "accuracy"
@@ -526,6 +533,31 @@ class Benchmark:
         return (self.results_root(run.seed) / self.dataset_name /
                 f"{run.trainer}__{run.plans}__{self.s.configuration}" / f"fold_{run.fold}")
 
+    @property
+    def out_dir(self) -> Path:
+        s = self.s
+        return s.out / f"{self.dataset_name}__{self.plans_identifier}__{s.configuration}__{s.budget.tag}"
+
+    def record_path(self, run: Run) -> Path:
+        return self.out_dir / "runs" / f"{run.run_id}.json"
+
+    def per_case_path(self, run: Run) -> Path:
+        return self.out_dir / "runs" / f"{run.run_id}{PER_CASE_SUFFIX}"
+
+    def committed_record(self, run: Run) -> dict | None:
+        """The record of ``run`` in the output folder, else None. A record without its per-case summary (written by
+        an earlier version of this benchmark) counts as finished too; it is left out of the paired statistics."""
+        path = self.record_path(run)
+        if not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        b = record.get("budget", {})
+        stated = (b.get("epochs"), b.get("iterations_per_epoch"), b.get("val_iterations_per_epoch"), record.get("seed"))
+        expected = (self.s.budget.epochs, self.s.budget.iterations, self.s.budget.val_iterations, run.seed)
+        if stated != expected:
+            raise ValueError(f"{path} states budget and seed {stated}, not {expected}: move it out of {path.parent}")
+        return record
+
     @staticmethod
     def finished(fold_dir: Path) -> bool:
         return (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
@@ -542,6 +574,10 @@ class Benchmark:
             fold_dir = self.fold_dir(run)
             if self.finished(fold_dir):
                 self.say(f"{head}: finished before, skipped (reusing {self._relative(fold_dir)})")
+                skipped.append(run)
+            elif self.committed_record(run) is not None:
+                self.say(f"{head}: recorded before, skipped (reusing {self.record_path(run)}; no checkpoint in this "
+                         f"work folder; delete the record to train it again)")
                 skipped.append(run)
             elif self.s.report_only:
                 self.say(f"{head}: not finished, left out (--report-only)")
@@ -684,18 +720,24 @@ class Benchmark:
     # ------------------------------------------------------------------------------------------- reports
     def write_outputs(self, records: list[dict], failed: list[Run], skipped: list[Run],
                       pending: Sequence[Run] = ()) -> Path:
-        s = self.s
-        out = s.out / f"{self.dataset_name}__{self.plans_identifier}__{s.configuration}__{s.budget.tag}"
+        out = self.out_dir
         (out / "runs").mkdir(parents=True, exist_ok=True)
         for r in records:
-            name = f"{r['trainer']}__{r['plans']}__fold{r['fold']}__seed{r['seed']}.json"
-            (out / "runs" / name).write_text(json.dumps(r, indent=1))
+            run = self._run_of(r)
+            self.record_path(run).write_text(json.dumps(r, indent=1))
+            summary = self.fold_dir(run) / "validation" / "summary.json"
+            if summary.is_file():  # else recorded before: its per-case copy is already there (or never was)
+                shutil.copyfile(summary, self.per_case_path(run))
         classes = list(records[0]["validation"]["dice"]) if records else []
         self._write_table(records, classes, out)
         comparisons = self.comparisons = self._compare(records, out)
         figure = self._figure(records, out / "learning_curves.png") if records else None
         self._write_summary(records, classes, comparisons, failed, skipped, pending, figure, out)
         return out
+
+    @staticmethod
+    def _run_of(record: dict) -> Run:
+        return Run(record["trainer"], record["fraction"], record["fold"], record["seed"], record["plans"])
 
     def _rows(self, records: list[dict], classes: list[str]) -> list[dict]:
         rows = []
@@ -728,47 +770,75 @@ class Benchmark:
     def _compare(self, records: list[dict], out: Path) -> list[dict]:
         """``nnunet-csse compare`` per seed and fraction, on the trainers with at least one finished run; and per
         seed and fraction f < 1 (when 1 is in the grid too) the limited-data question: every trainer at f against
-        the reference trainer at 1."""
+        the reference trainer at 1. Computed from the per-case summaries in ``out/runs``, staged as a results
+        folder (so runs of earlier invocations count, whatever this work folder still holds)."""
         comparisons = []
         reference = self.s.trainers[0]
         for seed in self.s.seeds:
+            staged = self._stage_per_case([r for r in records if r["seed"] == seed], seed)
             for fraction in self.s.fractions:
                 group = [r for r in records if r["seed"] == seed and r["fraction"] == fraction]
                 comparisons.append(self._compare_group(
-                    out / "compare" / f"seed{seed}_{fraction_tag(fraction)}", seed, f"fraction {fraction:g}",
-                    [(t, fraction) for t in self.s.trainers], group, out))
+                    f"seed{seed}_{fraction_tag(fraction)}", seed, f"fraction {fraction:g}",
+                    [(t, fraction) for t in self.s.trainers], group, out, staged))
             if 1.0 not in self.s.fractions:
                 continue
             for fraction in (f for f in self.s.fractions if f < 1.0):
                 group = [r for r in records if r["seed"] == seed and (
                     (r["fraction"] == 1.0 and r["trainer"] == reference) or r["fraction"] == fraction)]
                 comparisons.append(self._compare_group(
-                    out / "compare" / f"seed{seed}_{fraction_tag(fraction)}_vs_{fraction_tag(1.0)}", seed,
+                    f"seed{seed}_{fraction_tag(fraction)}_vs_{fraction_tag(1.0)}", seed,
                     f"fraction {fraction:g} against {reference} at fraction 1",
-                    [(reference, 1.0), *((t, fraction) for t in self.s.trainers)], group, out))
+                    [(reference, 1.0), *((t, fraction) for t in self.s.trainers)], group, out, staged))
         return comparisons
 
-    def _compare_group(self, folder: Path, seed: int, title: str, members: list[tuple[str, float]],
-                       group: list[dict], out: Path) -> dict:
-        """One ``nnunet-csse compare`` of ``members`` (trainer, fraction; the first is the reference) over the folds
-        of this invocation; members without a finished run are left out. Members of one fraction are named by
-        trainer (``-p`` gives the plans), mixed fractions as ``TRAINER__PLANS``."""
-        found = [(t, f) for t, f in members if any(r["trainer"] == t and r["fraction"] == f for r in group)]
+    def _stage_per_case(self, records: list[dict], seed: int) -> Path:
+        """A results folder for ``nnunet-csse compare`` holding, for every record with a per-case summary in the
+        output folder, ``<dataset>/<trainer>__<plans>__<configuration>/fold_<f>/validation/summary.json`` (and the
+        dataset.json for the label names); rebuilt from scratch at every invocation."""
+        root = self.workdir / "compare_inputs" / self.s.budget.tag / f"seed{seed}"
+        if root.exists():
+            shutil.rmtree(root)
+        dataset_json = self.preprocessed / self.dataset_name / "dataset.json"
+        for r in records:
+            source = self.per_case_path(self._run_of(r))
+            if not source.is_file():
+                continue
+            folder = root / self.dataset_name / f"{r['trainer']}__{r['plans']}__{self.s.configuration}"
+            (folder / f"fold_{r['fold']}" / "validation").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, folder / f"fold_{r['fold']}" / "validation" / "summary.json")
+            if dataset_json.is_file():
+                shutil.copyfile(dataset_json, folder / "dataset.json")
+        return root
+
+    def _compare_group(self, name: str, seed: int, title: str, members: list[tuple[str, float]],
+                       group: list[dict], out: Path, staged: Path) -> dict:
+        """One ``nnunet-csse compare`` of ``members`` (trainer, fraction; the first is the reference) over the runs of
+        ``group`` with a per-case summary, written to ``out/compare/<name>_folds<F-F>`` (the folds it rests on).
+        Members without such a run are left out; records without per-case summary are listed, not compared.
+        Members of one fraction are named by trainer (``-p`` gives the plans), mixed fractions as ``TRAINER__PLANS``.
+        """
+        per_case = [r for r in group if self.per_case_path(self._run_of(r)).is_file()]
+        found = [(t, f) for t, f in members if any(r["trainer"] == t and r["fraction"] == f for r in per_case)]
         one_fraction = len({f for _, f in members}) == 1
         plans = fraction_plans(self.plans_identifier, members[0][1])
         names = [t if one_fraction else f"{t}__{fraction_plans(self.plans_identifier, f)}" for t, f in found]
+        folds = sorted({r["fold"] for r in per_case if (r["trainer"], r["fraction"]) in found})
+        folder = out / "compare" / (f"{name}_folds{'-'.join(map(str, folds))}" if folds else name)
         entry = {"seed": seed, "title": title, "folder": str(folder.relative_to(out)), "trainers": names,
-                 "runs": len(group), "folds": {n: sorted(r["fold"] for r in group if (r["trainer"], r["fraction"])
-                                                         == m) for n, m in zip(names, found)}}
+                 "runs": len(per_case), "folds": {n: sorted(r["fold"] for r in per_case if (r["trainer"],
+                                                                                            r["fraction"]) == m)
+                                                  for n, m in zip(names, found)},
+                 "without_per_case": [self._run_of(r).describe() for r in group if r not in per_case]}
         if not found or found[0] != members[0]:
-            entry["output"] = "no finished run" if not found else f"the reference {members[0][0]} at fraction " \
-                                                                 f"{members[0][1]:g} has no finished run"
+            entry["output"] = "no finished run with per-case results" if not found else \
+                f"the reference {members[0][0]} at fraction {members[0][1]:g} has no finished run with per-case results"
             return entry
         folder.mkdir(parents=True, exist_ok=True)
-        folds = [str(f) for f in self.s.folds]
+        fold_args = [str(f) for f in folds]
         cmd = [_executable("nnunet-csse"), "compare", "-d", self.dataset_name, "-c", self.s.configuration,
-               "-tr", *names, "-p", plans, "--folds", *folds, "--out", str(folder)]
-        env = dict(self.base_env(), nnUNet_results=str(self.results_root(seed)))
+               "-tr", *names, "-p", plans, "--folds", *fold_args, "--out", str(folder)]
+        env = dict(self.base_env(), nnUNet_results=str(staged))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         text = (proc.stdout + proc.stderr).strip()
         text = text.replace(str(folder.resolve()), ".").replace(str(folder), ".")
@@ -779,9 +849,10 @@ class Benchmark:
         entry["output"] = text
         (folder / "compare.txt").write_text(
             f"$ nnunet-csse compare -d {self.dataset_name} -c {self.s.configuration} -tr {' '.join(names)} "
-            f"-p {plans} --folds {' '.join(folds)} --out .\n"
-            f"seed {seed}, {title}: {len(group)} runs\n{self.budget_line()}\n\n{text}\n")
-        self.say(f"[compare] seed {seed}, {title} ({len(group)} runs):\n{text}")
+            f"-p {plans} --folds {' '.join(fold_args)} --out .\n"
+            f"seed {seed}, {title}: {len(per_case)} runs (nnUNet_results: their per-case summaries from runs/)\n"
+            f"{self.budget_line()}\n\n{text}\n")
+        self.say(f"[compare] seed {seed}, {title} ({len(per_case)} runs):\n{text}")
         return entry
 
     def _write_summary(self, records: list[dict], classes: list[str], comparisons: list[dict], failed: list[Run],
@@ -832,9 +903,21 @@ class Benchmark:
         for c in comparisons:
             folds = "; ".join(f"{t}: {len(f)} fold(s) {f}" for t, f in c["folds"].items()) or "none"
             lines += [f"### seed {c['seed']}, {c['title']} (`{c['folder']}`)", "",
-                      f"Rests on {c['runs']} runs ({folds}).", "", "```", c.get("output", ""), "```", ""]
+                      f"Rests on {c['runs']} runs ({folds})."]
+            if c["without_per_case"]:
+                lines.append(f"Left out, no per-case summary in runs/: {'; '.join(c['without_per_case'])}.")
+            lines += ["", "```", c.get("output", ""), "```", ""]
+        written = {c["folder"] for c in comparisons if "returncode" in c}
+        kept = sorted(p for p in (out / "compare").glob("*/compare.txt")
+                      if str(p.parent.relative_to(out)) not in written) if (out / "compare").is_dir() else []
+        if kept:  # written by invocations over other runs; never overwritten, so listed
+            lines += ["### Other comparisons in compare/", ""]
+            lines += [f"- `{p.parent.relative_to(out)}`: {p.read_text().splitlines()[1]}" for p in kept]
+            lines.append("")
         lines += ["## Files", "", "- `runs/*.json`: one record per run (budget, wall time, Dice, learning curves)",
-                  "- `runs.csv`, `runs.md`: the per-run table", "- `compare/seed*_frac*/`: nnunet-csse compare output"]
+                  f"- `runs/*{PER_CASE_SUFFIX}`: nnU-Net's validation summary.json of each run (per-case Dice)",
+                  "- `runs.csv`, `runs.md`: the per-run table",
+                  "- `compare/seed*_frac*_folds*/`: nnunet-csse compare output, named by the folds it rests on"]
         if figure is not None:
             lines.append(f"- `{figure.name}`: learning curves of all runs")
         (out / "summary.md").write_text("\n".join(lines) + "\n")
@@ -899,7 +982,12 @@ class Benchmark:
                  f"[benchmark] work folder {self.workdir}")
         t0 = time.perf_counter()
         skipped, failed, pending = self.train_all()
-        records = [self.record(run, run in skipped) for run in self.runs() if self.finished(self.fold_dir(run))]
+        records = []
+        for run in self.runs():
+            if self.finished(self.fold_dir(run)):
+                records.append(self.record(run, run in skipped))
+            elif (committed := self.committed_record(run)) is not None:
+                records.append(dict(committed, reused_in_this_invocation=True))
         out = self.write_outputs(records, failed, skipped, pending)
         trained = len(self.runs()) - len(skipped) - len(failed) - len(pending)
         compare_failed = [c for c in self.comparisons if c.get("returncode", 0) != 0]

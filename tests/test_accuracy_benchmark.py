@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -268,12 +269,15 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
                 assert "training on 2 of 4 training cases of fold 0 (subset seed 0)" in log
                 assert log.rstrip().count(", ".join(expected_subset)) == 2  # training, then validation's do_split
             assert not any(p.suffix == ".pth" for p in results.rglob("*"))
+            # nnU-Net's per-case summary of the run, kept next to its record: what later comparisons rest on
+            per_case = results / "runs" / f"{trainer}__{plans}__fold0__seed0{accuracy.PER_CASE_SUFFIX}"
+            assert per_case.read_bytes() == (workdir / r["fold_folder"] / "validation" / "summary.json").read_bytes()
 
     rows = list(csv.DictReader(open(results / "runs.csv")))
     assert len(rows) == 4 and {row["train_cases"] for row in rows} == {"4", "2"}
     assert budget in (results / "runs.md").read_text() and (results / "runs.md").read_text().count("| nnUNet") == 4
     for tag in ("frac100", "frac50"):
-        folder = results / "compare" / f"seed0_{tag}"
+        folder = results / "compare" / f"seed0_{tag}_folds0"  # named by the folds it rests on
         text = (folder / "compare.txt").read_text()
         assert "nnUNetTrainer_benchmark" in text and "nnUNetTrainerCSSE_benchmark" in text and budget in text
         assert "2 runs" in text and "folds found" in text
@@ -284,7 +288,7 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
             assert value == pytest.approx(records[trainer, fraction]["validation"]["foreground_mean_dice"])
         assert (folder / "compare_Dataset905_AccuracyToy_3d_fullres.png").stat().st_size > 0
     # the limited-data question: both trainers at 0.5 against the reference trainer at 1.0, in one table
-    folder = results / "compare" / "seed0_frac50_vs_frac100"
+    folder = results / "compare" / "seed0_frac50_vs_frac100_folds0"
     compared = list(csv.DictReader(open(folder / "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
     fg = {row["trainer"]: float(row["mean"]) for row in compared if row["class"] == "foreground_mean"}
     expected = {"nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny": ("nnUNetTrainer_benchmark", 1.0),
@@ -328,11 +332,41 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     summary = (results / "summary.md").read_text()
     assert "4 of 8 runs finished (4 reused" in summary
     assert "Not finished yet (--report-only): nnUNetTrainer_benchmark, fraction 1, fold 1, seed 0;" in summary
-    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100" /
+    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100_folds0" /
                                         "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
     assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
-    report = (results / "compare" / "seed0_frac100" / "compare_Dataset905_AccuracyToy_3d_fullres.md").read_text()
-    assert "no validation/summary.json for fold(s) 1" in report and str(workdir) not in report
+    assert sorted(p.name for p in (results / "compare").iterdir()) == \
+        ["seed0_frac100_folds0", "seed0_frac50_folds0", "seed0_frac50_vs_frac100_folds0"]
+    report = (results / "compare" / "seed0_frac100_folds0" / "compare_Dataset905_AccuracyToy_3d_fullres.md").read_text()
+    assert str(workdir) not in report
+
+    # a new checkout: the work folder's results are gone, the output folder is committed. Nothing is trained again,
+    # the comparisons come out the same from the per-case summaries in runs/
+    shutil.rmtree(workdir / "e1x2_val1")
+    fourth = _benchmark(workdir, out).stdout
+    assert fourth.count("recorded before, skipped") == 4 and "training (" not in fourth
+    assert "0 runs trained, 4 reused, 0 failed" in fourth
+    assert not list((workdir / "e1x2_val1").rglob("fold_0"))
+    for tag, fraction in (("frac100", 1.0), ("frac50", 0.5)):
+        compared = list(csv.DictReader(open(results / "compare" / f"seed0_{tag}_folds0" /
+                                            "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
+        fg = {row["trainer"]: float(row["mean"]) for row in compared if row["class"] == "foreground_mean"}
+        assert fg == {t: pytest.approx(records[t, fraction]["validation"]["foreground_mean_dice"])
+                      for t in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark")}
+    assert "4 of 4 runs finished (4 reused" in (results / "summary.md").read_text()
+
+    # a record without its per-case summary still counts as finished (no training), but is left out of the paired
+    # statistics, which are then computed on what remains and written under another name: nothing overwritten
+    (results / "runs" / f"nnUNetTrainerCSSE_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50__fold0__seed0"
+                        f"{accuracy.PER_CASE_SUFFIX}").unlink()
+    fifth = _benchmark(workdir, out).stdout
+    assert fifth.count("recorded before, skipped") == 4 and "training (" not in fifth
+    summary = (results / "summary.md").read_text()
+    assert "Left out, no per-case summary in runs/: nnUNetTrainerCSSE_benchmark, fraction 0.5, fold 0, seed 0." \
+        in summary
+    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac50_folds0" /
+                                        "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
+    assert {row["trainer"] for row in compared} == {"nnUNetTrainer_benchmark"}
 
 
 def test_comparison_without_a_finished_reference_is_skipped_not_run_against_another_trainer(tmp_path):
@@ -340,12 +374,17 @@ def test_comparison_without_a_finished_reference_is_skipped_not_run_against_anot
                                     "--device", "cpu", "--fractions", "1.0", "0.25"])
     bench = accuracy.Benchmark(settings)
     out = tmp_path / "out"
-    only_csse = [{"trainer": "nnUNetTrainerCSSE_benchmark", "fraction": 0.25, "fold": 0, "seed": 0}]
-    folder = out / "compare" / "seed0_frac25_vs_frac100"
-    entry = bench._compare_group(folder, 0, "limited data", [("nnUNetTrainer_benchmark", 1.0),
-                                                             ("nnUNetTrainerCSSE_benchmark", 0.25)], only_csse, out)
-    assert entry["output"] == "the reference nnUNetTrainer_benchmark at fraction 1 has no finished run"
+    bench.dataset_name = "Dataset004_Hippocampus"
+    only_csse = [{"trainer": "nnUNetTrainerCSSE_benchmark", "fraction": 0.25, "fold": 0, "seed": 0,
+                  "plans": "nnUNetPlans_frac25"}]
+    per_case = bench.per_case_path(bench._run_of(only_csse[0]))
+    per_case.parent.mkdir(parents=True)
+    per_case.write_text("{}")
+    entry = bench._compare_group("seed0_frac25_vs_frac100", 0, "limited data", [
+        ("nnUNetTrainer_benchmark", 1.0), ("nnUNetTrainerCSSE_benchmark", 0.25)], only_csse, out, tmp_path)
+    assert entry["output"] == \
+        "the reference nnUNetTrainer_benchmark at fraction 1 has no finished run with per-case results"
     assert entry["trainers"] == ["nnUNetTrainerCSSE_benchmark__nnUNetPlans_frac25"] and "returncode" not in entry
-    assert not folder.exists()  # nnunet-csse compare was not run
-    assert bench._compare_group(folder, 0, "none", [("nnUNetTrainer_benchmark", 1.0)], [], out)["output"] == \
-        "no finished run"
+    assert not (out / "compare").exists()  # nnunet-csse compare was not run
+    assert bench._compare_group("seed0_frac100", 0, "none", [("nnUNetTrainer_benchmark", 1.0)], [], out,
+                                tmp_path)["output"] == "no finished run with per-case results"
