@@ -834,6 +834,10 @@ class Benchmark:
             entry["output"] = "no finished run with per-case results" if not found else \
                 f"the reference {members[0][0]} at fraction {members[0][1]:g} has no finished run with per-case results"
             return entry
+        if len(found) == 1 and len(members) > 1:
+            entry["output"] = f"only the reference {members[0][0]} at fraction {members[0][1]:g} has a finished run " \
+                              f"with per-case results: nothing to pair it with"
+            return entry
         folder.mkdir(parents=True, exist_ok=True)
         fold_args = [str(f) for f in folds]
         cmd = [_executable("nnunet-csse"), "compare", "-d", self.dataset_name, "-c", self.s.configuration,

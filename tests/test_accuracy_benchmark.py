@@ -346,20 +346,31 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     shutil.rmtree(workdir / "e1x2_val1")
     (results / "runs" / f"nnUNetTrainerCSSE_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50__fold0__seed0"
                         f"{accuracy.PER_CASE_SUFFIX}").unlink()
+    for folder in (results / "compare").iterdir():  # so what the next invocation writes is new, not left over
+        (folder / "compare_Dataset905_AccuracyToy_3d_fullres.csv").unlink()
     fourth = _benchmark(workdir, out).stdout
     assert fourth.count("recorded before, skipped") == 4 and "training (" not in fourth
     assert "0 runs trained, 4 reused, 0 failed" in fourth
     assert not list((workdir / "e1x2_val1").rglob("fold_0"))
-    for tag, fraction, trainers in (("frac100", 1.0, ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark")),
-                                    ("frac50", 0.5, ("nnUNetTrainer_benchmark",))):
+    for tag, fraction in (("frac100", 1.0), ("frac50_vs_frac100", None)):
         compared = list(csv.DictReader(open(results / "compare" / f"seed0_{tag}_folds0" /
                                             "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
         fg = {row["trainer"]: float(row["mean"]) for row in compared if row["class"] == "foreground_mean"}
-        assert fg == {t: pytest.approx(records[t, fraction]["validation"]["foreground_mean_dice"]) for t in trainers}
+        if fraction is None:  # the baseline at 1.0 and at 0.5; CSSE at 0.5 has no per-case summary any more
+            assert fg == {f"nnUNetTrainer_benchmark__{p}": pytest.approx(records["nnUNetTrainer_benchmark", f][
+                "validation"]["foreground_mean_dice"]) for p, f in (("nnUNetPlansCSSE_cpu_tiny", 1.0),
+                                                                    ("nnUNetPlansCSSE_cpu_tiny_frac50", 0.5))}
+        else:
+            assert fg == {t: pytest.approx(records[t, fraction]["validation"]["foreground_mean_dice"])
+                          for t in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark")}
     summary = (results / "summary.md").read_text()
     assert "4 of 4 runs finished (4 reused" in summary
     assert "Left out, no per-case summary in runs/: nnUNetTrainerCSSE_benchmark, fraction 0.5, fold 0, seed 0." \
         in summary
+    # at 0.5 only the reference is left: nothing is paired, and the earlier comparison there is not overwritten
+    assert "only the reference nnUNetTrainer_benchmark at fraction 0.5 has a finished run with per-case results" \
+        in summary
+    assert not (results / "compare" / "seed0_frac50_folds0" / "compare_Dataset905_AccuracyToy_3d_fullres.csv").exists()
     assert "| 0.5 | nnUNetTrainerCSSE_benchmark | 1 |" in summary  # still in the per-run table
 
 
