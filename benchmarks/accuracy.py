@@ -906,8 +906,10 @@ class Benchmark:
         lines += ["", "## nnunet-csse compare, per seed and fraction", ""]
         for c in comparisons:
             folds = "; ".join(f"{t}: {len(f)} fold(s) {f}" for t, f in c["folds"].items()) or "none"
-            lines += [f"### seed {c['seed']}, {c['title']} (`{c['folder']}`)", "",
-                      f"Rests on {c['runs']} runs ({folds})."]
+            compared = "returncode" in c
+            lines += [f"### seed {c['seed']}, {c['title']} " + (f"(`{c['folder']}`)" if compared else "(not compared)"),
+                      "", f"Rests on {c['runs']} run{'s' if c['runs'] != 1 else ''} ({folds})." if compared else
+                      f"Runs with per-case results: {c['runs']} ({folds}); not enough to compare."]
             if c["without_per_case"]:
                 lines.append(f"Left out, no per-case summary in runs/: {'; '.join(c['without_per_case'])}.")
             lines += ["", "```", c.get("output", ""), "```", ""]

@@ -371,6 +371,7 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert "only the reference nnUNetTrainer_benchmark at fraction 0.5 has a finished run with per-case results" \
         in summary
     assert not (results / "compare" / "seed0_frac50_folds0" / "compare_Dataset905_AccuracyToy_3d_fullres.csv").exists()
+    assert "### seed 0, fraction 0.5 (not compared)" in summary and "(`compare/seed0_frac50_folds0`)" not in summary
     assert "| 0.5 | nnUNetTrainerCSSE_benchmark | 1 |" in summary  # still in the per-run table
 
 
