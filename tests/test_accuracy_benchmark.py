@@ -394,3 +394,20 @@ def test_comparison_without_a_finished_reference_is_skipped_not_run_against_anot
     assert not (out / "compare").exists()  # nnunet-csse compare was not run
     assert bench._compare_group("seed0_frac100", 0, "none", [("nnUNetTrainer_benchmark", 1.0)], [], out,
                                 tmp_path)["output"] == "no finished run with per-case results"
+
+
+def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, capsys):
+    settings = accuracy.parse_args(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                    "--device", "cpu", "--epochs", "20", "--iterations", "50"])
+    bench = accuracy.Benchmark(settings)
+    bench.dataset_name = "Dataset004_Hippocampus"
+    run = accuracy.Run("nnUNetTrainer_benchmark", 1.0, 0, 0, "nnUNetPlans")
+    assert bench.committed_record(run) is None  # nothing recorded: train it
+    path = bench.record_path(run)
+    path.parent.mkdir(parents=True)
+    budget = {"epochs": 20, "iterations_per_epoch": 50, "val_iterations_per_epoch": 10}
+    path.write_text(json.dumps({"seed": 0, "budget": budget}))
+    assert bench.committed_record(run)["budget"] == budget  # no per-case summary next to it: still a finished run
+    path.write_text(json.dumps({"seed": 0, "budget": dict(budget, epochs=5)}))
+    with pytest.raises(ValueError, match=r"states budget and seed \(5, 50, 10, 0\), not \(20, 50, 10, 0\): move it"):
+        bench.committed_record(run)
