@@ -176,6 +176,16 @@ class Run:
         return f"{self.trainer}, fraction {self.fraction:g}, fold {self.fold}, seed {self.seed}"
 
 
+def describe_runs(runs: Sequence[Run]) -> str:
+    """``runs`` grouped by trainer, fraction and seed (first-seen order), their folds listed once per group, e.g.
+    ``nnUNetTrainer_benchmark, fraction 1, seed 0, folds 1, 2; ...``: a report over a grid stays readable."""
+    groups: dict[tuple[str, float, int], list[int]] = {}
+    for run in runs:
+        groups.setdefault((run.trainer, run.fraction, run.seed), []).append(run.fold)
+    return "; ".join(f"{trainer}, fraction {fraction:g}, seed {seed}, fold{'s' if len(folds) > 1 else ''} "
+                     f"{', '.join(map(str, folds))}" for (trainer, fraction, seed), folds in groups.items())
+
+
 def fraction_tag(fraction: float) -> str:
     """``frac25`` for 0.25, ``frac12p5`` for 0.125 (percent of the training cases)."""
     percent = round(fraction * 100, 6)
@@ -829,7 +839,7 @@ class Benchmark:
                  "runs": len(per_case), "folds": {n: sorted(r["fold"] for r in per_case if (r["trainer"],
                                                                                             r["fraction"]) == m)
                                                   for n, m in zip(names, found)},
-                 "without_per_case": [self._run_of(r).describe() for r in group if r not in per_case]}
+                 "without_per_case": describe_runs([self._run_of(r) for r in group if r not in per_case])}
         if not found or found[0] != members[0]:
             entry["output"] = "no finished run with per-case results" if not found else \
                 f"the reference {members[0][0]} at fraction {members[0][1]:g} has no finished run with per-case results"
@@ -875,9 +885,9 @@ class Benchmark:
                  f"(subset seed {TRAINING_SUBSET_SEED}, the same subset for every trainer and seed; validation cases "
                  f"of each fold unchanged).", "",
                  f"{len(records)} of {len(self.runs())} runs finished ({len(skipped)} reused from earlier "
-                 f"invocations); {len(failed)} failed" + (": " + "; ".join(r.describe() for r in failed) if failed
+                 f"invocations); {len(failed)} failed" + (": " + describe_runs(failed) if failed
                                                           else "") + "." +
-                 (f" Not finished yet (--report-only): {'; '.join(r.describe() for r in pending)}." if pending
+                 (f" Not finished yet (--report-only): {describe_runs(pending)}." if pending
                   else ""), "",
                  "Not bit-deterministic: the seed fixes the initial weights and the start of the data stream, but "
                  "augmentation workers are unseeded and cuDNN autotunes; repeat with --seeds to see the spread.", ""]
@@ -911,7 +921,7 @@ class Benchmark:
                       "", f"Rests on {c['runs']} run{'s' if c['runs'] != 1 else ''} ({folds})." if compared else
                       f"Runs with per-case results: {c['runs']} ({folds}); not enough to compare."]
             if c["without_per_case"]:
-                lines.append(f"Left out, no per-case summary in runs/: {'; '.join(c['without_per_case'])}.")
+                lines.append(f"Left out, no per-case summary in runs/: {c['without_per_case']}.")
             lines += ["", "```", c.get("output", ""), "```", ""]
         written = {c["folder"] for c in comparisons if "returncode" in c}
         kept = sorted(p for p in (out / "compare").glob("*/compare.txt")

@@ -105,6 +105,18 @@ def test_do_split_keeps_validation_and_the_same_deterministic_subset_for_every_t
     assert start("nnUNetTrainerCSSE_benchmark", "nnUNetPlans", fold).do_split() == (full["train"], full["val"])
 
 
+def test_runs_are_listed_grouped_by_trainer_fraction_and_seed_with_their_folds():
+    runs = [accuracy.Run(t, f, fold, seed, "P") for seed in (0, 1) for f in (1.0, 0.25) for fold in (0, 1, 2)
+            for t in ("A", "B") if not (t == "B" and seed == 1)]
+    runs.append(accuracy.Run("A", 1.0, 4, 0, "P"))  # a late fold joins its group, not a new one
+    assert accuracy.describe_runs(runs) == (
+        "A, fraction 1, seed 0, folds 0, 1, 2, 4; B, fraction 1, seed 0, folds 0, 1, 2; "
+        "A, fraction 0.25, seed 0, folds 0, 1, 2; B, fraction 0.25, seed 0, folds 0, 1, 2; "
+        "A, fraction 1, seed 1, folds 0, 1, 2; A, fraction 0.25, seed 1, folds 0, 1, 2")
+    assert accuracy.describe_runs(runs[:1]) == "A, fraction 1, seed 0, fold 0"
+    assert accuracy.describe_runs([]) == ""
+
+
 def test_training_subset_nested_and_at_least_one():
     keys = [f"k{i}" for i in range(20)]
     quarter, half = schedules.training_subset(keys, 0.25, 2), schedules.training_subset(keys, 0.5, 2)
@@ -331,7 +343,8 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert sorted(workdir.rglob("training_log_*.txt")) == logs_before
     summary = (results / "summary.md").read_text()
     assert "4 of 8 runs finished (4 reused" in summary
-    assert "Not finished yet (--report-only): nnUNetTrainer_benchmark, fraction 1, fold 1, seed 0;" in summary
+    assert "Not finished yet (--report-only): nnUNetTrainer_benchmark, fraction 1, seed 0, fold 1; " \
+           "nnUNetTrainerCSSE_benchmark, fraction 1, seed 0, fold 1;" in summary
     compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100_folds0" /
                                         "compare_Dataset905_AccuracyToy_3d_fullres.csv")))
     assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
@@ -365,7 +378,7 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
                           for t in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark")}
     summary = (results / "summary.md").read_text()
     assert "4 of 4 runs finished (4 reused" in summary
-    assert "Left out, no per-case summary in runs/: nnUNetTrainerCSSE_benchmark, fraction 0.5, fold 0, seed 0." \
+    assert "Left out, no per-case summary in runs/: nnUNetTrainerCSSE_benchmark, fraction 0.5, seed 0, fold 0." \
         in summary
     # at 0.5 only the reference is left: nothing is paired, and the earlier comparison there is not overwritten
     assert "only the reference nnUNetTrainer_benchmark at fraction 0.5 has a finished run with per-case results" \
