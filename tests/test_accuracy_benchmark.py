@@ -424,3 +424,46 @@ def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, cap
     path.write_text(json.dumps({"seed": 0, "budget": dict(budget, epochs=5)}))
     with pytest.raises(ValueError, match=r"states budget and seed \(5, 50, 10, 0\), not \(20, 50, 10, 0\): move it"):
         bench.committed_record(run)
+
+
+def _gpu_script(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+               nnUNet_def_n_proc="1")
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "accuracy_gpu.sh"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.e2e
+def test_gpu_script_dry_run_trains_both_trainers_and_compares_on_cpu(tmp_path):
+    # a Hippocampus-shaped copy (images/NAME.nii.gz, labels/NAME.nii.gz) made from a synthetic dataset
+    synthetic = write_synthetic_dataset(tmp_path / "raw", 907, "Hippo", dim=3, num_cases=5, size=32, seed=1)
+    source = tmp_path / "copy"
+    for sub in ("images", "labels"):
+        (source / sub).mkdir(parents=True)
+    for label in sorted((synthetic / "labelsTr").iterdir()):
+        name = label.name[: -len(".nii.gz")]
+        (source / "labels" / label.name).symlink_to(label)
+        (source / "images" / label.name).symlink_to(synthetic / "imagesTr" / f"{name}_0000.nii.gz")
+    workdir, out = tmp_path / "work", tmp_path / "out"
+    proc = _gpu_script("--data", str(source), "--workdir", str(workdir), "--out", str(out), "--dry-run")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    results = out / "Dataset004_Hippocampus__nnUNetPlansCSSE_cpu_tiny__3d_fullres__e1x2_val1"
+    for trainer in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark"):
+        record = json.loads((results / "runs" / f"{trainer}__nnUNetPlansCSSE_cpu_tiny__fold0__seed0.json").read_text())
+        assert (record["budget"]["epochs"], record["budget"]["iterations_per_epoch"], record["seed"]) == (1, 2, 0)
+        assert record["validation"]["foreground_mean_dice"] is not None
+    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100_folds0" /
+                                        "compare_Dataset004_Hippocampus_3d_fullres.csv")))
+    assert {row["trainer"] for row in compared} == {"nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_script_without_cuda_or_data_refuses_in_one_line_before_writing(tmp_path):
+    out = tmp_path / "out"
+    no_data = _gpu_script("--out", str(out))
+    assert no_data.returncode == 2 and no_data.stderr.strip().splitlines() == [
+        "error: pass --data DIR, a Hippocampus copy with images/NAME.nii.gz and labels/NAME.nii.gz"]
+    no_cuda = _gpu_script("--data", str(tmp_path), "--workdir", str(tmp_path / "work"), "--out", str(out))
+    assert no_cuda.returncode == 2 and no_cuda.stderr.strip().splitlines() == [
+        "error: torch sees no CUDA device; use --dry-run for the CPU check"]
+    assert not out.exists() and not (tmp_path / "work").exists()
