@@ -222,14 +222,19 @@ def test_convert_from_writes_nnunet_raw_format(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+def _benchmark_env() -> dict[str, str]:
+    """The environment of a benchmark subprocess: this checkout importable, one export / evaluation worker (these
+    machines have 2 cores)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+                nnUNet_def_n_proc="1")
+
+
 def _benchmark(workdir: Path, out: Path, *extra: str, folds: tuple[str, ...] = ("0",)) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-               nnUNet_def_n_proc="1")  # one export / evaluation worker: these machines have 2 cores
     cmd = [sys.executable, "-m", "benchmarks", "accuracy", "-d", "905", "-c", "3d_fullres", "--preset", "cpu_tiny",
            "--trainers", "nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark", "--folds", *folds,
            "--fractions", "1.0", "0.5", "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
            "--device", "cpu", "--threads", "1", "--workdir", str(workdir), "--out", str(out), *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=_benchmark_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -427,10 +432,8 @@ def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, cap
 
 
 def _gpu_script(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-               nnUNet_def_n_proc="1")
-    return subprocess.run(["bash", str(ROOT / "benchmarks" / "accuracy_gpu.sh"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "accuracy_gpu.sh"), *args], cwd=ROOT,
+                          env=_benchmark_env(), capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.e2e
