@@ -9,6 +9,8 @@ Other commands:
 - ``python -m benchmarks accuracy [...]`` trains trainers side by side and compares their validation Dice
   (:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``);
 - ``python -m benchmarks summary FILE.json ...`` lists the targets of several runs, one line each;
+- ``python -m benchmarks authors-quirks`` prices each quirk of the authors' PDCR at init
+  (:mod:`benchmarks.authors_quirks`);
 - ``python -m benchmarks profile [--device] [--size] [--trainers] ...`` prints, per aten op, the device time per
   step of each trainer and its difference to nnUNetTrainer (``python -m benchmarks profile --help``).
 """
@@ -79,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.report import summary_main
 
         return summary_main(given[1:])
+    if given[:1] == ["authors-quirks"]:
+        from benchmarks.authors_quirks import main as quirks_main
+
+        return quirks_main(given[1:])
     if given[:1] == ["profile"]:
         from benchmarks.step import profile_main
 

@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from nnunet_csse.method.settings import PAIR_MODES, PDCRSettings
+from nnunet_csse.method.settings import PAIR_MODES, PDCR_VARIANTS, PDCRSettings
+
+UAFS_NORMS = ("plan", "batch")
 
 PLANS_KEY = "csse"
 
@@ -29,8 +31,13 @@ class CSSEConfig:
         uafs_num_branches: M, branch output channels (authors: 2).
         uafs_kernel_size: k of the branch's first conv (authors: 3; their ablation: 1, 3, 5, 7), built on every axis
             where the stage's own kernel is > 1 and 1 on the axes where the stage uses 1 (anisotropic plans).
+        uafs_norm: normalization and nonlinearity of the UAFS branch: "plan" (the plan's own, nnU-Net: instance
+            norm + leaky ReLU) or "batch" (batch norm + ReLU, the authors' code).
         pdcr_projection_channels: width of the cross-layer 1x1 projection heads (None: the shallower layer's
             channel count).
+        pdcr_variant: "clean" (docs/method.md section 2; linear heads on the sampled anchors) or "authors" (their
+            3D code quirk by quirk, with their heads: 1x1 conv + batch norm + ReLU over the whole map, He init,
+            then sampled; section 4). Changes the loss and the checkpoint layout.
     Loss:
         pdcr_encoder_weight / pdcr_cross_weight / pdcr_decoder_weight: weights of the encoder, cross-layer and
             decoder PDCR terms (authors' 3D: 0.01, 0.01, 0).
@@ -64,6 +71,8 @@ class CSSEConfig:
     pdcr_max_anchors: int = 512
     pdcr_projection_channels: int | None = None
     pdcr_pairs: str = "sample"
+    pdcr_variant: str = "clean"
+    uafs_norm: str = "plan"
     _source: str = field(default="defaults", compare=False, repr=False)
     _given: frozenset = field(default=frozenset(), compare=False, repr=False)  # keys set by overrides
 
@@ -107,6 +116,10 @@ class CSSEConfig:
         if self.pdcr_pairs not in PAIR_MODES:
             raise ValueError(f"csse setting 'pdcr_pairs' must be one of {list(PAIR_MODES)}, got "
                              f"{self.pdcr_pairs!r}{where}")
+        for name, allowed in (("pdcr_variant", PDCR_VARIANTS), ("uafs_norm", UAFS_NORMS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"csse setting '{name}' must be one of {list(allowed)}, got "
+                                 f"{getattr(self, name)!r}{where}")
         p = self.pdcr_projection_channels
         if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
             raise ValueError(f"csse setting 'pdcr_projection_channels' must be null or an integer >= 1, "
@@ -123,7 +136,7 @@ class CSSEConfig:
             encoder_weight=self.pdcr_encoder_weight, cross_weight=self.pdcr_cross_weight,
             decoder_weight=self.pdcr_decoder_weight, windows=self.pdcr_windows, temperature=self.pdcr_temperature,
             anchor_spacing=self.pdcr_anchor_spacing, min_anchors=self.pdcr_min_anchors,
-            max_anchors=self.pdcr_max_anchors, pairs=self.pdcr_pairs,
+            max_anchors=self.pdcr_max_anchors, pairs=self.pdcr_pairs, variant=self.pdcr_variant,
         )
 
     def fit_levels(self, n_stages: int) -> tuple[CSSEConfig, list[str]]:

@@ -78,13 +78,18 @@ class CSSEUNet(nn.Module):
         config, self.config_notes = config.fit_levels(n_levels)
         self.config = config
         init = InitWeights_He(1e-2)
+        batch_norm = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[self.dim]
+        # the UAFS branch's normalization: the plan's own, or the authors' batch norm + ReLU
+        if config.uafs_norm == "batch":
+            branch_norm = (batch_norm, {}, nn.ReLU, {})
+        else:
+            branch_norm = (encoder.norm_op, encoder.norm_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs)
 
         def uafs(channels: int, stage_kernel: Sequence[int] | int) -> UAFSBlock:
             stage_kernel = (stage_kernel,) * self.dim if isinstance(stage_kernel, int) else stage_kernel
             # k on every axis the stage convolves along; anisotropic stages (kernel 1 on an axis) stay in-plane
             kernel = tuple(config.uafs_kernel_size if k > 1 else 1 for k in stage_kernel)
-            block = UAFSBlock(channels, encoder.conv_op, encoder.norm_op, encoder.norm_op_kwargs, encoder.nonlin,
-                              encoder.nonlin_kwargs, config.uafs_num_branches, kernel)
+            block = UAFSBlock(channels, encoder.conv_op, *branch_norm, config.uafs_num_branches, kernel)
             block.apply(init)
             return block
 
@@ -115,9 +120,15 @@ class CSSEUNet(nn.Module):
         if config.pdcr_cross_weight > 0:
             first, second = self.encoder_anchor_layers[:2]
             width = config.pdcr_projection_channels or encoder.output_channels[first.level]
-            self.pdcr_projections = nn.ModuleList(
-                [nn.Linear(encoder.output_channels[layer.level], width) for layer in (first, second)]
-            )
+            channels = [encoder.output_channels[layer.level] for layer in (first, second)]
+            if config.pdcr_variant == "authors":
+                # their heads: 1x1 conv + batch norm + ReLU over the whole map, He init; anchors sampled after
+                self.pdcr_projections = nn.ModuleList(
+                    [nn.Sequential(encoder.conv_op(c, width, 1), batch_norm(width), nn.ReLU()) for c in channels]
+                )
+                self.pdcr_projections.apply(init)
+            else:  # a linear head on the sampled anchors
+                self.pdcr_projections = nn.ModuleList([nn.Linear(c, width) for c in channels])
         self.return_hidden = False
 
     # ----------------------------------------------------------------------------------------- geometry
@@ -204,7 +215,12 @@ class CSSEUNet(nn.Module):
             if self.config.pdcr_encoder_weight > 0:
                 hidden["encoder"] = encoder_anchors
             if self.pdcr_projections is not None:
-                hidden["cross"] = tuple(proj(a) for proj, a in zip(self.pdcr_projections, encoder_anchors))
+                first, second = self.encoder_anchor_layers[:2]
+                if self.config.pdcr_variant == "authors":  # project the maps, then sample
+                    hidden["cross"] = tuple(take(layer, proj(skips[layer.level]))
+                                            for proj, layer in zip(self.pdcr_projections, (first, second)))
+                else:
+                    hidden["cross"] = tuple(proj(a) for proj, a in zip(self.pdcr_projections, encoder_anchors))
         if self.decoder_anchor_layers:
             hidden["decoder"] = tuple(
                 take(layer, decoder_features[layer.level]) for layer in self.decoder_anchor_layers

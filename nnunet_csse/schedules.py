@@ -3,7 +3,8 @@
 Short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style), for trying things out and for the tests:
 
     nnUNetTrainer{UAFS,PDCR,CSSE,CSSE_HPDCR}_5epochs          5 epochs x 250 iterations
-    nnUNetTrainer{,UAFS,PDCR,CSSE,CSSE_HPDCR}_2epochs_10iters  2 epochs x 10 iterations, a checkpoint every epoch
+    nnUNetTrainer{,UAFS,PDCR,CSSE,CSSE_HPDCR,CSSE_authors}_2epochs_10iters  2 epochs x 10 iterations, a checkpoint
+                                                                every epoch
     nnUNetTrainer{,CSSE}_demo                                   ``nnunet-csse demo``'s budget and seed
 
 Trainers for the accuracy benchmark (``python -m benchmarks accuracy``): explicit budget, fixed seed and an
@@ -13,6 +14,7 @@ optional limited-data fraction, the same for every trainer.
     nnUNetTrainerUAFS_benchmark     UAFS only (ablation)
     nnUNetTrainerPDCR_benchmark     PDCR only (ablation)
     nnUNetTrainerCSSE_benchmark     UAFS + PDCR: the paper's method
+    nnUNetTrainerCSSE_authors_benchmark  the same with the authors' 3D loss and modules
 
 Each is its trainer from :mod:`nnunet_csse.training` plus :class:`_BenchmarkSchedule`. ``nnUNetv2_train`` has no
 option for the budget or the seed, so they come from environment variables that the benchmark sets for its
@@ -57,7 +59,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_csse.tools.splits import limited_size
-from nnunet_csse.training import nnUNetTrainerCSSE, nnUNetTrainerCSSE_HPDCR, nnUNetTrainerPDCR, nnUNetTrainerUAFS
+from nnunet_csse.training import (
+    nnUNetTrainerCSSE,
+    nnUNetTrainerCSSE_authors,
+    nnUNetTrainerCSSE_HPDCR,
+    nnUNetTrainerPDCR,
+    nnUNetTrainerUAFS,
+)
 
 FRACTION_KEY = "training_fraction"
 FRACTION_SEED_KEY = "training_fraction_seed"
@@ -203,6 +211,10 @@ class nnUNetTrainerCSSE_benchmark(_BenchmarkSchedule, nnUNetTrainerCSSE):
     """UAFS + PDCR (the paper's method) with the benchmark's budget, seed and training fraction."""
 
 
+class nnUNetTrainerCSSE_authors_benchmark(_BenchmarkSchedule, nnUNetTrainerCSSE_authors):
+    """CSSE with the authors' 3D loss, projection heads and UAFS branch norm, on the benchmark's schedule."""
+
+
 class _ShortSchedule:
     """Mixin for short schedules (nnU-Net's ``nnUNetTrainer_5epochs`` style): (epochs, iterations, val iterations)."""
 
@@ -265,6 +277,10 @@ class nnUNetTrainerPDCR_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerPD
 
 
 class nnUNetTrainerCSSE_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE):
+    pass
+
+
+class nnUNetTrainerCSSE_authors_2epochs_10iters(_TwoEpochsTenIterations, nnUNetTrainerCSSE_authors):
     pass
 
 

@@ -7,6 +7,7 @@ setting under the key ``"csse"``. Short-schedule, demo and benchmark variants ar
     nnUNetTrainerPDCR        encoder + cross-layer RF-PDCR (authors' 3D weights 0.01 + 0.01)
     nnUNetTrainerCSSE        UAFS + PDCR: the paper's method (authors' 3D setup)
     nnUNetTrainerCSSE_HPDCR  as CSSE, with hierarchical windows 5, 7, 9 voxels (H-PDCR)
+    nnUNetTrainerCSSE_authors  as CSSE, with the authors' 3D loss, projection heads and UAFS branch norm
 
 The classes are defined here (not in ``ext_trainers/``) so they can be pickled after nnU-Net's external trainer
 lookup drops the modules it imported from ``nnUNet_extTrainer``.
@@ -27,7 +28,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunet_csse.config import CSSEConfig, config_from_plans
+from nnunet_csse.config import PLANS_KEY, CSSEConfig, config_from_plans
 from nnunet_csse.method.pdcr import PDCRLoss
 from nnunet_csse.method.uafs import UAFSBlock
 from nnunet_csse.network import CSSEUNet, SegmentationWithHidden, build_csse_network, check_supported_architecture
@@ -186,7 +187,12 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
         n_stages = int(configuration_manager.network_arch_init_kwargs["n_stages"])
         csse_config, level_notes = csse_config.fit_levels(n_stages)
         check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
-        check_labels_consecutive(plans_manager.get_label_manager(dataset_json), dataset_json)
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        check_labels_consecutive(label_manager, dataset_json)
+        if csse_config.uses_pdcr and csse_config.pdcr_variant == "authors" and label_manager.has_regions:
+            raise ValueError(f"csse setting 'pdcr_variant' \"authors\" reproduces the authors' label-id code and has "
+                             f"no region-based form; this dataset trains regions. Set 'pdcr_variant' to \"clean\" "
+                             f"in the plans' \"{PLANS_KEY}\" settings (configuration '{configuration}')")
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.csse_config = csse_config
         for note in level_notes:
@@ -288,3 +294,10 @@ class nnUNetTrainerCSSE_HPDCR(nnUNetTrainerCSSE):
     """CSSE with hierarchical PDCR windows of 5, 7 and 9 voxels (authors' 2D sizes; loss per size, averaged)."""
 
     csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_windows=(5, 7, 9))
+
+
+class nnUNetTrainerCSSE_authors(nnUNetTrainerCSSE):
+    """CSSE as the authors' 3D code computes it: ``pdcr_variant: "authors"`` (their loss quirk by quirk and their
+    projection heads) and ``uafs_norm: "batch"`` (batch norm + ReLU in the UAFS branch); docs/method.md section 4."""
+
+    csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_variant="authors", uafs_norm="batch")

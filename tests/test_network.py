@@ -286,3 +286,26 @@ def test_every_anchored_layer_samples_one_input_grid(dim, strides, spacing, expe
         index = [[c // j for c in axis] for axis, j in zip(centres[layer.name], layer.stride)]
         direct = fmap[(0, slice(None), *torch.meshgrid(*map(torch.tensor, index), indexing="ij"))]
         torch.testing.assert_close(anchors[0], direct.reshape(fmap.shape[1], -1).T)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_uafs_branch_norm_is_the_plans_or_the_authors_batch_norm(dim):
+    from nnunet_csse.method.uafs import InstanceNormByStatistics
+
+    batch_norm = {2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}[dim]
+    for norm, expected in (("plan", (InstanceNormByStatistics, torch.nn.LeakyReLU)),
+                           ("batch", (batch_norm, torch.nn.ReLU))):
+        net = build(PLAIN, arch_kwargs(dim, PLAIN), dataclasses.replace(CSSE, uafs_norm=norm))
+        for block in net.decoder_uafs:
+            kinds = [type(m) for m in block.branch]
+            assert kinds[1:3] == list(expected), (norm, kinds)
+
+
+def test_authors_grid_starts_at_voxel_0_and_the_clean_grid_is_centred():
+    """At the authors' 128^3 patch, strides 4 and 8, spacing 32: centres 0, 32, 64, 96 (their code) against
+    8, 40, 72, 104 (centred)."""
+    net = build(PLAIN, arch_kwargs(3, PLAIN), CSSE)
+    for variant, first in (("authors", 0), ("clean", 8)):
+        config = dataclasses.replace(CSSE, pdcr_variant=variant, pdcr_min_anchors=1)
+        grid = config.pdcr.input_grid((128, 128, 128), net.anchor_layers)
+        assert grid.first == (first,) * 3 and grid.spacing == (32,) * 3 and grid.counts == (4,) * 3

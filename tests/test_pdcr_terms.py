@@ -270,3 +270,55 @@ def test_progress_pdcr_png_has_title_and_integer_epoch_ticks(tmp_path, monkeypat
     ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
     assert ticks == [0, 1, 2]
     assert [line.get_label() for line in ax.lines] == ["pdcr_encoder", "pdcr_cross"]
+
+
+@pytest.mark.parametrize("variant", ["clean", "authors"])
+def test_cross_term_alone_trains_encoder_stages_2_and_3_through_the_projections(variant):
+    """The cross term's backward reaches the anchored encoder stages, not only the heads (projections fed detached
+    anchors would train the heads alone)."""
+    config = CSSEConfig(pdcr_cross_weight=0.01, pdcr_variant=variant)
+    net, x, target, loss = setup(3, config)
+    _, hidden = net(x)
+    assert set(hidden) == {"cross"}
+    loss(hidden, target)["cross"].backward()
+    for level in (2, 3):
+        grads = [p.grad for p in net.encoder.stages[level].parameters()]
+        assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, level
+
+
+def test_trainer_loss_weighs_each_term_with_its_own_weight():
+    """Encoder 0.1 and cross 0.01 (unequal, so reading one weight for both terms shows)."""
+    config = dataclasses.replace(CSSE, pdcr_encoder_weight=0.1, pdcr_cross_weight=0.01)
+    assert config.pdcr.term_weights == {"encoder": 0.1, "cross": 0.01}
+    net, x, target, pdcr = setup(2, config)
+    wrapper = CSSELoss(_DiceStandIn(), pdcr, config.pdcr.term_weights)
+    output = net(x)
+    terms = pdcr(output.hidden, target)
+    assert not torch.isclose(terms["encoder"], terms["cross"])
+    expected = _DiceStandIn()(output.segmentation, [target]) + 0.1 * terms["encoder"] + 0.01 * terms["cross"]
+    torch.testing.assert_close(wrapper(output, [target]), expected)
+
+
+def test_authors_heads_project_the_whole_map_then_sample_and_start_from_he_init():
+    """pdcr_variant "authors": 1x1 conv + batch norm + ReLU over the whole map (batch statistics over every
+    position), He-initialized (zero bias), anchors taken after; "clean": a linear head on the anchors."""
+    config = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors")
+    net, x, target, _ = setup(3, config)
+    for head in net.pdcr_projections:
+        conv, norm, relu = head
+        assert isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (1, 1, 1)
+        assert isinstance(norm, torch.nn.BatchNorm3d) and isinstance(relu, torch.nn.ReLU)
+        assert conv.bias.abs().sum() == 0  # InitWeights_He zeroes the bias (PyTorch's default does not)
+        expected_std = (2 / (1 + 1e-4)) ** 0.5 / conv.in_channels ** 0.5  # kaiming_normal_, a = 0.01
+        assert abs(conv.weight.std().item() / expected_std - 1) < 0.25
+    hidden, maps = _encoder_maps(net, x)
+    grid = config.pdcr.input_grid(tuple(x.shape[2:]), net.anchor_layers)
+    for head, layer, projected in zip(net.pdcr_projections, net.encoder_anchor_layers, hidden["cross"]):
+        expected = grid.on_layer(layer.stride).take(head(maps[layer.level]))
+        torch.testing.assert_close(projected, expected)
+        if layer.level == 2:  # its anchors are a subset of the map's positions
+            assert grid.num_anchors < maps[2][0, 0].numel()
+            anchors = grid.on_layer(layer.stride).take(maps[2]).transpose(1, 2)[..., None, None]
+            assert not torch.allclose(projected, head(anchors)[..., 0, 0].transpose(1, 2))  # BN saw the whole map
+    clean = setup(3, dataclasses.replace(config, pdcr_variant="clean"))[0]
+    assert all(isinstance(h, torch.nn.Linear) for h in clean.pdcr_projections)

@@ -6,6 +6,8 @@ from nnunet_csse.schedules import (  # noqa: F401
     nnUNetTrainer_demo,
     nnUNetTrainerCSSE_2epochs_10iters,
     nnUNetTrainerCSSE_5epochs,
+    nnUNetTrainerCSSE_authors_2epochs_10iters,
+    nnUNetTrainerCSSE_authors_benchmark,
     nnUNetTrainerCSSE_benchmark,
     nnUNetTrainerCSSE_demo,
     nnUNetTrainerCSSE_HPDCR_2epochs_10iters,
@@ -19,6 +21,7 @@ from nnunet_csse.schedules import (  # noqa: F401
 )
 from nnunet_csse.training import (  # noqa: F401
     nnUNetTrainerCSSE,
+    nnUNetTrainerCSSE_authors,
     nnUNetTrainerCSSE_HPDCR,
     nnUNetTrainerPDCR,
     nnUNetTrainerUAFS,

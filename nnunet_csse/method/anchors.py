@@ -116,6 +116,7 @@ def input_grid(
     spacing: int,
     min_anchors: int = 1,
     max_anchors: int | None = None,
+    centred: bool = True,
 ) -> InputGrid:
     """The one anchor grid, in input voxels, shared by all anchored layers of ``strides``.
 
@@ -129,9 +130,12 @@ def input_grid(
         max_anchors: large patches are sampled more sparsely (the axis with the most anchors gets a larger
             spacing) until at most this many remain; memory of the loss is N^2 per sample.
 
-    Centres are multiples of L inside the input, and the grid is centred among them. Example: a 128^3 patch,
-    strides 4 and 8, spacing 32: centres 8, 40, 72, 104 on every axis (feature positions 2, 10, 18, 26 at J = 4
-    and 1, 5, 9, 13 at J = 8). Deterministic: the same arguments give the same grid.
+        centred: centre the grid among the candidate centres (this package's choice), or start it at voxel 0 (the
+            authors' code: a strided slice from feature position 0, docs/method.md section 4).
+
+    Centres are multiples of L inside the input. Example: a 128^3 patch, strides 4 and 8, spacing 32: centred,
+    8, 40, 72, 104 on every axis (feature positions 2, 10, 18, 26 at J = 4 and 1, 5, 9, 13 at J = 8); from voxel 0,
+    0, 32, 64, 96. Deterministic: the same arguments give the same grid.
     """
     dims = len(input_shape)
     if not strides or any(len(s) != dims for s in strides):
@@ -157,6 +161,6 @@ def input_grid(
             counts = counts_for(steps)
             axis = max(range(dims), key=lambda a: counts[a])
             steps[axis] += 1
-    axes = [_centered(c, s) for c, s in zip(candidates, steps)]
+    axes = [_centered(c, s) if centred else (0, _centered(c, s)[1]) for c, s in zip(candidates, steps)]
     return InputGrid(first=tuple(u * o for u, (o, _) in zip(unit, axes)),
                      spacing=tuple(u * s for u, s in zip(unit, steps)), counts=tuple(n for _, n in axes))

@@ -26,8 +26,9 @@ from torch import nn
 from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer
 from nnunet_csse.method.settings import PDCRSettings
 
-__all__ = ["label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors", "PairJob",
-           "pdcr_pair_losses", "pdcr_pair_loss", "PDCRLoss"]
+__all__ = ["label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors",
+           "authors_composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss", "authors_pair_loss",
+           "PDCRLoss"]
 
 
 def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
@@ -150,27 +151,7 @@ def _window_matrix(first: tuple[int, ...], last: tuple[int, ...], size: int, dty
     return ((position >= lo) & (position <= hi)).to(dtype)
 
 
-def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composition vectors r_i (docs/method.md section 2, step 2) of every anchor of a separable grid.
-
-    Anchor (t_0, t_1, ...) covers ``windows[a].first[t_a]..windows[a].last[t_a]`` per axis, clipped to
-    ``[0, S_a - 1]``. Border windows are divided by the number of valid voxels they actually contain (the authors
-    divided by the full window volume and clipped one voxel short at the far border; both are fixed here).
-
-    The grid is separable, so the window sums are one small matrix product per axis with a 0/1 window matrix
-    (n_axis, S_axis): no loop over anchors or voxels. Only the first product (along the last, contiguous axis)
-    reads the whole volume. Counts stay exact integers: the first product multiplies 0/1 values (exact even
-    with TF32), the later ones run in float64; autocast is disabled.
-
-    Args:
-        volume: (B, K + 1, *S) float 0/1 from :func:`label_volume` (last channel: valid voxels).
-        windows: one :class:`AxisWindows` per spatial axis (:func:`layer_windows` or :func:`centered_windows`).
-
-    Returns:
-        comp: (B, N, K) float32 class fractions among valid voxels, N = prod(len(w.first)) in row-major grid order
-            (the order of :meth:`AnchorGrid.take`); all zero where the window holds no valid voxel.
-        valid_anchor: (B, N) bool, True where the window holds at least one valid voxel.
-    """
+def _check_windows(volume: torch.Tensor, windows: Sequence[AxisWindows]) -> None:
     _check_spatial(volume, "volume", "(B, K + 1, *S)")
     dims = volume.ndim - 2
     if volume.shape[1] < 2:
@@ -180,8 +161,7 @@ def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) ->
         raise ValueError(f"volume must be a float 0/1 tensor (see label_volume), got {volume.dtype}")
     if len(windows) != dims:
         raise ValueError(f"windows has {len(windows)} axes but volume of shape {tuple(volume.shape)} has {dims}")
-    size = volume.shape[2:]
-    for axis, (w, n) in enumerate(zip(windows, size)):
+    for axis, (w, n) in enumerate(zip(windows, volume.shape[2:])):
         if not w.first or len(w.first) != len(w.last) or any(lo > hi for lo, hi in zip(w.first, w.last)):
             raise ValueError(f"windows on axis {axis} must be non-empty [first, last] pairs, got {w}")
         if min(w.last) < 0 or max(w.first) > n - 1:
@@ -189,6 +169,18 @@ def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) ->
                 f"anchor windows {w.first[0]}..{w.last[-1]} on axis {axis} fall outside the label extent {n}; "
                 "grid/stride do not match the target shape"
             )
+
+
+def _window_counts(volume: torch.Tensor, windows: Sequence[AxisWindows]) -> torch.Tensor:
+    """(B, N, K + 1) float64 voxel counts of every channel of ``volume`` inside every anchor's window (row-major
+    grid order), each window clipped to the image: one small matrix product per axis.
+
+    Only the first product (along the last, contiguous axis) reads the whole volume. Counts stay exact integers:
+    the first product multiplies 0/1 values (exact even with TF32), the later ones run in float64; autocast is
+    disabled.
+    """
+    dims = volume.ndim - 2
+    size = volume.shape[2:]
     counts_per_axis = [len(w.first) for w in windows]
     # The last axis first: it is contiguous, so the one full-volume product needs no transposed copy.
     order = [dims - 1, *sorted(range(dims - 1), key=lambda a: counts_per_axis[a])]
@@ -202,11 +194,72 @@ def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) ->
             m = window_matrix(tuple(windows[axis].first), tuple(windows[axis].last), size[axis], counts.dtype,
                               volume.device)
             counts = torch.matmul(counts.movedim(2 + axis, -1), m.T).movedim(-1, 2 + axis)
-    counts = counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
+    return counts.flatten(2).transpose(1, 2)  # (B, N, K + 1), row-major as in AnchorGrid.take
+
+
+def composition_vectors(volume: torch.Tensor, windows: Sequence[AxisWindows]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composition vectors r_i (docs/method.md section 2.2) of every anchor of a separable grid.
+
+    Anchor (t_0, t_1, ...) covers ``windows[a].first[t_a]..windows[a].last[t_a]`` per axis, clipped to
+    ``[0, S_a - 1]``, and is divided by the number of valid voxels it actually contains. The grid is separable,
+    so the window sums are one small matrix product per axis with a 0/1 window matrix (n_axis, S_axis): no loop
+    over anchors or voxels.
+
+    Args:
+        volume: (B, K + 1, *S) float 0/1 from :func:`label_volume` (last channel: valid voxels).
+        windows: one :class:`AxisWindows` per spatial axis (:func:`layer_windows` or :func:`centered_windows`).
+
+    Returns:
+        comp: (B, N, K) float32 class fractions among valid voxels, N = prod(len(w.first)) in row-major grid order
+            (the order of :meth:`AnchorGrid.take`); all zero where the window holds no valid voxel.
+        valid_anchor: (B, N) bool, True where the window holds at least one valid voxel.
+    """
+    _check_windows(volume, windows)
+    counts = _window_counts(volume, windows)
     n_valid = counts[..., -1:]
     valid_anchor = n_valid[..., 0] > 0.5
     comp = (counts[..., :-1] / n_valid.clamp(min=1)).float()
     comp = comp.masked_fill(~valid_anchor[..., None], 0.0)
+    return comp, valid_anchor
+
+
+def authors_composition_vectors(volume: torch.Tensor,
+                                windows: Sequence[AxisWindows]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Composition vectors as the authors' 3D code computes them (``pdcr_variant: "authors"``, docs/method.md
+    section 4), vectorized.
+
+    Three departures from :func:`composition_vectors`, each reproduced:
+
+    - the window ends one voxel short at the far border (their crop's end is ``min(c + r + 1, S - 1)``,
+      exclusive), i.e. it covers ``max(first, 0)..min(last, S - 2)``;
+    - every window is divided by its full volume (the product of its unclipped widths), border windows too;
+    - classes go by position in the sorted list of the classes present in the window, and that list's first
+      entry is dropped: entry p of r_i holds the count of the (p + 1)-th present class. With background present
+      entry p is class p + 1 (the foreground classes); a window without background loses its lowest class.
+      The last of the K entries is therefore always 0.
+
+    Ignore-label voxels count for nothing (they are no class and not in any count; the authors' code has no ignore
+    label). An anchor is valid when its window holds a valid voxel.
+
+    Args / Returns: as :func:`composition_vectors`, but ``comp`` is float64 (exact for float64 oracles; the loss
+    casts it to the features' dtype).
+    """
+    _check_windows(volume, windows)
+    size = volume.shape[2:]
+    short = [AxisWindows(w.first, tuple(min(hi, n - 2) for hi in w.last)) for w, n in zip(windows, size)]
+    counts = _window_counts(volume, short)  # an axis of size 1 leaves every window empty: all counts 0
+    classes = counts[..., :-1]  # (B, N, K)
+    present = classes > 0.5
+    rank = torch.cumsum(present.long(), dim=-1) - 1  # position in the sorted list of present classes
+    k = classes.shape[-1]
+    slot = torch.arange(1, k + 1, device=volume.device)  # entry p holds the class at position p + 1
+    moves = present[..., :, None] & (rank[..., :, None] == slot)  # (B, N, class, entry)
+    by_position = torch.einsum("bnk,bnkp->bnp", classes, moves.to(classes.dtype))
+    widths = [torch.tensor([hi - lo + 1 for lo, hi in zip(w.first, w.last)], dtype=torch.float64,
+                           device=volume.device) for w in windows]
+    full_volume = functools.reduce(lambda a, b: (a[:, None] * b[None, :]).flatten(), widths)  # (N,) row-major
+    valid_anchor = counts[..., -1] > 0.5
+    comp = (by_position / full_volume[None, :, None]).masked_fill(~valid_anchor[..., None], 0.0)
     return comp, valid_anchor
 
 
@@ -406,6 +459,56 @@ def pdcr_pair_loss(
     return pdcr_pair_losses(features, [job], temperature, distance_scale)[0]
 
 
+def authors_pair_loss(
+    feats_a: torch.Tensor,
+    comp_a: torch.Tensor,
+    valid_a: torch.Tensor,
+    feats_b: torch.Tensor,
+    comp_b: torch.Tensor,
+    valid_b: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """PDCR loss of one pair as the authors' 3D code computes it (``pdcr_variant: "authors"``, docs/method.md
+    section 4), with plain autograd.
+
+    s_ij = cos(f_a_i, f_b_j) / temperature (``nn.CosineSimilarity``'s eps), then the global maximum of s over the
+    whole batch is subtracted **with its gradient** (not detached; for self-layer pairs it is the diagonal,
+    1 / temperature, whose gradient vanishes; for cross-layer pairs it pulls on the most similar pair). With
+    d_ij = sum_k |r_a_ik - r_b_jk| (no 1/2) and a_ij = 1 - d_ij, per sample
+
+        L = -(1 / (n_a n_b)) sum_ij [ s_ij a_ij - log sum_k exp(s_ik d_ik) ],
+
+    averaged over samples, as :func:`pdcr_pair_loss` but for the shift and the distance's scale. Invalid anchors
+    (windows without valid voxels; the authors' code has none) are left out of the maximum and the means.
+
+    Args: as :func:`pdcr_pair_loss` (composition vectors from :func:`authors_composition_vectors`).
+
+    Returns:
+        Scalar float32 loss (float64 if a feature tensor is float64).
+    """
+    _check_side(feats_a, comp_a, valid_a, "a")
+    _check_side(feats_b, comp_b, valid_b, "b")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    dtype = torch.float64 if torch.float64 in (feats_a.dtype, feats_b.dtype) else torch.float32
+    with torch.autocast(device_type=feats_a.device.type, enabled=False):
+        x, y = feats_a.to(dtype), feats_b.to(dtype)
+        # nn.CosineSimilarity: x.y / sqrt(max(|x|^2 |y|^2, eps^2)), as one matrix product
+        squared = (x * x).sum(-1)[:, :, None] * (y * y).sum(-1)[:, None, :]
+        s = torch.matmul(x, y.transpose(1, 2)) / torch.sqrt(squared.clamp(min=_NORM_EPS ** 2)) / temperature
+        pair = valid_a[:, :, None] & valid_b[:, None, :]
+        shift = s.masked_fill(~pair, float("-inf")).max()  # the authors' shift, gradient included
+        s = s - torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # no valid pair: no shift
+        d = torch.cdist(comp_a.to(dtype), comp_b.to(dtype), p=1)
+        cols = valid_b | ~valid_b.any(-1, keepdim=True)  # keeps the LSE finite where a sample has no valid b
+        lse = torch.logsumexp((s * d).masked_fill(~cols[:, None, :], float("-inf")), dim=-1)  # (B, N_a)
+        per_pair = torch.where(pair, lse[:, :, None] - s * (1.0 - d), 0.0)
+        n_pairs = pair.sum((1, 2))
+        ok = n_pairs > 0
+        per_sample = per_pair.sum((1, 2)) / n_pairs.clamp(min=1)
+        return torch.where(ok, per_sample, 0.0).sum() / ok.sum().clamp(min=1)
+
+
 class PDCRLoss(nn.Module):
     """The PDCR terms of one training step (docs/method.md section 2, steps 1-7), unweighted.
 
@@ -447,6 +550,10 @@ class PDCRLoss(nn.Module):
         self.ignore_label = ignore_label
         self.has_regions = has_regions
         self.region_ignore_channel = region_ignore_channel
+        self.authors = settings.variant == "authors"
+        if self.authors and has_regions:
+            raise ValueError("PDCR variant 'authors' reproduces the authors' label-id code and has no region-based "
+                             "form; use the variant 'clean' for region-based training")
         # total variation over classes; for (overlapping) regions the mean of per-region binary TVs
         self.distance_scale = 1.0 / num_classes if has_regions else 0.5
 
@@ -472,7 +579,8 @@ class PDCRLoss(nn.Module):
                         f"have the same spatial shape"
                     )
                 layer_grid = grid.on_layer(layer.stride)
-                comps = [composition_vectors(volume, layer_windows(layer, layer_grid, w)) for w in windows]
+                compose = authors_composition_vectors if self.authors else composition_vectors
+                comps = [compose(volume, layer_windows(layer, layer_grid, w)) for w in windows]
                 cache[layer.name] = [(_pooled(c), _pooled(v)) for c, v in comps] if batch_pairs else comps
             return cache[layer.name]
 
@@ -502,10 +610,17 @@ class PDCRLoss(nn.Module):
         if "cross" in hidden:
             (first, second), (proj_first, proj_second) = self.layers["encoder"][:2], hidden["cross"]
             add_pairs("cross", proj_first, first, proj_second, second)
-        # All pairs of the step in one batched call. Every layer has the same number of windows, so the mean over
-        # a term's jobs is the mean over its layers of the per-layer mean over window sizes.
-        losses = pdcr_pair_losses(features, jobs, self.settings.temperature, self.distance_scale)
-        return {term: losses[start:end].mean() for term, (start, end) in spans.items()}
+        # Every layer has the same number of windows, so the mean over a term's jobs is the mean over its layers of
+        # the per-layer mean over window sizes.
+        tau = self.settings.temperature
+        if not self.authors:  # all pairs of the step in one batched call
+            losses = pdcr_pair_losses(features, jobs, tau, self.distance_scale)
+            return {term: losses[start:end].mean() for term, (start, end) in spans.items()}
+        # authors: one autograd graph per pair (a few per step: their max shift is per pair); cross term halved
+        losses = torch.stack([authors_pair_loss(features[j.a], j.comp_a, j.valid_a, features[j.b], j.comp_b,
+                                                j.valid_b, tau) for j in jobs])
+        return {term: losses[start:end].mean() / (2.0 if term == "cross" else 1.0)
+                for term, (start, end) in spans.items()}
 
 
 def _pooled(t: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,8 @@ from nnunet_csse.method.anchors import AnchorLayer, InputGrid, input_grid
 
 PDCR_TERMS = ("encoder", "cross", "decoder")
 PAIR_MODES = ("sample", "batch")
+#: "clean": the formulation of docs/method.md section 2; "authors": their 3D code quirk by quirk (section 4)
+PDCR_VARIANTS = ("clean", "authors")
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,9 @@ class PDCRSettings:
         temperature: tau of the soft contrastive loss.
         anchor_spacing: distance between anchors in input voxels; min_anchors / max_anchors bound N per sample.
         pairs: "sample" (pairs within each sample) or "batch" (the anchors of the whole batch form one set).
+        variant: "clean" or "authors" (the authors' 3D code: max shift with its gradient, classes by position,
+            border windows divided by the full volume and one voxel short at the far border, distance without
+            1/2, cross term halved, grid from voxel 0; docs/method.md section 4).
     """
 
     encoder_weight: float = 0.0
@@ -36,6 +41,13 @@ class PDCRSettings:
     min_anchors: int = 32
     max_anchors: int = 512
     pairs: str = "sample"
+    variant: str = "clean"
+
+    def __post_init__(self) -> None:
+        if self.pairs not in PAIR_MODES:
+            raise ValueError(f"PDCR pairs must be one of {list(PAIR_MODES)}, got {self.pairs!r}")
+        if self.variant not in PDCR_VARIANTS:
+            raise ValueError(f"PDCR variant must be one of {list(PDCR_VARIANTS)}, got {self.variant!r}")
 
     @property
     def term_weights(self) -> dict[str, float]:
@@ -52,4 +64,4 @@ class PDCRSettings:
         """The one anchor grid (input voxels) of all anchored ``layers`` for an input of ``input_shape``; the
         network and the loss both call this, so anchors and composition vectors line up."""
         return input_grid(input_shape, [layer.stride for layer in layers], self.anchor_spacing, self.min_anchors,
-                          self.max_anchors)
+                          self.max_anchors, centred=self.variant == "clean")
