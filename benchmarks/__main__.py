@@ -8,6 +8,9 @@ Other commands:
 
 - ``python -m benchmarks accuracy [...]`` trains trainers side by side and compares their validation Dice
   (:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``);
+- ``python -m benchmarks trainings FOLDER ... [--out DIR]`` writes the training-level table (one (fold, seed) run =
+  one training) and its figure for accuracy output folders, e.g. several budgets side by side
+  (:func:`benchmarks.accuracy.trainings_main`);
 - ``python -m benchmarks summary FILE.json ...`` lists the targets of several runs, one line each;
 - ``python -m benchmarks authors-quirks`` prices each quirk of the authors' PDCR at init
   (:mod:`benchmarks.authors_quirks`);
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import accuracy
 
         return accuracy.main(given[1:])
+    if given[:1] == ["trainings"]:
+        from benchmarks.accuracy import trainings_main
+
+        return trainings_main(given[1:])
     if given[:1] == ["summary"]:
         from benchmarks.report import summary_main
 

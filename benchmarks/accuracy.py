@@ -34,10 +34,18 @@ configuration and budget: one JSON record per run (budget, wall time, validation
 Dice), ``runs.csv`` and ``runs.md``, the output of ``nnunet-csse compare`` per seed and fraction in
 ``compare/seed<S>_frac<NN>_folds<F-F>`` (named by the folds it rests on, so a comparison over other folds is never
 overwritten; plus, for each fraction f < 1, every trainer at f
-against the first trainer at full data: the limited-data question), ``summary.md`` (how many runs each comparison
-rests on) and ``learning_curves.png``. No checkpoints. ``--report-only`` trains nothing and writes these outputs for
-the finished runs of the grid it is given: to pool folds that separate invocations trained, or to look at results
-while another invocation trains the rest.
+against the first trainer at full data: the limited-data question), ``summary.md`` and ``learning_curves.png``.
+No checkpoints. ``summary.md`` (and the console) leads with the training-level table: one (fold, seed) run is one
+training, the unit that repeats (a CI over the validation cases of one training says nothing about the next one).
+Per budget, fraction and trainer: trainings, stalled trainings (a foreground class below 0.1 mean Dice) k/n with an
+exact interval, mean ± SD of the trainings' foreground Dice, the mean difference to the first trainer over the
+(fold, seed) pairs both have with a hierarchical bootstrap CI, and a Wilcoxon or exact sign test over the pairs
+(:mod:`nnunet_csse.tools.trainings`, shared with ``nnunet-csse compare``); ``trainings.png`` shows every training.
+``python -m benchmarks trainings FOLDER ... --out DIR`` writes that table and figure from the committed records of
+one or more output folders (e.g. two budgets side by side).
+
+``--report-only`` trains nothing and writes these outputs for the finished runs of the grid it is given: to pool folds
+that separate invocations trained, or to look at results while another invocation trains the rest.
 
 Example (from the repository root; CPU, half-width network, baseline vs CSSE on 3 folds, full and 25% data)::
 
@@ -92,12 +100,24 @@ from nnunet_csse.schedules import (
     TRAINING_SUBSET_SEED,
     check_training_fraction,
 )
+from nnunet_csse.tools.trainings import (
+    Group,
+    Training,
+    markdown_table,
+    method_note,
+    per_training_rows,
+    summarize_trainings,
+    table_rows,
+    text_table,
+    trainings_figure,
+)
 
 TRAINER_ALIASES = {
     "baseline": "nnUNetTrainer_benchmark",
     "UAFS": "nnUNetTrainerUAFS_benchmark",
     "PDCR": "nnUNetTrainerPDCR_benchmark",
     "CSSE": "nnUNetTrainerCSSE_benchmark",
+    "CSSE_authors": "nnUNetTrainerCSSE_authors_benchmark",
 }
 DEFAULT_TRAINERS = ("baseline", "CSSE")
 HIPPOCAMPUS_NAME = "Hippocampus"
@@ -176,6 +196,11 @@ class Run:
         return f"{self.trainer}, fraction {self.fraction:g}, fold {self.fold}, seed {self.seed}"
 
 
+def run_of(record: dict) -> Run:
+    """The run a record describes."""
+    return Run(record["trainer"], record["fraction"], record["fold"], record["seed"], record["plans"])
+
+
 def describe_runs(runs: Sequence[Run]) -> str:
     """``runs`` grouped by trainer, fraction and seed (first-seen order), their folds listed once per group, e.g.
     ``nnUNetTrainer_benchmark, fraction 1, seed 0, folds 1, 2; ...``: a report over a grid stays readable."""
@@ -208,7 +233,7 @@ def check_fractions(values: Sequence[object]) -> list[float]:
 
 
 def resolve_trainers(names: Sequence[str]) -> list[str]:
-    """Trainer class names for aliases (baseline, UAFS, PDCR, CSSE) or ``*_benchmark`` class names."""
+    """Trainer class names for aliases (baseline, UAFS, PDCR, CSSE, CSSE_authors) or ``*_benchmark`` class names."""
     known = set(TRAINER_ALIASES.values())
     out = []
     for name in names:
@@ -742,12 +767,17 @@ class Benchmark:
         self._write_table(records, classes, out)
         comparisons = self.comparisons = self._compare(records, out)
         figure = self._figure(records, out / "learning_curves.png") if records else None
-        self._write_summary(records, classes, comparisons, failed, skipped, pending, figure, out)
+        groups = training_groups([(r, out / "runs") for r in records], self.s.trainers, self.s.trainers[0])
+        if groups:
+            write_trainings_figure(groups, out / TRAININGS_FIGURE, f"{self.dataset_name} {self.s.configuration}")
+            self.say(f"[trainings] one (fold, seed) run = one training; reference {display_name(self.s.trainers[0])}"
+                     f"\n{trainings_text(groups)}")
+        self._write_summary(records, classes, comparisons, failed, skipped, pending, figure, out, groups)
         return out
 
     @staticmethod
     def _run_of(record: dict) -> Run:
-        return Run(record["trainer"], record["fraction"], record["fold"], record["seed"], record["plans"])
+        return run_of(record)
 
     def _rows(self, records: list[dict], classes: list[str]) -> list[dict]:
         rows = []
@@ -870,7 +900,8 @@ class Benchmark:
         return entry
 
     def _write_summary(self, records: list[dict], classes: list[str], comparisons: list[dict], failed: list[Run],
-                       skipped: list[Run], pending: Sequence[Run], figure: Path | None, out: Path) -> None:
+                       skipped: list[Run], pending: Sequence[Run], figure: Path | None, out: Path,
+                       groups: Sequence[Group] = ()) -> None:
         import torch
 
         from benchmarks.report import cpu_model
@@ -888,9 +919,11 @@ class Benchmark:
                  f"invocations); {len(failed)} failed" + (": " + describe_runs(failed) if failed
                                                           else "") + "." +
                  (f" Not finished yet (--report-only): {describe_runs(pending)}." if pending
-                  else ""), "",
-                 "Not bit-deterministic: the seed fixes the initial weights and the start of the data stream, but "
-                 "augmentation workers are unseeded and cuDNN autotunes; repeat with --seeds to see the spread.", ""]
+                  else ""), ""]
+        if groups:
+            lines += [trainings_markdown(groups, display_name(s.trainers[0]), TRAININGS_FIGURE), ""]
+        lines += ["Not bit-deterministic: the seed fixes the initial weights and the start of the data stream, but "
+                  "augmentation workers are unseeded and cuDNN autotunes; repeat with --seeds to see the spread.", ""]
         lines += ["## Mean validation Dice over runs", "",
                   "Mean ± sample std over the runs (folds x seeds) of each trainer and fraction; n = runs. "
                   f"Paired: difference to {s.trainers[0]} over the (fold, seed) pairs both finished.", "",
@@ -913,7 +946,9 @@ class Benchmark:
                 paired = "reference" if trainer == s.trainers[0] else (
                     f"{_mean_std(pairs, signed=True)} ({n_pairs})" if pairs else "-")
                 lines.append(f"| {fraction:g} | {trainer} | {len(group)} | " + " | ".join(cells) + f" | {paired} |")
-        lines += ["", "## nnunet-csse compare, per seed and fraction", ""]
+        lines += ["", "## nnunet-csse compare, per seed and fraction", "",
+                  "Case level: the validation cases of the trainings (folds) of one seed, pooled; their CIs and p "
+                  "describe these trainings, not the next one (the trainings table above does).", ""]
         for c in comparisons:
             folds = "; ".join(f"{t}: {len(f)} fold(s) {f}" for t, f in c["folds"].items()) or "none"
             compared = "returncode" in c
@@ -936,6 +971,8 @@ class Benchmark:
                   "- `compare/seed*_frac*_folds*/`: nnunet-csse compare output, named by the folds it rests on"]
         if figure is not None:
             lines.append(f"- `{figure.name}`: learning curves of all runs")
+        if groups:
+            lines.append(f"- `{TRAININGS_FIGURE}`: foreground Dice of every training, mean and 95% CI per trainer")
         (out / "summary.md").write_text("\n".join(lines) + "\n")
 
     def _figure(self, records: list[dict], path: Path) -> Path:
@@ -1012,6 +1049,158 @@ class Benchmark:
                                                          compare_failed else "") +
                  f"\n[benchmark] {header}\n[benchmark] wrote {out}")
         return 1 if failed or compare_failed else 0
+
+
+# ----------------------------------------------------------------------------------------------- trainings
+TRAININGS_FIGURE = "trainings.png"
+GROUP_COLUMNS = ("budget", "fraction")
+
+
+def display_name(trainer: str) -> str:
+    """The alias of a benchmark trainer (``baseline``, ``CSSE``, ...), else the class name."""
+    return next((alias for alias, name in TRAINER_ALIASES.items() if name == trainer), trainer)
+
+
+def record_training(record: dict, runs_folder: Path) -> Training:
+    """The training of one run record: its class Dice, and its per-case Dice where ``runs/<run>.validation_summary
+    .json`` is next to it (ValueError when that summary does not match the record)."""
+    key = f"fold {record['fold']} seed {record['seed']}"
+    class_dice = {name: math.nan if v is None else float(v) for name, v in record["validation"]["dice"].items()}
+    per_case = runs_folder / f"{run_of(record).run_id}{PER_CASE_SUFFIX}"
+    if not per_case.is_file():
+        return Training(key, class_dice)
+    means, cases = read_evaluator_summary(per_case)
+    classes = [k for k in means if k not in (FOREGROUND_MEAN, "0")]
+    names = dict(zip(classes, class_dice)) if len(classes) == len(class_dice) else None
+    training = Training.from_cases(key, cases, classes, names)
+    if not math.isclose(training.foreground, Training(key, class_dice).foreground, abs_tol=1e-9, rel_tol=0):
+        raise ValueError(f"{per_case} gives foreground Dice {training.foreground:.6f}, its record "
+                         f"{Training(key, class_dice).foreground:.6f}: the two files belong to different runs; delete "
+                         f"both to train the run again")
+    return training
+
+
+def _budget_label(record: dict) -> str:
+    return f"{record['budget']['epochs']}x{record['budget']['iterations_per_epoch']}"
+
+
+def training_groups(records: Sequence[tuple[dict, Path]], trainers: Sequence[str] | None,
+                    reference: str) -> list[Group]:
+    """Per (budget, fraction) the training-level statistics (:mod:`nnunet_csse.tools.trainings`) of every trainer
+    with a run there, paired with ``reference`` by fold and seed. ``records``: (record, its runs/ folder).
+    ``trainers``: their order (default: the aliases' order, then the others sorted)."""
+    by_group: dict[tuple[str, float], dict[str, list[Training]]] = {}
+    seen: dict[tuple, Path] = {}
+    for record, runs_folder in records:
+        group = (_budget_label(record), record["fraction"])
+        where = (*group, record["trainer"], record["fold"], record["seed"])
+        if where in seen:
+            raise ValueError(f"{display_name(record['trainer'])}, budget {group[0]}, fraction {group[1]:g}, fold "
+                             f"{record['fold']}, seed {record['seed']} is recorded in {seen[where]} and in "
+                             f"{runs_folder}: give each budget folder once")
+        seen[where] = runs_folder
+        by_group.setdefault(group, {}).setdefault(record["trainer"], []).append(record_training(record, runs_folder))
+    known = list(trainers) if trainers is not None else list(TRAINER_ALIASES.values())
+    budgets = list(dict.fromkeys(b for b, _ in by_group))
+    groups = []
+    for budget, fraction in sorted(by_group, key=lambda g: (budgets.index(g[0]), -g[1])):
+        found = by_group[budget, fraction]
+        order = sorted(found, key=lambda t: (known.index(t) if t in known else len(known), t))
+        named = {display_name(t): sorted(found[t], key=lambda x: x.key) for t in order}
+        groups.append(((budget, f"{fraction:g}"), summarize_trainings(named, display_name(reference))))
+    return groups
+
+
+def _per_case_coverage(groups: Sequence[Group]) -> str:
+    trainings = [t for _, summaries in groups for s in summaries for t in s.trainings]
+    known = sum(t.cases is not None for t in trainings)
+    return (f"Per-case Dice (`runs/*{PER_CASE_SUFFIX}`, resampled in the CIs) for {known} of {len(trainings)} "
+            f"trainings.")
+
+
+def trainings_text(groups: Sequence[Group]) -> str:
+    """The training-level table, each training's Dice and the method as aligned text."""
+    return "\n\n".join([text_table(table_rows(groups, GROUP_COLUMNS)),
+                        text_table(per_training_rows(groups, GROUP_COLUMNS)),
+                        f"{method_note('one (fold, seed) run')} {_per_case_coverage(groups)}"])
+
+
+def trainings_markdown(groups: Sequence[Group], reference: str, figure: str | None = None) -> str:
+    """The training-level section of ``summary.md`` and of ``python -m benchmarks trainings``."""
+    lines = ["## Trainings: one (fold, seed) run is one training", "",
+             f"Reference: {reference}; pairs: the same fold and seed in both trainers. Budget: epochs x iterations "
+             f"per epoch; fraction: of each fold's training cases.", "",
+             markdown_table(table_rows(groups, GROUP_COLUMNS)), "",
+             f"{method_note('one (fold, seed) run')} {_per_case_coverage(groups)}", ""]
+    if figure:
+        lines += [f"![foreground Dice per training]({figure})", ""]
+    lines += ["Each training's foreground Dice:", "", markdown_table(per_training_rows(groups, GROUP_COLUMNS))]
+    return "\n".join(lines)
+
+
+def write_trainings_figure(groups: Sequence[Group], path: Path, title: str) -> Path:
+    """``trainings_figure`` of ``groups`` (one panel per budget and fraction) as PNG."""
+    labelled = [(f"{budget}, fraction {fraction}", summaries) for (budget, fraction), summaries in groups]
+    trainings_figure(labelled, f"{title}: foreground Dice per training (one dot = one (fold, seed) run)").savefig(path)
+    return path
+
+
+def read_budget_folder(folder: Path) -> list[tuple[dict, Path]]:
+    """The run records ``folder/runs/*.json`` of an accuracy output folder, each with its runs/ folder."""
+    runs = folder / "runs"
+    paths = sorted(p for p in runs.glob("*.json") if not p.name.endswith(PER_CASE_SUFFIX)) if runs.is_dir() else []
+    if not paths:
+        raise ValueError(f"{folder} has no runs/*.json records: give a folder written by python -m benchmarks "
+                         f"accuracy (benchmarks/results/accuracy/<Dataset>__<plans>__<config>__<budget>)")
+    records = []
+    for path in paths:
+        try:
+            record = json.loads(path.read_text())
+            run_of(record), _budget_label(record), dict(record["validation"]["dice"])  # KeyError: what is missing
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a run record of python -m benchmarks accuracy ({type(e).__name__}: "
+                             f"{e}); move it out of {runs}") from None
+        records.append((record, runs))
+    return records
+
+
+def trainings_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks trainings FOLDER ... --out DIR``: the training-level table of committed records."""
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks trainings",
+        description="Training-level statistics of finished accuracy-benchmark runs: per budget, fraction and trainer "
+                    "the trainings, stalled trainings, mean foreground Dice and the paired difference to the "
+                    "reference, from the runs/*.json records (and per-case summaries) of each budget folder.")
+    p.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
+                   help="accuracy output folders, e.g. benchmarks/results/accuracy/<Dataset>__<plans>__<config>__"
+                        "e20x50_val10")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for trainings.md and trainings.png "
+                                                               "(default: %(default)s)")
+    p.add_argument("--reference", default=DEFAULT_TRAINERS[0],
+                   help="reference trainer, alias or class name (default: %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        reference = TRAINER_ALIASES.get(args.reference, args.reference)
+        records = [r for folder in args.folders for r in read_budget_folder(folder)]
+        if not any(r["trainer"] == reference for r, _ in records):
+            present = sorted({display_name(r["trainer"]) for r, _ in records})
+            raise ValueError(f"--reference {args.reference}: no run of it in {', '.join(map(str, args.folders))}; "
+                             f"choose one of {', '.join(present)}")
+        groups = training_groups(records, None, reference)
+        args.out.mkdir(parents=True, exist_ok=True)
+        first = records[0][0]
+        title = f"{first.get('dataset', '?')} {first.get('configuration', '?')}"
+        figure = write_trainings_figure(groups, args.out / TRAININGS_FIGURE, title)
+        sources = "\n".join(f"- `{folder}`" for folder in args.folders)
+        markdown = args.out / "trainings.md"
+        markdown.write_text(f"# Trainings: {title}\n\nFrom the run records of\n\n{sources}\n\n"
+                            f"{trainings_markdown(groups, display_name(reference), figure.name)}\n")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"one (fold, seed) run = one training; reference {display_name(reference)}\n{trainings_text(groups)}\n"
+          f"wrote {markdown}\nwrote {figure}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -36,6 +36,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import accuracy  # noqa: E402
+from benchmarks.__main__ import main as main_benchmarks  # noqa: E402
+from nnunet_csse.tools import trainings  # noqa: E402
 
 BENCHMARK_TRAINERS = ("nnUNetTrainer_benchmark", "nnUNetTrainerUAFS_benchmark", "nnUNetTrainerPDCR_benchmark",
                       "nnUNetTrainerCSSE_benchmark")
@@ -319,6 +321,17 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert budget in summary and "4 of 4 runs finished (0 reused" in summary
     assert summary.count("Rests on 2 runs") == 2 and "Rests on 3 runs" in summary and str(workdir) not in summary
     assert "(1 pair) |" in summary and "pairs)" not in summary  # one fold: one (fold, seed) pair
+    # the summary and the console lead with the training level: one (fold, seed) run per trainer and fraction
+    assert [line for line in summary.splitlines() if line.startswith("## ")][0] == \
+        "## Trainings: one (fold, seed) run is one training"
+    for fraction in ("1", "0.5"):
+        assert f"| 1x2 | {fraction} | baseline | 1 | 0/1 [0.000, 0.975] |" in summary or \
+            f"| 1x2 | {fraction} | baseline | 1 | 1/1 [0.025, 1.000] |" in summary
+        row = next(line for line in summary.splitlines() if line.startswith(f"| 1x2 | {fraction} | CSSE | 1 |"))
+        fg = records["nnUNetTrainerCSSE_benchmark", float(fraction)]["validation"]["foreground_mean_dice"]
+        assert f"| {fg:.4f} (one training) |" in row and row.endswith("| 1 | 1.0000 (sign test) |")
+    assert "[trainings] one (fold, seed) run = one training; reference baseline" in first
+    assert (results / "trainings.png").stat().st_size > 0
     figure = results / "learning_curves.png"
     import matplotlib.image
 
@@ -391,6 +404,7 @@ def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     assert not (results / "compare" / "seed0_frac50_folds0" / "compare_Dataset905_AccuracyToy_3d_fullres.csv").exists()
     assert "### seed 0, fraction 0.5 (not compared)" in summary and "(`compare/seed0_frac50_folds0`)" not in summary
     assert "| 0.5 | nnUNetTrainerCSSE_benchmark | 1 |" in summary  # still in the per-run table
+    assert "| 1x2 | 0.5 | CSSE | 1 |" in summary  # and a training: its record holds its Dice
 
 
 def test_comparison_without_a_finished_reference_is_skipped_not_run_against_another_trainer(tmp_path):
@@ -429,6 +443,156 @@ def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, cap
     path.write_text(json.dumps({"seed": 0, "budget": dict(budget, epochs=5)}))
     with pytest.raises(ValueError, match=r"states budget and seed \(5, 50, 10, 0\), not \(20, 50, 10, 0\): move it"):
         bench.committed_record(run)
+
+
+# ----------------------------------------------------------------------------------------------- trainings
+COMMITTED = ROOT / "benchmarks" / "results" / "accuracy" / \
+    "Dataset004_Hippocampus__nnUNetPlansCSSE_half_width__3d_fullres__e20x50_val10"
+BASELINE, CSSE = "nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark"
+
+
+def fake_run(folder: Path, trainer: str, fold: int, seed: int, dice: tuple[float, float], fraction: float = 1.0,
+             epochs: int = 20, per_case: bool = False) -> dict:
+    """A run record as the benchmark writes it (mean Dice of anterior, posterior), optionally with a per-case
+    summary of three cases whose class means are ``dice``."""
+    plans = "nnUNetPlansCSSE_half_width" + ("" if fraction == 1.0 else "_frac25")
+    record = {"trainer": trainer, "fraction": fraction, "fold": fold, "seed": seed, "plans": plans,
+              "dataset": "Dataset004_Hippocampus", "configuration": "3d_fullres",
+              "budget": {"epochs": epochs, "iterations_per_epoch": 50, "val_iterations_per_epoch": 10},
+              "validation": {"dice": {"anterior": dice[0], "posterior": dice[1]},
+                             "foreground_mean_dice": sum(dice) / 2, "cases": 3}}
+    run_id = f"{trainer}__{plans}__fold{fold}__seed{seed}"
+    (folder / "runs").mkdir(parents=True, exist_ok=True)
+    (folder / "runs" / f"{run_id}.json").write_text(json.dumps(record))
+    if per_case:
+        cases = [{"reference_file": f"/gt/case_{fold}_{i}.nii.gz",
+                  "metrics": {"1": {"Dice": dice[0] + d}, "2": {"Dice": dice[1] + d}}} for i, d in
+                 enumerate((-0.05, 0.0, 0.05))]
+        summary = {"mean": {"1": {"Dice": dice[0]}, "2": {"Dice": dice[1]}}, "foreground_mean": {"Dice": sum(dice) / 2},
+                   "metric_per_case": cases}
+        (folder / "runs" / f"{run_id}{accuracy.PER_CASE_SUFFIX}").write_text(json.dumps(summary))
+    return record
+
+
+def two_budget_folders(root: Path) -> tuple[Path, Path]:
+    """20x50: baseline 4 runs (one stalled), CSSE 5 (4 paired with the baseline), 1 pair at fraction 0.25; 80x50:
+    6 pairs, CSSE - baseline = +0.01 ... +0.05 and -0.06."""
+    short, long = root / "e20x50", root / "e80x50"
+    for (fold, seed), base, csse in (((0, 0), (0.80, 0.70), (0.82, 0.74)), ((1, 0), (0.80, 0.05), (0.83, 0.77)),
+                                     ((2, 0), (0.82, 0.74), (0.84, 0.78)), ((0, 1), (0.84, 0.76), (0.86, 0.80))):
+        fake_run(short, BASELINE, fold, seed, base, per_case=seed == 1)
+        fake_run(short, CSSE, fold, seed, csse, per_case=seed == 1)
+    fake_run(short, CSSE, 1, 1, (0.85, 0.79))  # no baseline run to pair it with
+    fake_run(short, BASELINE, 0, 0, (0.6, 0.5), fraction=0.25)
+    fake_run(short, CSSE, 0, 0, (0.7, 0.6), fraction=0.25)
+    for i, difference in enumerate((0.01, 0.02, 0.03, 0.04, 0.05, -0.06)):
+        fake_run(long, BASELINE, i % 3, i // 3, (0.8, 0.8), epochs=80)
+        fake_run(long, CSSE, i % 3, i // 3, (0.8 + difference, 0.8 + difference), epochs=80)
+    return short, long
+
+
+def test_trainings_command_over_two_budgets_matches_hand_computed_rows(tmp_path, capsys):
+    short, long = two_budget_folders(tmp_path)
+    out = tmp_path / "report"
+    assert main_benchmarks(["trainings", str(short), str(long), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    markdown = (out / "trainings.md").read_text()
+    low, high = trainings.stall_interval(1, 4)
+    assert (low, high) == pytest.approx((0.0063, 0.8059), abs=1e-4)
+    csse_short = [0.78, 0.80, 0.81, 0.83, 0.82]
+    expected_rows = [
+        f"| 20x50 | 1 | baseline | 4 | 1/4 [{low:.3f}, {high:.3f}] | "
+        f"{np.mean([0.75, 0.425, 0.78, 0.80]):.4f} ± {np.std([0.75, 0.425, 0.78, 0.80], ddof=1):.4f} [",
+        f"| 20x50 | 1 | CSSE | 5 | 0/5 [0.000, 0.522] | {np.mean(csse_short):.4f} ± {np.std(csse_short, ddof=1):.4f} [",
+        "| 4 | 0.1250 (sign test) |",  # 4 positive pairs: 2 / 2^4
+        "| 20x50 | 0.25 | CSSE | 1 | 0/1 [0.000, 0.975] | 0.6500 (one training) | +0.1000 n/a | 1 | "
+        "1.0000 (sign test) |",
+        "| 80x50 | 1 | CSSE | 6 | 0/6 [0.000, 0.459] |",
+        "| +0.0150 [",  # (0.01 + 0.02 + 0.03 + 0.04 + 0.05 - 0.06) / 6
+        "| 6 | 0.4375 (Wilcoxon) |",  # W- = 6 of the ranks 1..6: 2 * 14 / 64
+        "| 20x50 | 1 | baseline | fold 0 seed 0: 0.7500; fold 0 seed 1: 0.8000; fold 1 seed 0: 0.4250 (stalled: "
+        "posterior 0.050); fold 2 seed 0: 0.7800 |",
+    ]
+    for row in expected_rows:
+        assert row in markdown
+    difference = (0.03 + 0.375 + 0.03 + 0.03) / 4
+    row = next(line for line in markdown.splitlines() if line.startswith("| 20x50 | 1 | CSSE | 5 |"))
+    assert f"| {difference:+.4f} [" in row
+    ci_low, ci_high = (float(x) for x in row.split(f"{difference:+.4f} [")[1].split("]")[0].split(", "))
+    assert ci_low < difference < ci_high
+    # group order: budgets in the order given, full data first
+    assert [line.split(" | ")[0:2] for line in markdown.splitlines() if line.startswith("| ") and " | CSSE | " in line
+            and "fold" not in line] == [["| 20x50", "1"], ["| 20x50", "0.25"], ["| 80x50", "1"]]
+    assert "Per-case Dice (`runs/*.validation_summary.json`, resampled in the CIs) for 2 of 23 trainings." in markdown
+    assert "stalled: some foreground class has mean validation Dice < 0.1" in markdown
+    assert "20x50   1         CSSE      5          0/5 [0.000, 0.522]" in printed
+    assert f"wrote {out / 'trainings.png'}" in printed
+    assert (out / "trainings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_trainings_command_refuses_bad_input_in_one_line(tmp_path, capsys):
+    short, _ = two_budget_folders(tmp_path)
+    for argv, message in (
+            ([str(tmp_path / "absent")], "has no runs/*.json records: give a folder written by python -m benchmarks"),
+            ([str(short), "--reference", "PDCR"], "--reference PDCR: no run of it in"),
+            ([str(short), str(short)], "is recorded in"),
+    ):
+        assert main_benchmarks(["trainings", *argv, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    (short / "runs" / "broken.json").write_text("{}")
+    assert main_benchmarks(["trainings", str(short), "--out", str(tmp_path / "out")]) == 2
+    assert "broken.json is not a run record" in capsys.readouterr().err
+    (short / "runs" / "broken.json").unlink()
+    # a per-case summary of another run next to a record
+    run_id = f"{BASELINE}__nnUNetPlansCSSE_half_width__fold0__seed1"
+    other = short / "runs" / f"{CSSE}__nnUNetPlansCSSE_half_width__fold0__seed1{accuracy.PER_CASE_SUFFIX}"
+    shutil.copyfile(other, short / "runs" / f"{run_id}{accuracy.PER_CASE_SUFFIX}")
+    assert main_benchmarks(["trainings", str(short), "--out", str(tmp_path / "out")]) == 2
+    assert "belong to different runs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not COMMITTED.is_dir(), reason="the committed 20x50 results are not in this checkout")
+def test_trainings_of_the_committed_records_agree_with_the_records():
+    records = accuracy.read_budget_folder(COMMITTED)
+    groups = accuracy.training_groups(records, None, BASELINE)
+    by_row = {(cells[1], s.name): s for cells, summaries in groups for s in summaries}
+    for (fraction, name), summary in by_row.items():
+        own = [r for r, _ in records
+               if f"{r['fraction']:g}" == fraction and accuracy.display_name(r["trainer"]) == name]
+        assert summary.n == len(own)
+        assert summary.mean == pytest.approx(np.mean([r["validation"]["foreground_mean_dice"] for r in own]), abs=1e-9)
+        assert summary.stalled == sum(any(v < 0.1 for v in r["validation"]["dice"].values()) for r in own)
+        if name != "baseline":
+            reference = {(r["fold"], r["seed"]) for r, _ in records if r["trainer"] == BASELINE
+                         and f"{r['fraction']:g}" == fraction}
+            assert len(summary.pairs) == sum((r["fold"], r["seed"]) in reference for r in own)
+    assert by_row["1", "CSSE"].test == "Wilcoxon" and by_row["1", "UAFS"].test == "sign test"
+
+
+def test_summary_leads_with_the_trainings_table(tmp_path):
+    short, _ = two_budget_folders(tmp_path / "records")
+    settings = accuracy.parse_args(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                    "--device", "cpu", "--seeds", "0", "1", "--fractions", "1.0", "0.25"])
+    bench = accuracy.Benchmark(settings)
+    bench.dataset_name = "Dataset004_Hippocampus"
+    bench.plan_summary = {"patch_size": [40, 56, 40], "batch_size": 4, "features": [16, 32, 64, 128]}
+    records = accuracy.read_budget_folder(short)
+    groups = accuracy.training_groups(records, settings.trainers, settings.trainers[0])
+    bench._write_summary([r for r, _ in records], ["anterior", "posterior"], [], [], [], [], None, tmp_path, groups)
+    summary = (tmp_path / "summary.md").read_text()
+    headings = [line for line in summary.splitlines() if line.startswith("## ")]
+    assert headings[:2] == ["## Trainings: one (fold, seed) run is one training", "## Mean validation Dice over runs"]
+    assert "| 20x50 | 1 | CSSE | 5 | 0/5 [0.000, 0.522] |" in summary and "| 4 | 0.1250 (sign test) |" in summary
+    assert "- `trainings.png`:" in summary
+
+
+def test_csse_authors_alias():
+    assert accuracy.resolve_trainers(["CSSE_authors", "baseline"]) == ["nnUNetTrainerCSSE_authors_benchmark",
+                                                                        "nnUNetTrainer_benchmark"]
+    assert accuracy.display_name("nnUNetTrainerCSSE_authors_benchmark") == "CSSE_authors"
+    assert accuracy.display_name("nnUNetTrainerOther") == "nnUNetTrainerOther"
 
 
 def _gpu_script(*args: str) -> subprocess.CompletedProcess:

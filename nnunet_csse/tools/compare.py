@@ -37,9 +37,18 @@ cannot tell a one-point gain from noise; the per-case differences can:
   two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, its default ``zero_method="wilcox"`` drops
   tied cases; p = 1 when every case is tied); wins / losses / ties (tie: ``|difference| < TIE_TOLERANCE``).
 * With fewer than ``MIN_CASES`` pairs the CI and p are "n/a" (empty in the CSV); mean and counts are shown.
+* These cases all come from the same few trainings (labelled "within one training" or "pooled over N
+  trainings"): the CI and p describe those trainings, not the next one.
+
+Training level (cross-validation): one fold is one training, the unit that repeats. Per trainer the number of
+trainings, each one's foreground Dice, their mean ± SD with a hierarchical bootstrap CI, stalled trainings (a
+foreground class below 0.1 mean Dice) with an exact interval, and against the reference the mean over folds both
+have of the per-fold difference, its hierarchical bootstrap CI (folds, then cases inside each) and a Wilcoxon
+signed-rank or exact sign test over the folds: :mod:`nnunet_csse.tools.trainings`, shared with the accuracy
+benchmark.
 
 Written to ``--out``: ``<stem>.csv`` (per trainer and class: fold means, or case means on a test set, then the
-paired columns), ``<stem>.md`` (both tables, method, warnings), ``<stem>.png`` (fold-mean bars, cross-validation
+paired columns), ``<stem>.md`` (the tables, method, warnings), ``<stem>.png`` (fold-mean bars, cross-validation
 only) and ``<stem>_paired.png`` (per-case differences). ``<stem>`` is ``compare_<Dataset>_<configuration>``, or
 ``compare_<Dataset>_<label folder name>`` on a test set (Dataset: ``-d``, else the DatasetXXX folder holding
 ``--dataset-json``, else its ``"name"``). Nothing is written unless all input is valid.
@@ -64,6 +73,8 @@ from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary, resolve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from nnunet_csse.tools.trainings import TrainerTrainings
 
 FOREGROUND = FOREGROUND_MEAN
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
@@ -212,6 +223,7 @@ class Comparison:
     n_label_cases: int = 0  # test set: label files found
     paired_png_path: Path | None = None
     md_path: Path | None = None
+    trainings: list[TrainerTrainings] = field(default_factory=list)  # cross-validation: one fold = one training
 
     @property
     def written(self) -> list[Path]:
@@ -254,10 +266,29 @@ class Comparison:
     def title(self) -> str:
         return f"{self.dataset} {self.configuration}: {self.what()}"
 
+    def case_scope(self) -> str:
+        """Where the paired cases come from: the test set, one training (fold) or several pooled."""
+        if self.test_set:
+            return "test-set cases"
+        reference = self.trainers[0]
+        folds = sorted({reference.case_folds[c] for p in self.paired for c in p.cases}, key=self.folds.index)
+        if len(folds) == 1:
+            return f"validation cases within one training, fold {folds[0]}"
+        return f"validation cases pooled over {len(folds)} trainings, folds {','.join(folds)}"
+
     def paired_title(self) -> str:
-        pooled = "" if self.test_set else ", cases pooled over folds"
-        return (f"paired per-case Dice difference vs {self.trainers[0].name} (reference){pooled}: mean, 95% "
-                f"bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties")
+        return (f"paired per-case Dice difference vs {self.trainers[0].name} (reference), {self.case_scope()}: "
+                f"mean, 95% bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties")
+
+    def trainings_title(self) -> str:
+        return (f"training level (one fold = one training; pairs: same fold) vs {self.trainers[0].name} "
+                f"(reference): foreground Dice per training, stalled trainings")
+
+    def _trainings_tables(self) -> tuple[list[list[str]], list[list[str]]]:
+        from nnunet_csse.tools.trainings import per_training_rows, table_rows
+
+        groups = [((), self.trainings)]
+        return table_rows(groups), per_training_rows(groups)
 
     def _mean_table(self) -> list[list[str]]:
         rows = [["class"] + [t.name for t in self.trainers]]
@@ -287,6 +318,9 @@ class Comparison:
         """The text tables printed by the CLI."""
         mean_rows = self._mean_table()
         lines = [self.title(), *_aligned(mean_rows, separator_before=1 + self.classes.index(FOREGROUND))]
+        if self.trainings:
+            summary, listed = self._trainings_tables()
+            lines += ["", self.trainings_title(), *_aligned(summary), "", *_aligned(listed), "", _trainings_note()]
         if self.paired:
             lines += ["", self.paired_title(), *_aligned(self._paired_table()), "", _method_note()]
         return "\n".join(lines)
@@ -295,6 +329,10 @@ class Comparison:
         """Both tables, the method and the warnings as a markdown document."""
         parts = [f"# {self.dataset} {self.configuration}", "", f"## {self.what()}", "",
                  _markdown(self._mean_table())]
+        if self.trainings:
+            summary, listed = self._trainings_tables()
+            parts += ["", "## " + self.trainings_title()[0].upper() + self.trainings_title()[1:], "",
+                      _markdown(summary), "", _markdown(listed), "", _trainings_note()]
         if self.paired:
             parts += ["", "## " + self.paired_title()[0].upper() + self.paired_title()[1:], "",
                       _markdown(self._paired_table()), "", _method_note()]
@@ -305,7 +343,15 @@ class Comparison:
 
 def _method_note() -> str:
     return (f"CI: {N_RESAMPLES} bootstrap resamples of the cases, seed {BOOTSTRAP_SEED}; tie: |diff| < "
-            f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} paired cases.")
+            f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} paired cases. "
+            f"Cases of the same trainings: this CI and p describe these trainings, not the next one (see the "
+            f"training-level table).")
+
+
+def _trainings_note() -> str:
+    from nnunet_csse.tools.trainings import method_note
+
+    return method_note("one fold")
 
 
 def _aligned(rows: list[list[str]], separator_before: int | None = None) -> list[str]:
@@ -437,6 +483,7 @@ def compare_trainers(
     classes = sorted(keys, key=_class_sort_key) + [FOREGROUND]
     comparison = Comparison(name, configuration, fold_names, classes, results, warnings)
     comparison.paired = _pair_all(comparison)
+    comparison.trainings = _training_level(comparison)
     if out_dir is not None:
         write_outputs(comparison, out_dir, f"compare_{name}_{configuration}")
     return comparison
@@ -475,6 +522,21 @@ def _pair_all(comparison: Comparison) -> list[PairedDifference]:
             paired.append(paired_difference(t.case_values(key, foreground), reference.case_values(key, foreground),
                                             t.name, reference.name, key))
     return paired
+
+
+def _training_level(comparison: Comparison) -> list[TrainerTrainings]:
+    """One training per fold of every trainer (its cases: those validated in that fold), paired by fold with the
+    first trainer's (``nnunet_csse.tools.trainings``)."""
+    from nnunet_csse.tools.trainings import Training, summarize_trainings
+
+    trainers = {}
+    for t in comparison.trainers:
+        keys = {k for m in t.cases.values() for k in m}
+        classes = [k for k in comparison.classes if k in keys and k not in (FOREGROUND, "0")]
+        names = {k: comparison.label(k) for k in classes}
+        trainers[t.name] = [Training.from_cases(f"fold {f}", {c: m for c, m in t.cases.items() if t.case_folds[c] == f},
+                                                classes, names) for f in t.folds]
+    return summarize_trainings(trainers, comparison.trainers[0].name)
 
 
 def _examples(cases: object, limit: int = 3) -> str:
@@ -756,9 +818,8 @@ def paired_figure(comparison: Comparison) -> Figure:
                for c, label in (("tab:green", "case better"), ("tab:red", "case worse"), ("grey", "tie"))]
     handles.append(Line2D([], [], ls="-", marker="D", color="black", label=f"mean, 95% bootstrap CI (n ≥ {MIN_CASES})"))
     fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
-    where = "test-set cases" if comparison.test_set else "validation cases pooled over folds"
     fig.suptitle(f"{comparison.dataset} {comparison.configuration}: paired per-case Dice differences\n"
-                 f"{where}; p: two-sided Wilcoxon signed-rank", fontsize="medium")
+                 f"{comparison.case_scope()}; p: two-sided Wilcoxon signed-rank", fontsize="medium")
     return fig
 
 
@@ -772,7 +833,10 @@ ending from the dataset's dataset.json (-d: nnUNet_preprocessed, else nnUNet_raw
 
 The first trainer / prediction is the reference: every other one gets, per class and for the per-case
 foreground mean, the mean per-case Dice difference with a 95% bootstrap CI, the two-sided Wilcoxon
-signed-rank p-value and wins/losses/ties over the cases both have (CI and p n/a below 5 cases).
+signed-rank p-value and wins/losses/ties over the cases both have (CI and p n/a below 5 cases). These cases come
+from a few trainings (folds); the training-level table treats each fold as one sample: the mean per-fold
+difference over the folds both have, a hierarchical bootstrap CI, a Wilcoxon or exact sign test over the folds,
+and stalled trainings (a foreground class below 0.1 mean Dice).
 
 examples:
   nnunet-csse compare -d 4 -c 3d_fullres -tr nnUNetTrainer nnUNetTrainerCSSE --out results/

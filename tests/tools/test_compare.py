@@ -4,6 +4,7 @@ tiny NIfTI test set evaluated by nnU-Net's evaluator; paired statistics checked 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -11,11 +12,13 @@ import statistics
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from matplotlib.collections import PathCollection
 from matplotlib.container import ErrorbarContainer
 from nnunetv2.evaluation.evaluate_predictions import save_summary_json
 from scipy.stats import wilcoxon
 
 from nnunet_csse.tools import compare as C
+from nnunet_csse.tools import trainings as T
 from nnunet_csse.tools.cli import main
 
 DATASET = "Dataset042_Toy"
@@ -647,3 +650,138 @@ def test_mismatched_prediction_is_a_clear_error(labelled_test_set, tmp_path):
         C.compare_predictions(folders["labelsTs"], [("base", folders["base"])],
                               dataset_json=labelled_test_set["dataset_json"], out_dir=tmp_path / "out", num_processes=1)
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ training level
+def test_pair_test_is_the_sign_test_below_six_nonzero_pairs_and_wilcoxon_from_six():
+    # 3 pairs, all positive: exact sign test, p = 2 * (1/2)^3; two of three positive: p = 1
+    assert T.pair_test([0.01, 0.02, 0.03]) == (pytest.approx(0.25, abs=1e-12), "sign test")
+    assert T.pair_test([0.01, 0.02, -0.03]) == (pytest.approx(1.0, abs=1e-12), "sign test")
+    # a tie is dropped: 5 positive of 5 non-zero, p = 2 / 32, still the sign test with 6 pairs
+    assert T.pair_test([0.01, 0.02, 0.03, 0.04, 0.05, 0.0]) == (pytest.approx(0.0625, abs=1e-12), "sign test")
+    assert T.pair_test([0.0, 0.0]) == (1.0, "sign test")
+    # 6 pairs: exact signed-rank distribution of 2^6 sign patterns. All positive: only W- = 0, p = 2 / 64.
+    assert T.pair_test([0.01, 0.02, 0.03, 0.04, 0.05, 0.06]) == (pytest.approx(2 / 64, abs=1e-12), "Wilcoxon")
+    # ranks 1..5 positive, 6 negative: W- = 6; subsets of {1..6} with sum <= 6: 1+1+1+2+2+3+4 = 14, p = 2 * 14 / 64
+    assert T.pair_test([0.01, 0.02, 0.03, 0.04, 0.05, -0.06]) == (pytest.approx(28 / 64, abs=1e-12), "Wilcoxon")
+    assert math.isnan(T.pair_test([])[0])
+
+
+def test_clopper_pearson_interval_of_stalled_trainings():
+    assert T.stall_interval(3, 12) == pytest.approx((0.0549, 0.5719), abs=5e-5)
+    low, high = T.stall_interval(0, 5)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 5), abs=1e-9)  # 0.5218
+    assert all(math.isnan(x) for x in T.stall_interval(0, 0))
+
+
+def training(key, per_class, shift=0.0):
+    """A training from {class: [Dice per case]}, every Dice + shift."""
+    n = len(next(iter(per_class.values())))
+    return T.Training.from_cases(key, {f"c{i}": {k: v[i] + shift for k, v in per_class.items()} for i in range(n)},
+                                 list(per_class))
+
+
+def test_training_dice_is_mean_over_classes_of_class_means_and_the_stall_rule():
+    t = training("fold 0", {"1": [0.8, 0.9, math.nan], "2": [0.05, 0.12, 0.10]})
+    assert t.class_dice == pytest.approx({"1": 0.85, "2": 0.09})
+    assert t.foreground == pytest.approx((0.85 + 0.09) / 2)
+    assert t.stalled and t.stalled_classes == ["2"]
+    assert not training("f", {"1": [0.8], "2": [0.1]}).stalled  # 0.1 itself is not below 0.1
+    assert not training("f", {"1": [0.8], "2": [math.nan]}).stalled  # a class absent from every case is no stall
+    assert training("f", {"1": [0.8], "2": [math.nan]}).foreground == pytest.approx(0.8)
+    # nnU-Net's foreground_mean when every class occurs: the summary of write_summary
+    t = T.Training.from_cases("f", dict(as_cases(DICE["nnUNetTrainer"][0], 0)), [1, 2])
+    assert t.foreground == pytest.approx(fold_dice("nnUNetTrainer", 0, "foreground_mean"), abs=1e-12)
+
+
+def test_hierarchical_bootstrap_without_cases_is_the_bootstrap_of_the_pair_differences():
+    differences = [0.04, 0.16, 0.03, -0.01, 0.02]
+    pairs = [(T.Training(f"f{i}", {"1": 0.7 + d}), T.Training(f"f{i}", {"1": 0.7})) for i, d in enumerate(differences)]
+    low, high = T.hierarchical_bootstrap_ci(pairs, n_resamples=2000)
+    assert (low, high) == pytest.approx(oracle_bootstrap(differences, n_resamples=2000), abs=1e-12)
+    assert low < sum(differences) / len(differences) < high
+    same = [(T.Training(f"f{i}", {"1": 0.9}), T.Training(f"f{i}", {"1": 0.85})) for i in range(4)]
+    assert T.hierarchical_bootstrap_ci(same) == pytest.approx((0.05, 0.05), abs=1e-12)
+    assert all(math.isnan(x) for x in T.hierarchical_bootstrap_ci(pairs[:1]))  # one pair: no spread between pairs
+
+
+def test_hierarchical_bootstrap_resamples_the_cases_inside_each_pair():
+    rng = np.random.default_rng(5)
+    references = [training(f"fold {f}", {"1": list(rng.uniform(0.5, 0.9, 30)), "2": list(rng.uniform(0.3, 0.9, 30))})
+                  for f in range(4)]
+    shifted = [T.Training(r.key, {k: v + 0.03 for k, v in r.class_dice.items()}, r.cases + 0.03, r.case_names)
+               for r in references]
+    # the same cases shifted by 0.03 in every pair: one case draw for both trainings, every resample differs by 0.03
+    assert T.hierarchical_bootstrap_ci(list(zip(shifted, references))) == pytest.approx((0.03, 0.03), abs=1e-12)
+    # noisy per-case differences that average to the same per-pair value: the case level widens the interval
+    noisy = []
+    for r in references:
+        noise = rng.normal(0, 0.1, r.cases.shape)
+        noise -= noise.mean(axis=0)  # class means unchanged: each training's Dice is exactly shifted by 0.03
+        noisy.append(T.Training(r.key, {k: v + 0.03 for k, v in r.class_dice.items()}, r.cases + 0.03 + noise,
+                                r.case_names))
+    assert noisy[0].foreground == pytest.approx(references[0].foreground + 0.03, abs=1e-12)
+    low, high = T.hierarchical_bootstrap_ci(list(zip(noisy, references)))
+    assert low < 0.03 < high and high - low > 0.01
+    assert T.hierarchical_bootstrap_ci(list(zip(noisy, references))) == (low, high)  # seeded
+
+
+def test_compare_reports_trainings_per_fold_paired_by_fold(results, tmp_path):
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], out_dir=tmp_path)
+    baseline, csse = comparison.trainings
+    assert (baseline.n, csse.n) == (5, 3) and baseline.reference is None and csse.reference == "nnUNetTrainer"
+    # hand-computed from DICE; fold 1 of CSSE has no label 2 at all: its Dice is label 1's, 0.87
+    assert [t.foreground for t in baseline.trainings] == pytest.approx([0.75, 0.71, 0.785, 0.705, 0.755])
+    assert [t.foreground for t in csse.trainings] == pytest.approx([0.79, 0.87, 0.815])
+    assert [t.key for t in csse.trainings] == ["fold 0", "fold 1", "fold 2"]
+    assert [r.key for _, r in csse.pairs] == ["fold 0", "fold 1", "fold 2"]
+    assert csse.difference == pytest.approx((0.04 + 0.16 + 0.03) / 3)
+    assert (csse.p_value, csse.test) == (pytest.approx(0.25), "sign test")  # 3 positive pairs
+    assert csse.difference_ci[0] < csse.difference < csse.difference_ci[1]
+    assert csse.sd == pytest.approx(statistics.stdev([0.79, 0.87, 0.815]))
+    assert (csse.stalled, baseline.stalled) == (0, 0)
+    text = comparison.table()
+    assert "+0.0767 [" in text and "0.2500 (sign test)" in text and "0/5 [0.000, 0.522]" in text
+    assert "fold 1: 0.8700" in text and "validation cases pooled over 3 trainings, folds 0,1,2" in text
+    markdown = comparison.md_path.read_text()
+    assert "| nnUNetTrainerCSSE | 3 | 0/3 [0.000, 0.708] | 0.8250 ± 0.0409 [" in markdown
+    assert "## Training level (one fold = one training; pairs: same fold)" in markdown
+    assert "stalled: some foreground class" in markdown
+    single = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], folds=[0], out_dir=None)
+    assert "validation cases within one training, fold 0" in single.table()
+    assert "0.7900 (one training)" in single.table() and "+0.0400 n/a" in single.table()
+
+
+def test_compare_counts_stalled_folds(nnunet_dirs):
+    root = nnunet_dirs["nnUNet_results"]
+    write_trainer(root, "nnUNetTrainer", {f: as_cases(DICE["nnUNetTrainer"][f], f) for f in range(3)})
+    stalled = {f: as_cases(DICE["nnUNetTrainer"][f], f) for f in range(3)}
+    stalled[1] = as_cases({1: (0.8, 0.9), 2: (0.0, 0.15)}, 1)  # tumor mean 0.075 < 0.1
+    write_trainer(root, "nnUNetTrainerCSSE", stalled)
+    comparison = C.compare_trainers(42, CONFIG, ["nnUNetTrainer", "nnUNetTrainerCSSE"], folds=[0, 1, 2],
+                                    out_dir=None)
+    csse = comparison.trainings[1]
+    assert csse.stalled == 1 and csse.trainings[1].stalled_classes == ["2 (tumor)"]
+    assert csse.stall_ci == pytest.approx(T.stall_interval(1, 3))
+    assert csse.differences == pytest.approx([0.0, (0.85 + 0.075) / 2 - 0.71, 0.0])
+    assert "fold 1: 0.4625 (stalled: 2 (tumor) 0.075)" in comparison.table()
+    assert "1/3 [0.008, 0.906]" in comparison.table()
+
+
+def test_trainings_figure_has_a_dot_per_training_and_the_mean_with_its_ci():
+    references = [T.Training(f"fold {f}", {"1": 0.8 + 0.01 * f, "2": 0.7}) for f in range(4)]
+    others = [T.Training(f"fold {f}", {"1": 0.85, "2": 0.05 if f == 0 else 0.75}) for f in range(3)]
+    groups = [("20x50", T.summarize_trainings({"baseline": references, "CSSE": others}, "baseline")),
+              ("80x50", T.summarize_trainings({"baseline": references[:2]}, "baseline"))]
+    figure = T.trainings_figure(groups, "title")
+    assert len(figure.axes) == 2 and [ax.get_title() for ax in figure.axes] == ["20x50", "80x50"]
+    ax = figure.axes[0]
+    dots = [len(c.get_offsets()) for c in ax.collections if isinstance(c, PathCollection)]  # dots, then crosses
+    assert dots == [4, 0, 2, 1]
+    whiskers = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    csse = groups[0][1][1]
+    assert float(whiskers[1].lines[0].get_ydata()[0]) == pytest.approx(csse.mean)
+    segment = whiskers[1].lines[2][0].get_segments()[0]
+    assert (segment[0][1], segment[1][1]) == pytest.approx(csse.mean_ci)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["baseline\nn=4, stalled 0", "CSSE\nn=3, stalled 1"]
+    figure.savefig(io.BytesIO(), format="png")

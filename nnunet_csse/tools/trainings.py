@@ -1,0 +1,347 @@
+"""Training-level statistics: one training is one sample (used by ``nnunet-csse compare`` and the accuracy benchmark).
+
+A training is one fold of a cross-validation (``compare``) or one (fold, seed) run (``python -m benchmarks``). The
+validation cases of one training tell how well that training segments; only several trainings tell how well the
+next one will. Per trainer:
+
+* each training's foreground Dice: per foreground class the mean Dice over the training's validation cases (cases
+  where the class is NaN left out), then the mean over the classes with a finite mean (nnU-Net's
+  ``foreground_mean`` whenever every class occurs);
+* mean ± sample SD over its trainings, with a 95% hierarchical bootstrap CI of the mean;
+* stalled trainings: some foreground class has a mean validation Dice below ``STALL_DICE``; k/n with the exact
+  (Clopper-Pearson) 95% binomial interval;
+* against the reference trainer, over the pairs of trainings with the same key (fold; fold and seed): the mean
+  over pairs of (trainer's training Dice - reference's), its 95% hierarchical bootstrap CI, and a two-sided test
+  of the pair differences: Wilcoxon signed-rank with at least ``MIN_SIGNED_RANK`` non-zero differences, else the
+  exact sign test (binomial on the signs, ties dropped).
+
+Hierarchical bootstrap: ``N_RESAMPLES`` resamples from a fresh ``numpy.random.default_rng(BOOTSTRAP_SEED)`` per
+row. Each resample draws the pairs (or the trainings) with replacement, then for every drawn pair its validation
+cases with replacement (the same draw for both trainings of a pair when they share their case list, so two
+identical trainings differ by 0 in every resample) and recomputes the foreground Dice on the drawn cases. A
+training without per-case Dice enters with its own value. Percentiles 2.5 / 97.5; n/a below ``MIN_TRAININGS``
+trainings (pairs): a single training has no between-training spread.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nnunet_csse.tools.compare import BOOTSTRAP_SEED, N_RESAMPLES, TIE_TOLERANCE, _aligned, _markdown, wilcoxon_p
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+STALL_DICE = 0.1  # a training with a foreground class below this mean validation Dice is stalled
+MIN_SIGNED_RANK = 6  # fewer non-zero pair differences: exact sign test instead of Wilcoxon signed-rank
+MIN_TRAININGS = 2  # fewer trainings (pairs): no bootstrap CI
+LEVEL = 0.95
+WILCOXON = "Wilcoxon"
+SIGN_TEST = "sign test"
+FOREGROUND_RULE = ("foreground Dice of a training: per foreground class the mean Dice over its validation cases, "
+                   "then the mean over classes")
+STALL_RULE = f"stalled: some foreground class has mean validation Dice < {STALL_DICE:g}"
+
+TRAINER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                  "tab:cyan", "tab:gray")  # no red: red crosses are the stalled trainings
+Group = tuple[tuple[str, ...], "Sequence[TrainerTrainings]"]  # (group cells, e.g. (budget, fraction); its trainers)
+
+
+@dataclass(eq=False)
+class Training:
+    """One training: its pairing key, mean validation Dice per foreground class and, if known, per-case Dice
+    (``cases[i, j]``: case ``case_names[i]``, class j in ``class_dice`` order; NaN where the class is absent)."""
+
+    key: str  # e.g. "fold 0" or "fold 0 seed 1": trainings with the same key are paired
+    class_dice: dict[str, float]
+    cases: np.ndarray | None = None
+    case_names: tuple[str, ...] = ()
+
+    @classmethod
+    def from_cases(cls, key: str, cases: Mapping[str, Mapping[str, float]], classes: Sequence[str],
+                   names: Mapping[str, str] | None = None) -> Training:
+        """A training from per-case Dice (case -> class key -> Dice) of ``classes``; ``names``: class key -> name."""
+        case_names = tuple(sorted(cases))
+        matrix = np.array([[cases[c].get(k, math.nan) for k in classes] for c in case_names],
+                          dtype=float).reshape(len(case_names), len(classes))
+        means = _nanmean(matrix, axis=0)
+        names = names or {}
+        return cls(key, {names.get(k, k): float(m) for k, m in zip(classes, means)}, matrix, case_names)
+
+    @property
+    def foreground(self) -> float:
+        """Mean over the classes with a finite mean Dice; NaN when none has one."""
+        finite = [v for v in self.class_dice.values() if math.isfinite(v)]
+        return sum(finite) / len(finite) if finite else math.nan
+
+    @property
+    def stalled_classes(self) -> list[str]:
+        return [k for k, v in self.class_dice.items() if math.isfinite(v) and v < STALL_DICE]
+
+    @property
+    def stalled(self) -> bool:
+        return bool(self.stalled_classes)
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN, as in nnU-Net
+        return np.nanmean(values, axis=axis)
+
+
+def foreground_dice(cases: np.ndarray) -> np.ndarray:
+    """Foreground Dice of case matrices ``(..., n_cases, n_classes)``: per class the mean over cases, then the mean
+    over classes (NaN left out at both steps)."""
+    return _nanmean(_nanmean(cases, axis=-2), axis=-1)
+
+
+def _training_draws(rng: np.random.Generator, m: int, training: Training) -> np.ndarray:
+    if training.cases is None or len(training.cases) == 0:
+        return np.full(m, training.foreground)
+    n = len(training.cases)
+    return foreground_dice(training.cases[rng.integers(0, n, size=(m, n))])
+
+
+def _unit_draws(rng: np.random.Generator, m: int, training: Training, reference: Training | None) -> np.ndarray:
+    """``m`` case-resampled values of one unit: a training's foreground Dice, or a pair's difference."""
+    if reference is None:
+        return _training_draws(rng, m, training)
+    if training.cases is not None and reference.cases is not None and len(training.cases) and \
+            training.case_names == reference.case_names:  # the same cases: one draw for both
+        n = len(training.cases)
+        rows = rng.integers(0, n, size=(m, n))
+        return foreground_dice(training.cases[rows]) - foreground_dice(reference.cases[rows])
+    return _training_draws(rng, m, training) - _training_draws(rng, m, reference)
+
+
+def hierarchical_bootstrap_ci(units: Sequence[tuple[Training, Training | None]], n_resamples: int = N_RESAMPLES,
+                              seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile CI of the mean over ``units`` (training, reference or None): units with replacement, then the
+    cases inside each drawn unit; (NaN, NaN) below ``MIN_TRAININGS`` units."""
+    if len(units) < MIN_TRAININGS:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    picked = rng.integers(0, len(units), size=(n_resamples, len(units)))
+    values = np.empty(picked.shape)
+    for index, (training, reference) in enumerate(units):
+        where = picked == index
+        values[where] = _unit_draws(rng, int(where.sum()), training, reference)
+    means = _nanmean(values, axis=1)
+    low, high = np.nanpercentile(means, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def pair_test(differences: Sequence[float]) -> tuple[float, str]:
+    """Two-sided p over paired training differences and the test's name: Wilcoxon signed-rank with at least
+    ``MIN_SIGNED_RANK`` non-zero differences, else the exact sign test (ties dropped; p = 1 when all tie)."""
+    from scipy.stats import binomtest
+
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0:
+        return math.nan, ""
+    nonzero = d[np.abs(d) >= TIE_TOLERANCE]
+    if len(nonzero) >= MIN_SIGNED_RANK:
+        return wilcoxon_p(d), WILCOXON
+    if len(nonzero) == 0:
+        return 1.0, SIGN_TEST
+    return float(binomtest(int(np.sum(nonzero > 0)), len(nonzero)).pvalue), SIGN_TEST
+
+
+def stall_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion k/n; (NaN, NaN) for n = 0."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return math.nan, math.nan
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+@dataclass(eq=False)
+class TrainerTrainings:
+    """The training-level statistics of one trainer (see the module docstring)."""
+
+    name: str
+    trainings: list[Training]
+    reference: str | None = None  # the trainer it is paired with; None for the reference itself
+    pairs: list[tuple[Training, Training]] = field(default_factory=list)
+    mean_ci: tuple[float, float] = (math.nan, math.nan)
+    difference_ci: tuple[float, float] = (math.nan, math.nan)
+    p_value: float = math.nan
+    test: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.trainings)
+
+    @property
+    def values(self) -> list[float]:
+        """Foreground Dice of the trainings with a finite one."""
+        return [v for t in self.trainings if math.isfinite(v := t.foreground)]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else math.nan
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+
+    @property
+    def stalled(self) -> int:
+        return sum(t.stalled for t in self.trainings)
+
+    @property
+    def stall_ci(self) -> tuple[float, float]:
+        return stall_interval(self.stalled, self.n)
+
+    @property
+    def differences(self) -> np.ndarray:
+        return np.array([t.foreground - r.foreground for t, r in self.pairs], dtype=float)
+
+    @property
+    def difference(self) -> float:
+        return float(self.differences.mean()) if self.pairs else math.nan
+
+
+def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: str | None,
+                        n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[TrainerTrainings]:
+    """The statistics of every trainer (in the order given), each paired by training key with ``reference``."""
+    reference_by_key = {t.key: t for t in trainers.get(reference, ()) if math.isfinite(t.foreground)}
+    result = []
+    for name, trainings in trainers.items():
+        keys = [t.key for t in trainings]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"trainer {name}: two trainings named {sorted(k for k in keys if keys.count(k) > 1)[0]}; "
+                             f"give each (fold, seed) once")
+        summary = TrainerTrainings(name, list(trainings))
+        usable = [t for t in trainings if math.isfinite(t.foreground)]
+        summary.mean_ci = hierarchical_bootstrap_ci([(t, None) for t in usable], n_resamples, seed)
+        if reference in trainers and name != reference:
+            summary.reference = reference
+            summary.pairs = [(t, reference_by_key[t.key]) for t in usable if t.key in reference_by_key]
+            summary.difference_ci = hierarchical_bootstrap_ci(summary.pairs, n_resamples, seed)
+            summary.p_value, summary.test = pair_test(summary.differences)
+        result.append(summary)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- reporting
+def _fmt_p(p: float) -> str:
+    return "n/a" if math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
+
+
+def _interval(low: float, high: float, signed: bool = False, digits: int = 4) -> str:
+    sign = "+" if signed else ""
+    return "n/a" if math.isnan(low) else f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def table_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> list[list[str]]:
+    """Header and one row per (group, trainer): trainings, stalled k/n [95% CI], foreground Dice mean ± SD [95% CI],
+    difference to the reference [95% CI], pairs, p (test)."""
+    rows = [[*group_columns, "trainer", "trainings", "stalled k/n [95% CI]", "foreground Dice mean ± SD [95% CI]",
+             "difference to reference [95% CI]", "pairs", "p (test)"]]
+    for cells, summaries in groups:
+        for s in summaries:
+            stalled = f"{s.stalled}/{s.n} {_interval(*s.stall_ci, digits=3)}" if s.n else "-"
+            if not s.values:
+                dice = "-"
+            elif len(s.values) == 1:
+                dice = f"{s.mean:.4f} (one training)"
+            else:
+                dice = f"{s.mean:.4f} ± {s.sd:.4f} {_interval(*s.mean_ci)}"
+            if s.reference is None:
+                difference, pairs, p = ("reference", "", "") if any(o.reference == s.name for o in summaries) else \
+                    ("-", "", "")
+            elif not s.pairs:
+                difference, pairs, p = "-", "0", ""
+            else:
+                difference = f"{s.difference:+.4f} {_interval(*s.difference_ci, signed=True)}"
+                pairs, p = str(len(s.pairs)), f"{_fmt_p(s.p_value)} ({s.test})"
+            rows.append([*cells, s.name, str(s.n), stalled, dice, difference, pairs, p])
+    return rows
+
+
+def per_training_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> list[list[str]]:
+    """Header and one row per (group, trainer) listing each training's foreground Dice (stalled ones marked)."""
+    rows = [[*group_columns, "trainer", "foreground Dice per training"]]
+    for cells, summaries in groups:
+        for s in summaries:
+            listed = []
+            for t in s.trainings:
+                stalled = f" (stalled: {', '.join(f'{k} {t.class_dice[k]:.3f}' for k in t.stalled_classes)})" \
+                    if t.stalled else ""
+                listed.append(f"{t.key}: {t.foreground:.4f}{stalled}")
+            rows.append([*cells, s.name, "; ".join(listed)])
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
+    """``rows`` (header first) as aligned text, as ``nnunet-csse compare`` prints its tables."""
+    return "\n".join(_aligned(rows))
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """``rows`` (header first) as a markdown table."""
+    return _markdown(rows)
+
+
+def method_note(what: str) -> str:
+    """How the training-level table is computed; ``what`` names a training (e.g. "one fold")."""
+    return (f"A training is {what}. {FOREGROUND_RULE} (classes absent from every case left out). {STALL_RULE}; "
+            f"95% CI exact (Clopper-Pearson). Difference: mean over pairs of trainings with the same key of "
+            f"(trainer - reference). 95% CIs: hierarchical bootstrap, {N_RESAMPLES} resamples (seed "
+            f"{BOOTSTRAP_SEED}) of the trainings, for the difference of the pairs of trainings, then of the "
+            f"validation cases inside each (one draw for both trainings of a pair); a training without per-case Dice "
+            f"enters with its own value; n/a below {MIN_TRAININGS} trainings. p: two-sided {WILCOXON} signed-rank "
+            f"over the pair differences with >= "
+            f"{MIN_SIGNED_RANK} non-zero ones, else the exact {SIGN_TEST} (ties |d| < {TIE_TOLERANCE:g} dropped).")
+
+
+# ----------------------------------------------------------------------------------------------- figure
+def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], title: str) -> Figure:
+    """One panel per group (e.g. budget and fraction): per trainer each training's foreground Dice as a dot
+    (stalled: red cross) and the mean over trainings with its 95% hierarchical bootstrap CI as a whisker."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    width = sum(1.2 + 1.1 * len(summaries) for _, summaries in groups)
+    fig = Figure(figsize=(max(6.0, width), 5.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True,
+                        gridspec_kw={"width_ratios": [max(1, len(s)) for _, s in groups]})[0]
+    jitter = np.random.default_rng(0)  # fixed: the same figure on every run
+    colors = {}
+    for ax, (label, summaries) in zip(axes, groups):
+        for x, s in enumerate(summaries):
+            color = colors.setdefault(s.name, TRAINER_COLORS[len(colors) % len(TRAINER_COLORS)])
+            values = [t.foreground for t in s.trainings]
+            xs = x - 0.12 + jitter.uniform(-0.1, 0.1, len(values))
+            stalled = np.array([t.stalled for t in s.trainings], dtype=bool)
+            ax.scatter(xs[~stalled], np.array(values)[~stalled], s=22, color=color, alpha=0.8, linewidths=0)
+            ax.scatter(xs[stalled], np.array(values)[stalled], s=40, color="tab:red", marker="x")
+            if s.values:
+                low, high = s.mean_ci
+                yerr = None if math.isnan(low) else [[s.mean - low], [high - s.mean]]
+                ax.errorbar([x + 0.2], [s.mean], yerr=yerr, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
+        ax.set_xticks(range(len(summaries)))
+        ax.set_xticklabels([f"{s.name}\nn={s.n}, stalled {s.stalled}" for s in summaries], fontsize="small")
+        ax.set_xlim(-0.6, len(summaries) - 0.4)
+        ax.set_ylim(0, 1)
+        ax.set_title(label, fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("foreground Dice of a training")
+    handles = [Line2D([], [], ls="", marker="o", color="grey", label="one training"),
+               Line2D([], [], ls="", marker="x", color="tab:red", label=f"stalled training (a class < {STALL_DICE:g})"),
+               Line2D([], [], ls="-", marker="D", color="black",
+                      label="mean over trainings, 95% hierarchical bootstrap CI")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
+    fig.suptitle(title, fontsize="medium")
+    return fig
