@@ -1178,15 +1178,26 @@ def trainings_main(argv: Sequence[str] | None = None) -> int:
                                                                "(default: %(default)s)")
     p.add_argument("--reference", default=DEFAULT_TRAINERS[0],
                    help="reference trainer, alias or class name (default: %(default)s)")
+    p.add_argument("--trainers", nargs="+", metavar="TRAINER", help="only these trainers (aliases or class names)")
+    p.add_argument("--folds", nargs="+", type=int, help="only runs of these folds (e.g. 0: one fold, so that the "
+                                                        "trainings differ by their seed, i.e. their initial weights)")
+    p.add_argument("--fractions", nargs="+", type=float, metavar="F", help="only runs at these training fractions")
     args = p.parse_args(argv)
     try:
         reference = TRAINER_ALIASES.get(args.reference, args.reference)
         records = [r for folder in args.folders for r in read_budget_folder(folder)]
+        trainers = None if args.trainers is None else [TRAINER_ALIASES.get(t, t) for t in args.trainers]
+        records = [(r, f) for r, f in records
+                   if (args.folds is None or r["fold"] in args.folds)
+                   and (args.fractions is None or any(abs(r["fraction"] - x) < 1e-9 for x in args.fractions))
+                   and (trainers is None or r["trainer"] in trainers or r["trainer"] == reference)]
+        if not records:
+            raise ValueError("no run record matches --folds/--fractions/--trainers; drop a filter")
         if not any(r["trainer"] == reference for r, _ in records):
             present = sorted({display_name(r["trainer"]) for r, _ in records})
             raise ValueError(f"--reference {args.reference}: no run of it in {', '.join(map(str, args.folders))}; "
                              f"choose one of {', '.join(present)}")
-        groups = training_groups(records, None, reference)
+        groups = training_groups(records, trainers, reference)
         args.out.mkdir(parents=True, exist_ok=True)
         first = records[0][0]
         title = f"{first.get('dataset', '?')} {first.get('configuration', '?')}"

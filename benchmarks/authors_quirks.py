@@ -42,8 +42,8 @@ def measure(seed: int = 0) -> list[str]:
     config = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01,
                         pdcr_variant="authors", uafs_norm="batch")
     net = build_csse_network(PLAIN, arch_kwargs(3, PLAIN, n_stages=5, features=[32, 64, 128, 256, 320]), REQ_IMPORT,
-                             1, CLASSES, config, True).double()
-    x = torch.randn(2, 1, *PATCH, dtype=torch.float64)
+                             1, CLASSES, config, True)
+    x = torch.randn(2, 1, *PATCH)  # the encoder in float32 (a float64 conv at 128^3 needs ~30 GB on a CPU)
     maps = {}
     hooks = [stage.register_forward_hook(lambda m, i, out, lv=lv: maps.__setitem__(lv, out))
              for lv, stage in enumerate(net.encoder.stages[:4])]
@@ -51,6 +51,8 @@ def measure(seed: int = 0) -> list[str]:
         net.encoder(x)
     for hook in hooks:
         hook.remove()
+    maps = {lv: m.double() for lv, m in maps.items()}
+    net.pdcr_projections.double()
     layers = net.encoder_anchor_layers
     target = label_map()
     lines = [f"input: patch {list(PATCH)}, batch 2, anchored maps {[tuple(maps[lv].shape[1:]) for lv in (2, 3)]}, "

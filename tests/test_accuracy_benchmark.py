@@ -530,6 +530,18 @@ def test_trainings_command_over_two_budgets_matches_hand_computed_rows(tmp_path,
     assert (out / "trainings.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_trainings_command_filters_folds_fractions_and_trainers(tmp_path, capsys):
+    short, _ = two_budget_folders(tmp_path)
+    out = tmp_path / "report"
+    assert main_benchmarks(["trainings", str(short), "--folds", "0", "--fractions", "1", "--trainers", "CSSE",
+                            "--out", str(out)]) == 0
+    markdown = (out / "trainings.md").read_text()
+    assert "| 20x50 | 1 | baseline | 2 |" in markdown and "| 20x50 | 1 | CSSE | 2 |" in markdown  # seeds 0 and 1
+    assert "0.25" not in markdown.split("Each training")[0] and "fold 1" not in markdown
+    assert main_benchmarks(["trainings", str(short), "--folds", "7", "--out", str(out)]) == 2
+    assert "no run record matches" in capsys.readouterr().err
+
+
 def test_trainings_command_refuses_bad_input_in_one_line(tmp_path, capsys):
     short, _ = two_budget_folders(tmp_path)
     for argv, message in (

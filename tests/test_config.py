@@ -20,6 +20,22 @@ def test_trainer_defaults_follow_the_authors_3d_setup():
     assert nnUNetTrainerPDCR.csse_defaults.uses_pdcr and not nnUNetTrainerPDCR.csse_defaults.uafs_decoder
 
 
+def test_authors_trainer_sets_both_authors_settings_and_the_loss_reads_the_variant():
+    from nnunet_csse.training import nnUNetTrainerCSSE_authors
+
+    c = nnUNetTrainerCSSE_authors.csse_defaults
+    assert (c.pdcr_variant, c.uafs_norm) == ("authors", "batch")
+    assert c.pdcr.variant == "authors" and nnUNetTrainerCSSE.csse_defaults.pdcr.variant == "clean"
+    assert dataclasses_replace_equal(c, nnUNetTrainerCSSE.csse_defaults)
+
+
+def dataclasses_replace_equal(a: CSSEConfig, b: CSSEConfig) -> bool:
+    """a equals b but for the two authors' settings."""
+    import dataclasses
+
+    return dataclasses.replace(a, pdcr_variant=b.pdcr_variant, uafs_norm=b.uafs_norm) == b
+
+
 def test_plans_overrides_apply_and_lists_become_tuples():
     config = config_from_plans(nnUNetTrainerCSSE.csse_defaults,
                                {"csse": {"pdcr_temperature": 1.0, "pdcr_windows": [3, 5]}}, "3d_fullres")
@@ -37,6 +53,8 @@ def test_plans_overrides_apply_and_lists_become_tuples():
     ({"pdcr_windows": "receptive"}, "pdcr_windows"),
     ({"pdcr_windows": [5, 0]}, "pdcr_windows"),
     ({"uafs_kernel_size": 4}, "uafs_kernel_size"),
+    ({"pdcr_variant": "author"}, "'pdcr_variant' must be one of \\['clean', 'authors'\\]"),
+    ({"uafs_norm": "instance"}, "'uafs_norm' must be one of \\['plan', 'batch'\\]"),
     ({"uafs_num_branches": 0}, "uafs_num_branches"),
     ({"uafs_decoder": 1}, "uafs_decoder"),
     ({"pdcr_encoder_stages": []}, "pdcr_encoder_stages"),

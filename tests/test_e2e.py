@@ -61,7 +61,8 @@ def _train(planned, trainer: str):
 
 
 @pytest.mark.parametrize("trainer,dims", [("nnUNetTrainerUAFS_2epochs_10iters", {3}),
-                                          ("nnUNetTrainerCSSE_2epochs_10iters", {2, 3})])
+                                          ("nnUNetTrainerCSSE_2epochs_10iters", {2, 3}),
+                                          ("nnUNetTrainerCSSE_authors_2epochs_10iters", {3})])
 def test_train_predict_reload(planned, trainer, dims, tmp_path, monkeypatch):
     if planned["dim"] not in dims:
         pytest.skip("covered in the other dimension")
