@@ -38,6 +38,8 @@ def test_plans_overrides_apply_and_lists_become_tuples():
     ({"pdcr_windows": [5, 0]}, "pdcr_windows"),
     ({"uafs_kernel_size": 4}, "uafs_kernel_size"),
     ({"uafs_num_branches": 0}, "uafs_num_branches"),
+    ({"uafs_num_branches": 1}, r"'uafs_num_branches' must be an integer >= 2 \(the entropy of one channel is 0"),
+    ({"pdcr_windows": []}, r"non-empty list of window sizes >= 1 voxel, got \[\]"),
     ({"uafs_decoder": 1}, "uafs_decoder"),
     ({"pdcr_encoder_stages": []}, "pdcr_encoder_stages"),
     ({"pdcr_encoder_stages": [2]}, "two"),

@@ -698,7 +698,8 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
             ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
                         fmt="none", ecolor="black", capsize=3, lw=1)
         if not with_std:  # values on the bars where no error bar is in the way
-            ax.bar_label(bars, labels=["" if m == 0 else f"{m:.3f}" for m in means], fontsize="x-small", padding=2,
+            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m, _, _ in stats],  # 0: "0.000"
+                         fontsize="x-small", padding=2,
                          rotation=90 if n_trainers > 2 else 0)
     ax.set_xticks(range(n_classes))
     ax.set_xticklabels([_short_label(comparison, k) for k in comparison.classes])
@@ -820,6 +821,9 @@ def _run(args: argparse.Namespace) -> Comparison:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from nnunet_csse.folders import check_writable
+
+    check_writable(args.out, "output folder (--out)")  # before any evaluation
     result = _run(args)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
