@@ -121,7 +121,7 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nnunet_csse.tools.demo import Demo, DemoSettings, reset
+    from nnunet_csse.tools.demo import Demo, DemoSettings
 
     device, which = resolve_device(args.device)
     print(which)
@@ -129,9 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
                             iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
                             size=args.size, seed=args.seed)  # validated before --reset deletes anything
-    if args.reset:
-        reset(workdir)
-    Demo(settings).run()
+    Demo(settings).run(reset_first=args.reset)
     return 0
 
 
@@ -251,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="image size (default: 96 in 2d, 48 in 3d)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--reset", action="store_true",
-                   help="delete earlier demo outputs in --workdir first (without it: finished steps are reused)")
+                   help="delete earlier demo outputs in --workdir first (without it: finished steps made with the "
+                        "same settings are reused, and a --workdir made with other settings is refused)")
     p.set_defaults(func=_cmd_demo)
 
     p = _command(sub, "pretrained", "add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
