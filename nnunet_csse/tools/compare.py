@@ -424,9 +424,11 @@ def compare_trainers(
         if not result.folds:
             expected = folder / f"fold_{fold_names[0]}" / "validation" / "summary.json"
             hint = "" if folder.is_dir() else f" (no folder {folder.name}; present: {_present(root / name)})"
+            configs = sorted({p.name.split("__")[-1] for p in (root / name).glob("*__*__*") if p.is_dir()})
+            fix = f"Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} -p {trainer_plans}" \
+                if configuration in configs or not configs else f"Configurations with results: {configs}; check -c"
             raise ValueError(f"no results for trainer '{entry}': expected {expected} (folds {','.join(fold_names)})"
-                             f"{hint}. Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} "
-                             f"-p {trainer_plans}")
+                             f"{hint}. {fix}")
         if result.missing:
             warnings.append(f"{entry}: no validation/summary.json for fold(s) {','.join(result.missing)} in "
                             f"{folder} (unfinished training, or run nnUNetv2_train ... --val); using "
@@ -860,5 +862,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "
-                                              ".png, _paired.png (default: %(default)s)")
+                                              ".png (cross-validation only), _paired.png (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)

@@ -1,4 +1,5 @@
-"""compare's bar chart: a class with Dice 0 is labelled "0.000" (a bar of height 0 is invisible), NaN "n/a"."""
+"""compare's messages and bar chart: a class with Dice 0 is labelled "0.000" (a bar of height 0 is invisible), a
+misspelt configuration is named with the configurations that have results."""
 
 from __future__ import annotations
 
@@ -29,3 +30,12 @@ def test_a_dice_of_zero_is_labelled(nnunet_dirs):
     ax = C.fold_mean_figure(comparison).axes[0]
     labels = [t.get_text() for t in ax.texts]
     assert labels.count("0.000") == 1 and "0.800" in labels and "0.500" in labels
+
+
+def test_a_misspelt_configuration_names_those_with_results(nnunet_dirs, tmp_path, capsys):
+    from nnunet_csse.tools.cli import main
+
+    write_run(nnunet_dirs["nnUNet_results"], "nnUNetTrainer", {"1": 0.8, "2": 0.6})
+    assert main(["compare", "-d", "42", "-c", "3d_fulres", "-tr", "nnUNetTrainer", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Configurations with results: ['3d_fullres']; check -c" in err and "nnUNetv2_train" not in err
