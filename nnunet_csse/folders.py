@@ -77,13 +77,12 @@ class NotWritableError(ValueError):
     """An output path that cannot be written; raised before the command starts its work."""
 
 
-def check_writable(path: str | Path, what: str) -> Path:
+def check_writable(path: str | Path, what: str, fix: str = "choose a path in a folder you can write to") -> Path:
     """``path`` (a file or folder to create, fill or replace) if it can be written, else a ``NotWritableError``
-    naming ``what`` (e.g. "output folder (-o)") and the fix. Nothing is created: an existing path must be writable
+    naming ``what`` (e.g. "output folder (-o)") and ``fix``. Nothing is created: an existing path must be writable
     (a folder: entries can be added), otherwise its nearest existing parent must be a writable folder."""
     path = Path(path).expanduser()
     target = path.absolute()
-    fix = f"choose a {what} in a folder you can write to"
     if target.is_dir():
         if not os.access(target, os.W_OK | os.X_OK):
             raise NotWritableError(f"cannot write the {what} {path}: the folder is not writable; {fix}")

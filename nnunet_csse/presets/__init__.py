@@ -176,7 +176,7 @@ def write_plans_preset(
     for message in check_trainable(derived, chosen, dataset_json):
         (on_warning or warnings.warn)(message)
     target = dataset_folder / f"{identifier}.json"
-    check_writable(target, "plans file")
+    check_writable(target, "plans file", "it belongs next to the dataset's nnU-Net plans: make that folder writable")
     if target.exists():
         existing = json.loads(target.read_text())
         if MARKER not in existing:

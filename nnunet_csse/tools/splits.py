@@ -294,7 +294,7 @@ def make_limited_split(
     current, backup = folder / SPLITS_FILE, folder / BACKUP_FILE
 
     if install:
-        check_writable(current, "split file")
+        check_writable(current, "split file", "nnU-Net reads it from the dataset's folder: make that folder writable")
         if not backup.is_file():
             if current.is_file():
                 shutil.copyfile(current, backup)
@@ -341,7 +341,7 @@ def restore_full_split(dataset: str | int, preprocessed_root: str | Path | None 
         if parsed != full and not _is_limited_of(parsed, full):
             raise ValueError(f"{current} differs from the backup and is not a limited split installed by "
                              f"nnunet-csse; refusing to overwrite it. Move it away first to restore {backup.name}")
-    check_writable(current, "split file")
+    check_writable(current, "split file", "nnU-Net reads it from the dataset's folder: make that folder writable")
     os.replace(backup, current)
     return current
 
