@@ -91,6 +91,9 @@ class CSSEConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"csse setting '{name}' must be an integer >= 1, got {value!r}{where}")
+        if self.uafs_num_branches < 2:  # the entropy of a 1-way softmax is 0: UAFS would be y = 2x, H all zero
+            raise ValueError(f"csse setting 'uafs_num_branches' must be an integer >= 2 (the entropy of one channel "
+                             f"is 0, so UAFS would only double the features), got {self.uafs_num_branches}{where}")
         k = self.uafs_kernel_size
         if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
             raise ValueError(f"csse setting 'uafs_kernel_size' must be an odd integer >= 1, got {k!r}{where}")
@@ -104,15 +107,15 @@ class CSSEConfig:
             value = getattr(self, name)
             if not _is_int_tuple(value) or len(value) == 0 or any(v < 0 for v in value):
                 raise ValueError(f"csse setting '{name}' must be a non-empty list of resolution levels >= 0 "
-                                 f"(0 = full resolution), got {value!r}{where}")
+                                 f"(0 = full resolution), got {_shown(value)}{where}")
         if self.pdcr_cross_weight > 0 and len(set(self.pdcr_encoder_stages)) < 2:
             raise ValueError(f"csse cross-layer PDCR pairs two encoder levels: 'pdcr_encoder_stages' needs two "
-                             f"distinct levels, got {self.pdcr_encoder_stages!r}{where}; or set "
+                             f"distinct levels, got {_shown(self.pdcr_encoder_stages)}{where}; or set "
                              f"'pdcr_cross_weight' to 0")
         w = self.pdcr_windows
         if w != "rf" and (not _is_int_tuple(w) or len(w) == 0 or any(v < 1 for v in w)):
             raise ValueError(f"csse setting 'pdcr_windows' must be \"rf\" or a non-empty list of window sizes "
-                             f">= 1 voxel, got {w!r}{where}")
+                             f">= 1 voxel, got {_shown(w)}{where}")
         if self.pdcr_pairs not in PAIR_MODES:
             raise ValueError(f"csse setting 'pdcr_pairs' must be one of {list(PAIR_MODES)}, got "
                              f"{self.pdcr_pairs!r}{where}")
@@ -194,6 +197,11 @@ class CSSEConfig:
     def to_json(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
                 for f in dataclasses.fields(self) if not f.name.startswith("_")}
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as the user wrote it in JSON: lists (kept as tuples here) as ``[2, 3]``, ``[]``."""
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
 
 
 def _is_int_tuple(value: Any) -> bool:

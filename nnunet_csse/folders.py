@@ -73,6 +73,32 @@ def dataset_folder(dataset: str | int, variable: str, root: str | Path | None = 
     return base / resolve_dataset_name(dataset, base, variable)
 
 
+class NotWritableError(ValueError):
+    """An output path that cannot be written; raised before the command starts its work."""
+
+
+def check_writable(path: str | Path, what: str, fix: str = "choose a path in a folder you can write to") -> Path:
+    """``path`` (a file or folder to create, fill or replace) if it can be written, else a ``NotWritableError``
+    naming ``what`` (e.g. "output folder (-o)") and ``fix``. Nothing is created: an existing path must be writable
+    (a folder: entries can be added), otherwise its nearest existing parent must be a writable folder."""
+    path = Path(path).expanduser()
+    target = path.absolute()
+    if target.is_dir():
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise NotWritableError(f"cannot write the {what} {path}: the folder is not writable; {fix}")
+        return path
+    if target.exists() and not os.access(target, os.W_OK):
+        raise NotWritableError(f"cannot write the {what} {path}: the file is not writable; {fix}")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotWritableError(f"cannot write the {what} {path}: {parent} is a file, not a folder; {fix}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise NotWritableError(f"cannot write the {what} {path}: {parent} is not writable; {fix}")
+    return path
+
+
 def write_json_atomic(obj: Any, path: Path, sort_keys: bool = False) -> None:
     """Write ``obj`` as JSON indented by 4 (nnU-Net's ``save_json`` format; ``sort_keys`` as it does for splits)
     through a temporary file, so readers never see half a file."""

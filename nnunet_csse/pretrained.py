@@ -16,20 +16,26 @@ from pathlib import Path
 
 import torch
 
-from nnunet_csse.folders import dataset_folder
+from nnunet_csse.folders import check_writable, dataset_folder
 
 CSSE_PREFIXES = ("decoder_uafs.", "encoder_uafs.", "pdcr_projections.")
 
 
-def _trainer_class(name: str) -> type:
-    import nnunet_csse.training as training
+def csse_trainers() -> dict[str, type]:
+    """Every CSSE trainer nnU-Net finds through ``nnUNet_extTrainer`` (the re-exports of ``ext_trainers``): name ->
+    class; the plain ``nnUNetTrainer`` variants (``nnUNetTrainer_demo``, ...) are not CSSE trainers."""
+    import nnunet_csse.ext_trainers.nnunet_csse_trainers as exported
+    from nnunet_csse.training import nnUNetTrainerCSSEBase
 
-    trainer = getattr(training, name, None)
-    if not (inspect.isclass(trainer) and issubclass(trainer, training.nnUNetTrainerCSSEBase)):
-        known = sorted(n for n, c in vars(training).items() if inspect.isclass(c)
-                       and issubclass(c, training.nnUNetTrainerCSSEBase) and n != "nnUNetTrainerCSSEBase")
-        raise ValueError(f"'{name}' is not an nnunet-csse trainer; use one of {', '.join(known)}")
-    return trainer
+    return {name: c for name, c in vars(exported).items()
+            if inspect.isclass(c) and issubclass(c, nnUNetTrainerCSSEBase) and c is not nnUNetTrainerCSSEBase}
+
+
+def _trainer_class(name: str) -> type:
+    trainers = csse_trainers()
+    if name not in trainers:
+        raise ValueError(f"'{name}' is not an nnunet-csse trainer; use one of {', '.join(sorted(trainers))}")
+    return trainers[name]
 
 
 def add_csse_modules(
@@ -55,8 +61,15 @@ def add_csse_modules(
 
     checkpoint, output = Path(checkpoint), Path(output)
     trainer_class = _trainer_class(trainer)
+    if checkpoint.is_dir():
+        found = sorted(checkpoint.glob("*.pth")) or sorted(checkpoint.glob("fold_*/checkpoint_final.pth"))
+        example = found[0] if found else checkpoint / "fold_0" / "checkpoint_final.pth"
+        raise ValueError(f"-i {checkpoint} is a folder; pass a checkpoint file, e.g. -i {example}")
+    if not checkpoint.is_file():
+        raise ValueError(f"-i {checkpoint} does not exist; pass a checkpoint_final.pth written by nnUNetv2_train")
     if output.exists():
         raise ValueError(f"{output} exists; choose a new file name (the pretrained checkpoint is never overwritten)")
+    check_writable(output, "output file (-o)")
     folder = dataset_folder(dataset, "nnUNet_preprocessed", preprocessed_root)
     plans_file = folder / f"{plans}.json"
     if not plans_file.is_file():

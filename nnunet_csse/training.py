@@ -66,6 +66,45 @@ def check_labels_consecutive(label_manager: LabelManager, dataset_json: dict) ->
         )
 
 
+AUTHORS_2D_PRESET = "authors_2d"
+
+
+def check_plans_for_trainer(defaults: CSSEConfig, plans: dict, configuration: str,
+                            dataset_json: dict | None) -> tuple[CSSEConfig, list[str], list[str]]:
+    """Every check a CSSE trainer runs on its plans before nnU-Net writes anything: supported network, the "csse"
+    settings, their levels against the network, H-PDCR windows against the patch and (with ``dataset_json``)
+    consecutive labels. Called by the trainers and by ``nnunet-csse plans`` before it writes a plans file.
+
+    Returns (the settings fitted to the network, notes on adapted default levels, warnings about settings that
+    train but are unusual); raises ``ValueError`` naming the problem and the fix."""
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration)
+    check_supported_architecture(configuration_manager.network_arch_class_name)
+    config = config_from_plans(defaults, configuration_manager.configuration, configuration)
+    n_stages = int(configuration_manager.network_arch_init_kwargs["n_stages"])
+    config, notes = config.fit_levels(n_stages)
+    check_windows_fit_patch(config, configuration_manager.patch_size, configuration)
+    if dataset_json is not None:
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        check_labels_consecutive(label_manager, dataset_json)
+        if config.uses_pdcr and config.pdcr_variant == "authors" and label_manager.has_regions:
+            raise ValueError(f"csse setting 'pdcr_variant' \"authors\" reproduces the authors' label-id code and has "
+                             f"no region-based form; this dataset trains regions. Set 'pdcr_variant' to \"clean\" "
+                             f"in the plans' \"{PLANS_KEY}\" settings (configuration '{configuration}')")
+    warnings = []
+    if not (config.uafs_decoder or config.uafs_encoder or config.uses_pdcr):
+        warnings.append(f"every CSSE part is off in configuration '{configuration}' (uafs_decoder and uafs_encoder "
+                        f"false, pdcr_encoder_weight, pdcr_cross_weight and pdcr_decoder_weight 0): this trains plain "
+                        f"nnU-Net; check the plans' \"{PLANS_KEY}\" settings")
+    marker = plans.get("csse_preset") or {}  # written by ``nnunet-csse plans``
+    if marker.get("preset") == AUTHORS_2D_PRESET and configuration in marker.get("configurations", ()) \
+            and len(configuration_manager.patch_size) == 3:
+        warnings.append(f"plans preset '{AUTHORS_2D_PRESET}' (the authors' 2D settings: UAFS on the encoder too, "
+                        f"H-PDCR windows 5/7/9 voxels, encoder weight 0.1, tau 1) is applied to the 3D configuration "
+                        f"'{configuration}'; the authors' 3D setup is the preset 'authors_3d'")
+    return config, notes, warnings
+
+
 class _GradientGate(torch.autograd.Function):
     """Identity; its backward passes the gradient only where ``state["open"]`` (a bool tensor that the loss sets
     after computing the term) is True, and zeros otherwise (NaN included). No host synchronization."""
@@ -180,23 +219,14 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         # validate plans, settings and labels before nnU-Net's __init__ creates output folders and log files
-        plans_manager = PlansManager(plans)
-        configuration_manager = plans_manager.get_configuration(configuration)
-        check_supported_architecture(configuration_manager.network_arch_class_name)
-        csse_config = config_from_plans(self.csse_defaults, configuration_manager.configuration, configuration)
-        n_stages = int(configuration_manager.network_arch_init_kwargs["n_stages"])
-        csse_config, level_notes = csse_config.fit_levels(n_stages)
-        check_windows_fit_patch(csse_config, configuration_manager.patch_size, configuration)
-        label_manager = plans_manager.get_label_manager(dataset_json)
-        check_labels_consecutive(label_manager, dataset_json)
-        if csse_config.uses_pdcr and csse_config.pdcr_variant == "authors" and label_manager.has_regions:
-            raise ValueError(f"csse setting 'pdcr_variant' \"authors\" reproduces the authors' label-id code and has "
-                             f"no region-based form; this dataset trains regions. Set 'pdcr_variant' to \"clean\" "
-                             f"in the plans' \"{PLANS_KEY}\" settings (configuration '{configuration}')")
+        csse_config, level_notes, warnings = check_plans_for_trainer(self.csse_defaults, plans, configuration,
+                                                                     dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.csse_config = csse_config
         for note in level_notes:
             self.print_to_log_file(f"NOTE: {note}")
+        for warning in warnings:
+            self.print_to_log_file(f"WARNING: {warning}")
         self.pdcr_terms = tuple(self.csse_config.pdcr.term_weights)
         if self.pdcr_terms:
             self.logger.local_logger = CSSELocalLogger(self.pdcr_terms, self.logger.local_logger.verbose)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnunet_csse.folders import check_writable
 from nnunet_csse.method.uafs import UAFSBlock, keeping_uncertainty
 from nnunet_csse.network import CSSEUNet
 
@@ -238,11 +239,12 @@ def save_overlay(image: np.ndarray, segmentation: np.ndarray, uncertainty: np.nd
 
 
 def check_uncertainty_inputs(model_folder: str | Path, input_folder: str | Path, folds: Sequence[int | str],
-                             checkpoint: str) -> list[list[str]]:
+                             checkpoint: str, output_folder: str | Path | None = None) -> list[list[str]]:
     """The cases of ``input_folder`` (channel files per case), after checking what ``nnunet-csse uncertainty``
     needs before it loads a model: the model folder with its dataset.json and plans, each fold's checkpoint,
-    inputs named ``CASE_0000<ending>``, and ``nnUNet_extTrainer`` finding the CSSE trainers. ``ValueError``s name
-    the problem and the fix."""
+    inputs named ``CASE_0000<ending>`` that are readable images, an output folder outside the input folder that
+    can be written, and ``nnUNet_extTrainer`` finding the CSSE trainers. ``ValueError``s name the problem and the
+    fix."""
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     from nnunet_csse.environment import ext_trainer_problem
@@ -268,10 +270,37 @@ def check_uncertainty_inputs(model_folder: str | Path, input_folder: str | Path,
         found = misnamed[:3] or sorted(p.name for p in input_path.iterdir())[:3]
         raise ValueError(f"no images named CASE_0000{ending} in {input_path} (found e.g. {found}); name them as "
                          f"nnUNetv2_predict expects, e.g. case_0000{ending}")
+    if output_folder is not None:
+        output = Path(output_folder)
+        if output.absolute().resolve() == input_path.absolute().resolve() or \
+                input_path.absolute().resolve() in output.absolute().resolve().parents:
+            raise ValueError(f"the output folder -o {output} is the input folder -i {input_path} or inside it: the "
+                             f"outputs would be read as inputs next time; choose an output folder outside {input_path}")
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"the output folder -o {output} is a file; choose a folder")
+        check_writable(output, "output folder (-o)")
     problem = ext_trainer_problem()
     if problem:
         raise ValueError(problem)
+    plans = json.loads((model / "plans.json").read_text())
+    if plans.get("image_reader_writer", "SimpleITKIO") == "SimpleITKIO":
+        for files in cases:
+            for file in files:
+                _check_image_header(file)
     return cases
+
+
+def _check_image_header(file: str) -> None:
+    """A ``ValueError`` unless SimpleITK can read the image header of ``file`` (cheap: no voxels are read)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(file))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ValueError(f"{file} is not a readable image (SimpleITK cannot read it); remove it from the input "
+                         f"folder or replace it by the image") from None
 
 
 def predict_folder_with_uncertainty(
@@ -293,20 +322,24 @@ def predict_folder_with_uncertainty(
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     output_folder = Path(output_folder)
-    cases = check_uncertainty_inputs(model_folder, input_folder, folds, checkpoint)
+    cases = check_uncertainty_inputs(model_folder, input_folder, folds, checkpoint, output_folder)
     predictor = nnUNetPredictor(device=torch.device(device), use_mirroring=use_mirroring, verbose=False,
                                 allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=tuple(folds),
                                                    checkpoint_name=checkpoint)
     csse_network_of(predictor)  # fail before reading any image
     ending = predictor.dataset_json["file_ending"]
-    output_folder.mkdir(parents=True, exist_ok=True)
     reader = predictor.plans_manager.image_reader_writer_class()
     names = label_names(predictor.dataset_json)
     written = []
     for files in cases:
         case = Path(files[0]).name[: -len(f"_0000{ending}")]
-        image, data, properties = preprocess_case(predictor, files)
+        try:
+            image, data, properties = preprocess_case(predictor, files)
+        except RuntimeError as e:  # e.g. a header SimpleITK reads but voxels it cannot
+            raise ValueError(f"case {case} ({', '.join(files)}) could not be read as an image: "
+                             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
+        output_folder.mkdir(parents=True, exist_ok=True)  # only once there is something to write
         logits, h = predict_logits_and_uncertainty(predictor, data)
         segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
             logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)

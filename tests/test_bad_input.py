@@ -101,6 +101,18 @@ def _tree(folder) -> dict:
      ["nnUNetPlans.json exists and was not written by nnunet-csse", "refusing to overwrite", "--name"]),
     (["--set", "pdcr_temperature=1.0", "--name", "nnUNetPlans.json"], ["not a usable plans identifier", "'.json'"]),
     (["--set", "pdcr_temperature=2.0", "--name", "nnUNetPlansMine"], ["differs from what this call writes", "--force"]),
+    # what only the network, the patch and the dataset decide: checked as nnUNetv2_train checks it, before writing
+    (["--set", "pdcr_encoder_stages=[2,7]"], ["'pdcr_encoder_stages' [2, 7] has level(s) [7] outside this network",
+                                              "levels 0..3", "nnUNetv2_train -tr nnUNetTrainerCSSE would stop",
+                                              "nothing was written"]),
+    (["--set", "pdcr_windows=[5,65]"], ["window(s) [65] larger than the patch [32, 32", "<= 32 voxels"]),
+    (["-c", "2d", "--set", "pdcr_decoder_weight=0.1", "--set", "pdcr_decoder_stages=[3]"],
+     ["'pdcr_decoder_stages' [3] has level(s) [3] outside this network", "0..2"]),
+    (["--set", "pdcr_encoder_stages=[3]"], ["needs two distinct levels, got [3]"]),  # the cross-layer term
+    (["--set", "uafs_num_branches=1"], ["'uafs_num_branches' must be an integer >= 2", "entropy of one channel is 0",
+                                        "got 1"]),
+    (["--set", "pdcr_windows=[]"], ["non-empty list of window sizes", "got []"]),
+    (["--set", "pdcr_encoder_stages=[]"], ["non-empty list of resolution levels", "got []"]),
 ])
 def test_bad_plans_set_names_the_problem_and_writes_nothing(dataset, nnunet_dirs, capsys, args, messages):
     from nnunet_csse.tools.cli import main
@@ -116,6 +128,66 @@ def test_bad_plans_set_names_the_problem_and_writes_nothing(dataset, nnunet_dirs
     for message in messages:
         assert message in err
     assert _tree(preprocessed) == before
+
+
+@pytest.mark.parametrize("change,messages", [
+    ({"network_class": "dynamic_network_architectures.architectures.unet.ResidualUNet"},
+     ["ResidualUNet", "PlainConvUNet and ResidualEncoderUNet"]),
+    ({"labels": {"background": 0, "a": 1, "b": 3}}, ["not consecutive", "[0, 1, 3]"]),
+])
+def test_plans_apply_refuses_plans_the_trainer_would_refuse(dataset, nnunet_dirs, capsys, change, messages):
+    """Network class and labels: a preset on such plans would write a file that can never train."""
+    from nnunet_csse.tools.cli import main
+
+    edit(dataset, **change)
+    before = _tree(nnunet_dirs["nnUNet_preprocessed"])
+    assert main(["plans", "apply", "authors_3d", "-d", "42", "-c", "3d_fullres"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "nnUNetv2_train -tr nnUNetTrainerCSSE" in err
+    for message in messages:
+        assert message in err
+    assert _tree(nnunet_dirs["nnUNet_preprocessed"]) == before
+
+
+def test_plans_apply_says_unchanged_when_it_left_an_identical_file(dataset, capsys):
+    from nnunet_csse.tools.cli import main
+
+    assert main(["plans", "apply", "authors_3d", "-d", "42"]) == 0
+    target = dataset / "nnUNetPlansCSSE_authors_3d.json"
+    assert capsys.readouterr().out.startswith(f"wrote {target}\n")
+    os.utime(target, (1, 1))
+    assert main(["plans", "apply", "authors_3d", "-d", "42"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"unchanged {target} (identical") and "wrote" not in out
+    assert target.stat().st_mtime == 1
+
+
+@pytest.mark.parametrize("configuration,warned", [("3d_fullres", True), ("2d", False)])
+def test_authors_2d_on_a_3d_configuration_is_warned_about(dataset, capsys, configuration, warned):
+    """On the console by ``plans apply`` and in the training log by the trainer; not for a 2D configuration."""
+    from nnunet_csse.tools.cli import main
+
+    assert main(["plans", "apply", "authors_2d", "-d", "42", "-c", configuration]) == 0
+    err = capsys.readouterr().err
+    message = "plans preset 'authors_2d' (the authors' 2D settings"
+    assert (f"warning: {message}" in err and f"3D configuration '{configuration}'" in err and "authors_3d" in err) \
+        == warned
+    trainer = get_trainer_from_args("42", configuration, 0, "nnUNetTrainerCSSE", "nnUNetPlansCSSE_authors_2d",
+                                    device=torch.device("cpu"))
+    log = open(trainer.log_file).read()
+    assert (f"WARNING: {message}" in log) == warned
+
+
+def test_a_csse_trainer_with_every_part_off_is_warned_about(dataset, nnunet_dirs, capsys):
+    from nnunet_csse.tools.cli import main
+
+    off = ["--set", "uafs_decoder=false", "--set", "pdcr_encoder_weight=0", "--set", "pdcr_cross_weight=0"]
+    assert main(["plans", "set", "-d", "42", "-c", "3d_fullres", *off, "--name", "nnUNetPlansOff"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: every CSSE part is off in configuration '3d_fullres'" in err and "plain nnU-Net" in err
+    log = open(start_training(plans="nnUNetPlansOff").log_file).read()
+    assert "WARNING: every CSSE part is off" in log and "uafs_decoder and uafs_encoder false" in log
+    assert "every CSSE part is off" not in open(start_training().log_file).read()  # the control
 
 
 def test_ext_trainer_problem_and_fix(tmp_path):
@@ -196,6 +268,39 @@ def _model_folder(root):
     (model / "dataset.json").write_text(json.dumps(TOY_DATASET_JSON))
     (model / "plans.json").write_text("{}")
     return model
+
+
+def _image(path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.float32)), str(path))
+
+
+@pytest.mark.parametrize("problem,messages", [
+    ("output_is_input", ["-o", "is the input folder -i", "or inside it", "choose an output folder outside"]),
+    ("output_in_input", ["is the input folder -i", "or inside it"]),
+    ("text_image", ["b_0000.nii.gz is not a readable image", "SimpleITK cannot read it"]),
+])
+def test_uncertainty_outputs_outside_the_input_and_readable_images(tmp_path, monkeypatch, capsys, problem, messages):
+    """Checked before the model loads (its checkpoint here is no real one); nothing is left behind."""
+    from nnunet_csse.tools.cli import main
+
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    model = _model_folder(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    _image(images / "a_0000.nii.gz")
+    if problem == "text_image":
+        (images / "b_0000.nii.gz").write_text("this is not an image")
+    out = {"output_is_input": images, "output_in_input": images / "out"}.get(problem, tmp_path / "out")
+    before = sorted(tmp_path.rglob("*"))
+    code = main(["uncertainty", "-i", str(images), "-o", str(out), "-m", str(model), "-device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for message in messages:
+        assert message in err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("problem,messages", [

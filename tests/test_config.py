@@ -56,6 +56,8 @@ def test_plans_overrides_apply_and_lists_become_tuples():
     ({"pdcr_variant": "author"}, "'pdcr_variant' must be one of \\['clean', 'authors'\\]"),
     ({"uafs_norm": "instance"}, "'uafs_norm' must be one of \\['plan', 'batch'\\]"),
     ({"uafs_num_branches": 0}, "uafs_num_branches"),
+    ({"uafs_num_branches": 1}, r"'uafs_num_branches' must be an integer >= 2 \(the entropy of one channel is 0"),
+    ({"pdcr_windows": []}, r"non-empty list of window sizes >= 1 voxel, got \[\]"),
     ({"uafs_decoder": 1}, "uafs_decoder"),
     ({"pdcr_encoder_stages": []}, "pdcr_encoder_stages"),
     ({"pdcr_encoder_stages": [2]}, "two"),

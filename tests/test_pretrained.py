@@ -70,3 +70,42 @@ def test_bad_conversions_are_named(dataset, tmp_path):
     add_csse_modules(plain_file, tmp_path / "out.pth", 42, "3d_fullres", trainer="nnUNetTrainerUAFS")
     saved = torch.load(tmp_path / "out.pth", weights_only=False)["network_weights"]
     assert any(k.startswith("decoder_uafs.") for k in saved) and not any(k.startswith("pdcr_") for k in saved)
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerCSSE_2epochs_10iters", "nnUNetTrainerCSSE_5epochs",
+                                  "nnUNetTrainerUAFS_2epochs_10iters", "nnUNetTrainerCSSE_HPDCR",
+                                  "nnUNetTrainerCSSE_demo", "nnUNetTrainerCSSE_benchmark"])
+def test_every_csse_trainer_is_accepted(dataset, tmp_path, capsys, name):
+    """The README's short-schedule trainers included; the converted checkpoint loads into that trainer."""
+    plain_file, converted = tmp_path / "plain.pth", tmp_path / "csse_init.pth"
+    plain_checkpoint(plain_file)
+    assert main(["pretrained", "-i", str(plain_file), "-o", str(converted), "-d", "42", "-c", "2d", "-tr", name]) == 0
+    assert f"-tr {name} " in capsys.readouterr().out
+    maybe_load_checkpoint(trainer(name), False, False, str(converted))
+
+
+def test_plain_trainers_are_refused_with_the_list(dataset, tmp_path, capsys):
+    plain_file = tmp_path / "plain.pth"
+    plain_file.write_text("not read")
+    assert main(["pretrained", "-i", str(plain_file), "-o", str(tmp_path / "o.pth"), "-d", "42", "-c", "2d", "-tr",
+                 "nnUNetTrainer_2epochs_10iters"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 'nnUNetTrainer_2epochs_10iters' is not an nnunet-csse trainer") and \
+        "nnUNetTrainerCSSE_2epochs_10iters" in err and err.count("\n") == 1
+    assert not (tmp_path / "o.pth").exists()
+
+
+@pytest.mark.parametrize("what", ["model folder", "fold folder", "missing"])
+def test_an_input_that_is_no_file_is_one_error_line(dataset, tmp_path, capsys, what):
+    model = tmp_path / "nnUNetTrainer__nnUNetPlans__2d"
+    (model / "fold_0").mkdir(parents=True)
+    (model / "fold_0" / "checkpoint_final.pth").write_text("x")
+    given = {"model folder": model, "fold folder": model / "fold_0", "missing": tmp_path / "none.pth"}[what]
+    assert main(["pretrained", "-i", str(given), "-o", str(tmp_path / "o.pth"), "-d", "42", "-c", "2d"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and not (tmp_path / "o.pth").exists()
+    if what == "missing":
+        assert err == f"error: -i {given} does not exist; pass a checkpoint_final.pth written by nnUNetv2_train\n"
+    else:
+        assert err == f"error: -i {given} is a folder; pass a checkpoint file, e.g. -i " \
+                      f"{model / 'fold_0' / 'checkpoint_final.pth'}\n"

@@ -18,12 +18,14 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from nnunet_csse import folders
 from nnunet_csse.config import CSSEConfig
+from nnunet_csse.folders import check_writable
 
 PRESET_KEYS = {"description", "csse", "network", "batch_size"}
 MARKER = "csse_preset"  # written into derived plans so we only ever replace our own files
@@ -96,7 +98,7 @@ def _check_identifier(identifier: str, source_plans: str) -> None:
                          f"source stays as it is")
 
 
-def apply_preset(
+def write_plans_preset(
     preset: str | None,
     dataset: str | int,
     configurations: Sequence[str] | None = None,
@@ -105,8 +107,10 @@ def apply_preset(
     force: bool = False,
     settings: Mapping[str, Any] | None = None,
     identifier: str | None = None,
-) -> Path:
-    """Write ``<source>CSSE_<preset>.json`` (or ``<identifier>.json``) for ``dataset``; returns its path.
+    on_warning: Callable[[str], None] | None = None,
+) -> tuple[Path, bool]:
+    """Write ``<source>CSSE_<preset>.json`` (or ``<identifier>.json``) for ``dataset``; returns its path and whether
+    it was written (False: an identical file was there and is left as it is).
 
     Args:
         preset: shipped preset name (``nnunet-csse plans list``) or a path to a preset JSON; None: only
@@ -121,6 +125,11 @@ def apply_preset(
         settings: CSSE settings merged over the preset's into each chosen configuration's "csse" block; the
             merged block is validated as the trainers validate it (``CSSEConfig.with_overrides``).
         identifier: the new plans identifier (default ``<source>CSSE_<preset>``).
+        on_warning: called with each warning about settings that train but are unusual (default:
+            ``warnings.warn``).
+
+    Before anything is written, every chosen configuration is checked as ``nnUNetv2_train -tr
+    nnUNetTrainerCSSE`` checks it (``check_trainable``): a plans file that could not train is never written.
     """
     if preset is None:
         if identifier is None:
@@ -162,20 +171,50 @@ def apply_preset(
             CSSEConfig().with_overrides(configuration["csse"], source=(
                 f"configuration '{config_name}' of {source_plans}.json with settings "
                 f"{json.dumps(dict(settings))}"))
+    dataset_json_file = dataset_folder / "dataset.json"
+    dataset_json = json.loads(dataset_json_file.read_text()) if dataset_json_file.is_file() else None
+    for message in check_trainable(derived, chosen, dataset_json):
+        (on_warning or warnings.warn)(message)
     target = dataset_folder / f"{identifier}.json"
+    check_writable(target, "plans file", "it belongs next to the dataset's nnU-Net plans: make that folder writable")
     if target.exists():
         existing = json.loads(target.read_text())
         if MARKER not in existing:
             raise ValueError(f"{target} exists and was not written by nnunet-csse; refusing to overwrite it. "
                              f"Choose another plans identifier (--name)")
         if existing == derived:
-            return target
+            return target, False
         if not force:
             what = (f"preset '{name}'" + (" with these settings" if settings else "")) if name else "this call"
             raise ValueError(f"{target} exists and differs from what {what} writes (edited by hand, or "
                              f"applied to other configurations or settings); pass --force to replace it")
     folders.write_json_atomic(derived, target)
-    return target
+    return target, True
+
+
+def apply_preset(*args: Any, **kwargs: Any) -> Path:
+    """``write_plans_preset``, returning only the path of the plans file."""
+    return write_plans_preset(*args, **kwargs)[0]
+
+
+CHECKED_TRAINER = "nnUNetTrainerCSSE"  # the trainer ``nnunet-csse plans`` names in its "train with:" line
+
+
+def check_trainable(plans: dict, configurations: Sequence[str], dataset_json: dict | None) -> list[str]:
+    """Run the checks ``nnUNetv2_train -tr nnUNetTrainerCSSE`` runs on ``plans`` (``check_plans_for_trainer``:
+    network class, settings, levels against the network, windows against the patch, labels) for each of
+    ``configurations``; a ``ValueError`` saying so, or the warnings the trainer would log."""
+    from nnunet_csse.training import check_plans_for_trainer, nnUNetTrainerCSSE
+
+    found = []
+    for name in configurations:
+        try:
+            _, _, warnings_ = check_plans_for_trainer(nnUNetTrainerCSSE.csse_defaults, plans, name, dataset_json)
+        except ValueError as e:
+            raise ValueError(f"{e} (nnUNetv2_train -tr {CHECKED_TRAINER} would stop with this; nothing was "
+                             f"written)") from None
+        found += warnings_
+    return found
 
 
 def _apply_to_configuration(configuration: dict, spec: dict) -> None:

@@ -7,6 +7,7 @@ Errors of our own checks end in ``main()``, the one error boundary.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -62,14 +63,34 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from nnunet_csse.tools.synthetic import write_synthetic_dataset
 
     raw = Path(args.raw) if args.raw else root_from_env(None, "nnUNet_raw")
-    folder = write_synthetic_dataset(
-        raw, args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
-        size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
-        num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
-        ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
-    )
+    try:
+        folder = write_synthetic_dataset(
+            raw, args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
+            size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
+            num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
+            ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as e:
+        raise type(e)(synth_flags(str(e))) from None
     print(folder)
     return 0
+
+
+# write_synthetic_dataset's argument names -> the synth flags a user typed, for its error messages
+SYNTH_FLAGS = (
+    (r"overwrite=True \(CLI: --overwrite\)", "--overwrite"), (r"\bregions=True", "--regions"),
+    (r"\bnum_classes=(\d+)", r"--classes \1"), (r"\bdim=(\d)", r"--dim \1"),
+    (r"\bnum_test_cases\b", "--test-cases"), (r"\bnum_cases\b", "--cases"), (r"\bnum_classes\b", "--classes"),
+    (r"\bnum_channels\b", "--channels"), (r"\bdataset_id\b", "--dataset-id"),
+    (r"^(size|spacing|seed|name)\b", r"--\1"),
+)
+
+
+def synth_flags(message: str) -> str:
+    """An error of ``write_synthetic_dataset`` with the ``synth`` flags in place of its argument names."""
+    for pattern, flag in SYNTH_FLAGS:
+        message = re.sub(pattern, flag, message)
+    return message
 
 
 def _cmd_plans_list(args: argparse.Namespace) -> int:
@@ -82,12 +103,16 @@ def _cmd_plans_list(args: argparse.Namespace) -> int:
 
 def _cmd_plans_apply(args: argparse.Namespace) -> int:
     """``plans apply`` and ``plans set`` (which has no preset): one code path writes derived plans."""
-    from nnunet_csse.presets import apply_preset, parse_settings
+    from nnunet_csse.presets import parse_settings, write_plans_preset
 
-    target = apply_preset(args.preset, args.dataset, args.configurations, args.source_plans, force=args.force,
-                          settings=parse_settings(args.set or []), identifier=args.name)
+    messages: list[str] = []
+    target, written = write_plans_preset(
+        args.preset, args.dataset, args.configurations, args.source_plans, force=args.force,
+        settings=parse_settings(args.set or []), identifier=args.name, on_warning=messages.append)
+    for message in messages:
+        print(f"warning: {message}", file=sys.stderr)
     config = args.configurations[0] if args.configurations and len(args.configurations) == 1 else "CONFIG"
-    print(f"wrote {target}")
+    print(f"wrote {target}" if written else f"unchanged {target} (identical to what this call writes)")
     print(f"train with: nnUNetv2_train {args.dataset} {config} FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
     problem = ext_trainer_problem()
     if problem:
@@ -96,7 +121,7 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nnunet_csse.tools.demo import Demo, DemoSettings, reset
+    from nnunet_csse.tools.demo import Demo, DemoSettings
 
     device, which = resolve_device(args.device)
     print(which)
@@ -104,9 +129,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
                             iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
                             size=args.size, seed=args.seed)  # validated before --reset deletes anything
-    if args.reset:
-        reset(workdir)
-    Demo(settings).run()
+    Demo(settings).run(reset_first=args.reset)
     return 0
 
 
@@ -226,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="image size (default: 96 in 2d, 48 in 3d)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--reset", action="store_true",
-                   help="delete earlier demo outputs in --workdir first (without it: finished steps are reused)")
+                   help="delete earlier demo outputs in --workdir first (without it: finished steps made with the "
+                        "same settings are reused, and a --workdir made with other settings is refused)")
     p.set_defaults(func=_cmd_demo)
 
     p = _command(sub, "pretrained", "add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
@@ -259,15 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. The one error boundary of the tools: bad input (``ValueError``, a missing or existing
-    file) is one ``error:`` line and exit status 2, a failed step of a run (``StepFailed``, e.g. an nnU-Net
-    console script) status 1; never a traceback from our own checks."""
+    """Run one command. The one error boundary of the tools: bad input (``ValueError``, a missing, existing or
+    unwritable file: ``OSError``) is one ``error:`` line and exit status 2, a failed step of a run
+    (``StepFailed``, e.g. an nnU-Net console script) status 1; never a traceback from our own checks."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, StepFailed) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError, StepFailed) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1 if isinstance(e, StepFailed) else 2
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of one of our errors; for an error of the operating system (a write the checks before the work
+    could not foresee, e.g. a full disk) what failed and on which file, without the errno prefix."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        return f"{error.strerror}: {error.filename}"
+    return str(error)
 
 
 if __name__ == "__main__":

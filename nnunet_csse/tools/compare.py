@@ -470,9 +470,11 @@ def compare_trainers(
         if not result.folds:
             expected = folder / f"fold_{fold_names[0]}" / "validation" / "summary.json"
             hint = "" if folder.is_dir() else f" (no folder {folder.name}; present: {_present(root / name)})"
+            configs = sorted({p.name.split("__")[-1] for p in (root / name).glob("*__*__*") if p.is_dir()})
+            fix = f"Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} -p {trainer_plans}" \
+                if configuration in configs or not configs else f"Configurations with results: {configs}; check -c"
             raise ValueError(f"no results for trainer '{entry}': expected {expected} (folds {','.join(fold_names)})"
-                             f"{hint}. Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} "
-                             f"-p {trainer_plans}")
+                             f"{hint}. {fix}")
         if result.missing:
             warnings.append(f"{entry}: no validation/summary.json for fold(s) {','.join(result.missing)} in "
                             f"{folder} (unfinished training, or run nnUNetv2_train ... --val); using "
@@ -760,7 +762,8 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
             ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
                         fmt="none", ecolor="black", capsize=3, lw=1)
         if not with_std:  # values on the bars where no error bar is in the way
-            ax.bar_label(bars, labels=["" if m == 0 else f"{m:.3f}" for m in means], fontsize="x-small", padding=2,
+            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m, _, _ in stats],  # 0: "0.000"
+                         fontsize="x-small", padding=2,
                          rotation=90 if n_trainers > 2 else 0)
     ax.set_xticks(range(n_classes))
     ax.set_xticklabels([_short_label(comparison, k) for k in comparison.classes])
@@ -884,6 +887,9 @@ def _run(args: argparse.Namespace) -> Comparison:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from nnunet_csse.folders import check_writable
+
+    check_writable(args.out, "output folder (--out)")  # before any evaluation
     result = _run(args)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -920,5 +926,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "
-                                              ".png, _paired.png (default: %(default)s)")
+                                              ".png (cross-validation only), _paired.png (default: %(default)s)")
     p.set_defaults(func=_cmd_compare)

@@ -1,6 +1,6 @@
 """``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
 
-Stages (each is skipped when its outputs exist, so a re-run resumes):
+Stages (each is skipped when its outputs exist and were made from the same inputs, so a re-run resumes):
   1. dataset     hard synthetic dataset (nnunet_csse.tools.synthetic) in <workdir>/nnUNet_raw
   2. plan        nnUNetv2_plan_and_preprocess (+ the cpu_tiny plans preset on CPU)
   3. train       nnUNetv2_train with nnUNetTrainer_demo and nnUNetTrainerCSSE_demo (same budget and seed)
@@ -9,6 +9,11 @@ Stages (each is skipped when its outputs exist, so a re-run resumes):
   6. report      per-class Dice table + a PNG (image, ground truth, both predictions, UAFS uncertainty)
 
 Only <workdir> is written: the nnU-Net folders of the user's environment are not used.
+
+Each stage records the inputs that made it (budget, seed, dataset settings, trainer, plans, device) in
+<workdir>/stages/<stage>.json. A stage is reused only when its record equals the inputs of this run; a workdir made
+with other inputs is refused before anything is written (``--reset`` replaces it, or use another ``--workdir``),
+and the report's labels are read from the records of the models it reports.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
@@ -29,12 +35,14 @@ from unittest import mock
 import numpy as np
 
 from nnunet_csse.environment import trainers_path
-from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary
+from nnunet_csse.folders import FOREGROUND_MEAN, check_writable, read_evaluator_summary, write_json_atomic
 from nnunet_csse.tools import StepFailed
 
 DEMO_DATASET_ID = 987
 DEMO_NAME = "CSSEDemo"
 TRAINERS = {"baseline": "nnUNetTrainer_demo", "CSSE": "nnUNetTrainerCSSE_demo"}
+NUM_CLASSES = 4
+STAGES_FOLDER = "stages"  # <workdir>/stages/<stage>.json: the inputs each stage was made from
 
 
 @dataclass
@@ -66,6 +74,32 @@ class DemoSettings:
     @property
     def plans(self) -> str:
         return "nnUNetPlansCSSE_cpu_tiny" if self.device == "cpu" else "nnUNetPlans"
+
+    @property
+    def image_size(self) -> int:
+        return self.size or (96 if self.dim == "2d" else 48)
+
+    def stage_inputs(self) -> dict[str, dict]:
+        """Stage name -> everything that makes its outputs (each stage includes the inputs of those before it)."""
+        from importlib.metadata import version
+
+        dataset = {"dataset": f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}", "dim": self.dim, "cases": self.cases,
+                   "test_cases": self.test_cases, "size": self.image_size, "dataset_seed": self.seed,
+                   "num_classes": NUM_CLASSES, "difficulty": "hard"}
+        plan = {**dataset, "configuration": self.configuration, "nnunetv2": version("nnunetv2")}
+        stages = {"dataset": dataset, "plan": plan}
+        for label, trainer in TRAINERS.items():
+            train = {**plan, "plans": self.plans, "trainer": trainer, "epochs": self.epochs,
+                     "iterations": self.iterations, "seed": self.seed, "device": self.device}
+            stages[f"train_{label}"] = train
+            stages[f"predict_{label}"] = {**train, "test_time_mirroring": False}
+        return stages
+
+
+def _differences(recorded: dict, wanted: dict) -> list[str]:
+    """``key: recorded -> wanted`` for every input that differs."""
+    keys = [k for k in wanted if recorded.get(k) != wanted[k]] + [k for k in recorded if k not in wanted]
+    return [f"{k} {recorded.get(k, '(none)')} -> {wanted.get(k, '(none)')}" for k in keys]
 
 
 def _say(stage: str, text: str) -> None:
@@ -119,6 +153,54 @@ class Demo:
     def model_folder(self, trainer: str) -> Path:
         return self.results / self.dataset_folder.name / f"{trainer}__{self.s.plans}__{self.s.configuration}"
 
+    def stage_outputs(self) -> dict[str, Path]:
+        """Stage name -> the output whose presence means the stage ran (at least in part)."""
+        outputs = {"dataset": self.dataset_folder, "plan": self.preprocessed / self.dataset_folder.name}
+        for label, trainer in TRAINERS.items():
+            outputs[f"train_{label}"] = self.model_folder(trainer)
+            outputs[f"predict_{label}"] = self.root / "predictions" / label
+        return outputs
+
+    def record_path(self, stage: str) -> Path:
+        return self.root / STAGES_FOLDER / f"{stage}.json"
+
+    def read_record(self, stage: str) -> dict | None:
+        path = self.record_path(stage)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def check_reusable(self) -> None:
+        """Refuse (``ValueError``, before anything is written) a workdir whose finished or started stages were made
+        from other inputs than this run's, or by a demo that kept no record of its inputs."""
+        wanted, outputs = self.s.stage_inputs(), self.stage_outputs()
+        for stage, inputs in wanted.items():
+            recorded = self.read_record(stage)
+            if recorded is None and not outputs[stage].exists():
+                continue
+            if recorded is None:
+                raise ValueError(f"{self.root} holds demo outputs ({outputs[stage]}) without a record of the settings "
+                                 f"they were made with; run with --reset to replace them, or give another --workdir")
+            differences = _differences(recorded, inputs)
+            if differences:
+                raise ValueError(f"{self.root} holds a demo made with other settings ({stage}: "
+                                 f"{'; '.join(differences)}); reusing it would label its results with this run's "
+                                 f"settings. Run with --reset to replace it, or give another --workdir")
+
+    def start_stage(self, stage: str) -> None:
+        """Record the inputs of ``stage`` before it writes anything (a resumed stage has the same record)."""
+        path = self.record_path(stage)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.s.stage_inputs()[stage], path)
+
+    def trained_with(self) -> dict:
+        """The inputs of the models the report shows, from their records (equal for both trainers)."""
+        records = [self.read_record(f"train_{label}") for label in TRAINERS]
+        if any(r is None for r in records) or any(
+                (r["epochs"], r["iterations"], r["seed"]) != (records[0]["epochs"], records[0]["iterations"],
+                                                             records[0]["seed"]) for r in records):
+            raise ValueError(f"the models in {self.results} have no matching records in {self.root / STAGES_FOLDER}; "
+                             f"run with --reset")
+        return records[0]
+
     # -------------------------------------------------------------------------------------------- stages
     def make_dataset(self) -> None:
         from nnunet_csse.tools.synthetic import write_synthetic_dataset
@@ -126,9 +208,9 @@ class Demo:
         if (self.dataset_folder / "dataset.json").exists():
             _say("dataset", f"reusing {self.dataset_folder}")
             return
-        size = self.s.size or (96 if self.s.dim == "2d" else 48)
+        self.start_stage("dataset")
         write_synthetic_dataset(self.raw, DEMO_DATASET_ID, DEMO_NAME, dim=2 if self.s.dim == "2d" else 3,
-                                num_cases=self.s.cases, size=size, num_classes=4,
+                                num_cases=self.s.cases, size=self.s.image_size, num_classes=NUM_CLASSES,
                                 num_test_cases=self.s.test_cases, seed=self.s.seed, difficulty="hard")
         _say("dataset", f"wrote {self.s.cases} training + {self.s.test_cases} test cases to {self.dataset_folder}")
 
@@ -136,6 +218,7 @@ class Demo:
         pre = self.preprocessed / self.dataset_folder.name
         data = pre / f"nnUNetPlans_{self.s.configuration}"
         if not (data.is_dir() and any(data.iterdir())):
+            self.start_stage("plan")
             _say("plan", "nnUNetv2_plan_and_preprocess")
             self._run(["nnUNetv2_plan_and_preprocess", "-d", str(DEMO_DATASET_ID), "-c", self.s.configuration,
                        "-np", "1", "-npfp", "1"], "plan")
@@ -151,6 +234,7 @@ class Demo:
                 _say("train", f"{label}: reusing {fold}")
                 continue
             resume = ["--c"] if (fold / "checkpoint_latest.pth").exists() else []
+            self.start_stage(f"train_{label}")
             _say("train", f"{label}: nnUNetv2_train ... -tr {trainer} ({self.s.epochs} epochs x "
                           f"{self.s.iterations} iterations){' resuming' if resume else ''}")
             self._run(["nnUNetv2_train", str(DEMO_DATASET_ID), self.s.configuration, "0", "-tr", trainer, "-p",
@@ -166,6 +250,8 @@ class Demo:
             if out.is_dir() and len(list(out.glob("*.nii.gz"))) == expected:
                 _say("predict", f"{label}: reusing {out}")
                 continue
+            self.start_stage(f"predict_{label}")
+            (out / "summary.json").unlink(missing_ok=True)  # evaluated again from the new predictions
             _say("predict", f"{label}: nnUNetv2_predict on {expected} held-out cases")
             self._run(["nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", str(DEMO_DATASET_ID), "-c",
                        self.s.configuration, "-p", self.s.plans, "-tr", trainer, "-f", "0", "-device",
@@ -205,15 +291,19 @@ class Demo:
 
         image_file = sorted((self.dataset_folder / "imagesTs").glob("*_0000.nii.gz"))[0]
         case = image_file.name[: -len("_0000.nii.gz")]
-        predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False)
+        trained = self.trained_with()
         # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only (patch.dict puts
-        # os.environ back as it was); nnU-Net's lookup is chatty
+        # os.environ back as it was); nnU-Net's predictor and lookup are chatty (device notes, FutureWarnings of
+        # the libraries it calls), which would end up between the demo's stage lines and its report
         with mock.patch.dict(os.environ, nnUNet_extTrainer=self.env["nnUNet_extTrainer"]), \
-                contextlib.redirect_stdout(io.StringIO()):
+                contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False,
+                                        perform_everything_on_device=self.s.device == "cuda")
             predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])),
                                                            use_folds=(0,))
-        image, data, properties = preprocess_case(predictor, [str(image_file)])
-        uncertainty = to_input_geometry(predict_uncertainty(predictor, data), predictor, properties)[0]
+            image, data, properties = preprocess_case(predictor, [str(image_file)])
+            uncertainty = to_input_geometry(predict_uncertainty(predictor, data), predictor, properties)[0]
 
         def read(path: Path) -> np.ndarray:
             return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
@@ -225,13 +315,19 @@ class Demo:
             predictions[label] = (read(folder / f"{case}.nii.gz"), case_dice(cases, f"{case}.nii.gz"))
         names = label_names(json.loads((self.dataset_folder / "dataset.json").read_text()))
         fig = demo_figure(image[0], read(self.dataset_folder / "labelsTs" / f"{case}.nii.gz"), predictions,
-                          uncertainty, names, f"nnunet-csse demo, held-out case {case} ({self.s.configuration}, "
-                                              f"{self.s.epochs} epochs x {self.s.iterations} iterations)")
+                          uncertainty, names, f"nnunet-csse demo, held-out case {case} ({trained['configuration']}, "
+                                              f"{trained['epochs']} epochs x {trained['iterations']} iterations, "
+                                              f"seed {trained['seed']})")
         path = self.root / "demo_figure.png"
         fig.savefig(path, dpi=100)
         return path
 
-    def run(self) -> str:
+    def run(self, reset_first: bool = False) -> str:
+        """All stages and the report (returned and printed); ``reset_first``: delete earlier outputs first."""
+        check_writable(self.root, "demo folder (--workdir)")
+        if reset_first:
+            reset(self.root)
+        self.check_reusable()
         self.root.mkdir(parents=True, exist_ok=True)
         self.make_dataset()
         self.plan()
@@ -240,8 +336,10 @@ class Demo:
         summaries = self.evaluate()
         table = self.table(summaries)
         figure = self.figure()
-        report = (f"\nDice on {self.s.test_cases} held-out cases (nnU-Net's evaluator), {self.s.configuration}, "
-                  f"{self.s.epochs} epochs x {self.s.iterations} iterations, device {self.s.device}:\n{table}\n\n"
+        trained = self.trained_with()  # the labels come from what the models were trained with
+        report = (f"\nDice on {trained['test_cases']} held-out cases (nnU-Net's evaluator), "
+                  f"{trained['configuration']}, {trained['epochs']} epochs x {trained['iterations']} iterations, "
+                  f"seed {trained['seed']}, device {trained['device']}:\n{table}\n\n"
                   f"figure:       {figure}\npredictions:  {self.root / 'predictions'}\n"
                   f"models:       {self.results / self.dataset_folder.name}\nlogs:         {self.root / 'logs'}\n")
         (self.root / "demo_report.txt").write_text(report)
@@ -304,5 +402,5 @@ def demo_figure(image: np.ndarray, truth: np.ndarray, predictions: dict[str, tup
 
 def reset(workdir: Path) -> None:
     """Remove what the demo wrote (only folders it creates)."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs"):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs", STAGES_FOLDER):
         shutil.rmtree(workdir / name, ignore_errors=True)

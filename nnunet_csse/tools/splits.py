@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nnunet_csse.folders import dataset_folder, write_json_atomic
+from nnunet_csse.folders import check_writable, dataset_folder, write_json_atomic
 
 SPLITS_FILE = "splits_final.json"
 BACKUP_FILE = "splits_final.full.json"
@@ -294,6 +294,7 @@ def make_limited_split(
     current, backup = folder / SPLITS_FILE, folder / BACKUP_FILE
 
     if install:
+        check_writable(current, "split file", "nnU-Net reads it from the dataset's folder: make that folder writable")
         if not backup.is_file():
             if current.is_file():
                 shutil.copyfile(current, backup)
@@ -314,6 +315,7 @@ def make_limited_split(
                 isinstance(f, dict) and MARKER in f for f in existing)):
             raise ValueError(f"{target} exists and is not a limited split written by nnunet-csse; refusing to "
                              f"overwrite it")
+    check_writable(target, "split file (--output)" if output is not None else "split file")
     target.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(limited, target, sort_keys=True)
     return LimitedSplit(target, limited, source, warnings=warnings)
@@ -339,6 +341,7 @@ def restore_full_split(dataset: str | int, preprocessed_root: str | Path | None 
         if parsed != full and not _is_limited_of(parsed, full):
             raise ValueError(f"{current} differs from the backup and is not a limited split installed by "
                              f"nnunet-csse; refusing to overwrite it. Move it away first to restore {backup.name}")
+    check_writable(current, "split file", "nnU-Net reads it from the dataset's folder: make that folder writable")
     os.replace(backup, current)
     return current
 

@@ -58,6 +58,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_csse.folders import check_writable
+
 __all__ = ["MIN_VOXELS_PER_CLASS", "generate_case", "intensity_profile", "write_synthetic_dataset"]
 
 #: every class (background included) has at least this many voxels in every generated case
@@ -539,6 +541,7 @@ def write_synthetic_dataset(
         "regions": bool(regions),
     }
 
+    check_writable(raw_root, "nnUNet_raw folder")
     raw_root.mkdir(parents=True, exist_ok=True)
     tmp = raw_root / f".{folder_name}.partial-{os.getpid()}"
     if tmp.exists():

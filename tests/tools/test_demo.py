@@ -49,9 +49,82 @@ def test_demo_runs_reports_and_resumes(tmp_path, monkeypatch):
     assert not any(p for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
                    for p in (user / name).iterdir())
 
+    assert "1 epochs x 3 iterations, seed 0, device cpu" in out
+    assert "perform_everything_on_device" not in out and "FutureWarning" not in out  # nnU-Net's and torch's noise
+
     again = demo(workdir)  # every finished stage is reused
     assert again.count("reusing") >= 6 and "nnUNetv2_train" not in again
     assert re.search(r"^mean \(fg\)\s+(.+)$", again, re.M).group(1) == rows["mean (fg)"]
+
+    # another budget and seed in the same folder: refused before anything is written, not relabelled
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    exe = os.path.join(os.path.dirname(sys.executable), "nnunet-csse")
+    other = subprocess.run([exe, "demo", "--workdir", str(workdir), "--epochs", "2", "--iterations", "3", "--cases",
+                            "5", "--test-cases", "2", "--size", "48", "--seed", "7"], capture_output=True, text=True,
+                           timeout=900)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "holds a demo made with other settings" in other.stderr and "--reset" in other.stderr
+    assert "dataset_seed 0 -> 7" in other.stderr
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------------------------------- reuse
+def finished_demo(workdir, **settings) -> D.Demo:
+    """The records and outputs a finished demo leaves (no training: only what the reuse checks read)."""
+    made = D.Demo(D.DemoSettings(workdir=workdir, **settings))
+    for stage, output in made.stage_outputs().items():
+        output.mkdir(parents=True, exist_ok=True)
+        made.start_stage(stage)
+    return made
+
+
+@pytest.mark.parametrize("change, differences", [
+    ({"epochs": 3, "iterations": 5}, ["train_baseline:", "epochs 10 -> 3", "iterations 40 -> 5"]),
+    ({"seed": 7}, ["dataset:", "dataset_seed 0 -> 7"]),
+    ({"cases": 8}, ["dataset:", "cases 16 -> 8"]),
+    ({"size": 64}, ["dataset:", "size 96 -> 64"]),
+    ({"dim": "3d"}, ["dataset:", "dim 2d -> 3d"]),
+])
+def test_a_demo_with_other_settings_is_refused_before_anything_is_written(tmp_path, capsys, change, differences):
+    from nnunet_csse.tools.cli import main
+
+    workdir = tmp_path / "demo"
+    finished_demo(workdir)
+    before = {p: p.read_bytes() if p.is_file() else None for p in workdir.rglob("*")}
+    argv = ["demo", "--workdir", str(workdir), "--device", "cpu"]
+    for key, value in change.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {workdir.resolve()} holds a demo made with other settings (") and \
+        err.count("\n") == 1
+    for text in differences:
+        assert text in err
+    assert "Run with --reset to replace it, or give another --workdir" in err
+    assert {p: p.read_bytes() if p.is_file() else None for p in workdir.rglob("*")} == before
+
+
+def test_demo_outputs_without_a_record_are_not_reused(tmp_path, capsys):
+    """A workdir of a demo that kept no records (or of something else): its settings are unknown."""
+    from nnunet_csse.tools.cli import main
+
+    made = finished_demo(tmp_path / "demo")
+    made.record_path("train_CSSE").unlink()
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "without a record of the settings they were made with" in err and "--reset" in err
+    assert "nnUNetTrainerCSSE_demo__" in err
+
+
+def test_the_report_labels_come_from_the_records_of_the_models(tmp_path):
+    made = finished_demo(tmp_path / "demo", epochs=3, iterations=5, seed=7)
+    assert D.Demo(D.DemoSettings(workdir=tmp_path / "demo", epochs=3, iterations=5, seed=7)).check_reusable() is None
+    trained = made.trained_with()
+    assert (trained["epochs"], trained["iterations"], trained["seed"]) == (3, 5, 7)
+    record = made.record_path("train_CSSE")
+    record.write_text(record.read_text().replace('"epochs": 3', '"epochs": 4'))
+    with pytest.raises(ValueError, match="no matching records"):
+        made.trained_with()
 
 
 # ------------------------------------------------------------------------------------------- the figure
@@ -106,6 +179,8 @@ def test_demo_figure_leaves_process_state_alone(tmp_path, monkeypatch):
     """Demo.figure from the demo's files (predictor faked): nnUNet_extTrainer set only during the trainer lookup,
     no pyplot and no backend switch, and the per-case Dice of nnU-Net's summary.json in the titles."""
     demo = D.Demo(D.DemoSettings(workdir=tmp_path))
+    for label in D.TRAINERS:
+        demo.start_stage(f"train_{label}")  # the figure's title comes from what the models were trained with
     write_nifti(np.zeros((1, 24, 32), np.float32), demo.dataset_folder / "imagesTs" / "case_0000.nii.gz")
     write_nifti(label_map(0), demo.dataset_folder / "labelsTs" / "case.nii.gz")
     (demo.dataset_folder / "dataset.json").write_text(json.dumps(

@@ -295,3 +295,32 @@ def test_generate_case_profile_shared_across_cases():
     assert means[0] == means[1] == means[2]  # default profile: same class-to-intensity mapping in every case
     with pytest.raises(ValueError, match="profile"):
         generate_case(np.random.default_rng(0), 2, 24, 3, 1, profile=np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--classes", "1"], "error: --classes (background included) must be in 2..254, got 1"),
+    (["--cases", "0"], "error: --cases must be >= 1, got 0"),
+    (["--test-cases", "-1"], "error: --test-cases must be >= 0, got -1"),
+    (["--channels", "0"], "error: --channels must be >= 1, got 0"),
+    (["--regions", "--classes", "2"], "error: --regions needs --classes >= 3"),
+    (["--spacing", "1", "1"], "error: --spacing must have 3 entries (array axis order) for --dim 3"),
+])
+def test_cli_errors_name_the_flags_the_user_typed(tmp_path, capsys, flags, message):
+    from nnunet_csse.tools.cli import main
+
+    assert main(["synth", "-d", "5", "--raw", str(tmp_path / "raw"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1
+    assert not any(word in err for word in ("num_classes", "num_cases", "num_test_cases", "num_channels", "dim="))
+    assert not (tmp_path / "raw").exists()
+
+
+def test_cli_existing_dataset_names_the_overwrite_flag(tmp_path, capsys):
+    from nnunet_csse.tools.cli import main
+
+    write_synthetic_dataset(tmp_path, 5, "First", num_cases=1, size=8, dim=2)
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["synth", "-d", "5", "--raw", str(tmp_path), "--dim", "2", "--size", "8", "--cases", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Pass --overwrite to replace it" in err and "overwrite=True" not in err
+    assert sorted(tmp_path.rglob("*")) == before
