@@ -37,7 +37,7 @@ def label_map(batch: int = 2) -> torch.Tensor:
     return target
 
 
-def measure(seed: int = 0) -> list[str]:
+def measure(seed: int = 0, say=print) -> list[str]:
     torch.manual_seed(seed)
     config = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01,
                         pdcr_variant="authors", uafs_norm="batch")
@@ -55,7 +55,8 @@ def measure(seed: int = 0) -> list[str]:
     net.pdcr_projections.double()
     layers = net.encoder_anchor_layers
     target = label_map()
-    lines = [f"input: patch {list(PATCH)}, batch 2, anchored maps {[tuple(maps[lv].shape[1:]) for lv in (2, 3)]}, "
+    lines = _Lines(say)
+    lines += [f"input: patch {list(PATCH)}, batch 2, anchored maps {[tuple(maps[lv].shape[1:]) for lv in (2, 3)]}, "
              f"receptive fields {[layer.receptive_field[0] for layer in layers]}, tau 0.5, spacing 32, seed {seed}"]
 
     def terms(quirks, first):
@@ -66,7 +67,7 @@ def measure(seed: int = 0) -> list[str]:
         result = {}
         for name, value in out.items():
             grads = torch.autograd.grad(value, leaves, retain_graph=True)
-            result[name] = (float(value), float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
+            result[name] = (float(value.detach()), float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
         return result
 
     centred = (8, 8, 8)
@@ -83,7 +84,7 @@ def measure(seed: int = 0) -> list[str]:
     lines.append(f"clean absolute: encoder {clean['encoder'][0]:.4f} (gradient norm {clean['encoder'][1]:.3e}), "
                  f"cross {clean['cross'][0]:.4f} (gradient norm {clean['cross'][1]:.3e})")
 
-    block = net.decoder_uafs[-2]  # a decoder stage at stride 2
+    block = net.decoder_uafs[-2].double()  # a decoder stage at stride 2
     plan_block = build_csse_network(PLAIN, arch_kwargs(3, PLAIN, n_stages=5, features=[32, 64, 128, 256, 320]),
                                     REQ_IMPORT, 1, CLASSES, CSSEConfig(uafs_decoder=True), True).decoder_uafs[-2]
     plan_block = plan_block.double()
@@ -97,11 +98,28 @@ def measure(seed: int = 0) -> list[str]:
     return lines
 
 
+class _Lines(list):
+    """A list of output lines that prints each line as it is added (a run takes minutes)."""
+
+    def __init__(self, say) -> None:
+        super().__init__()
+        self.say = say
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        self.say(line, flush=True)
+
+    def __iadd__(self, lines):
+        for line in lines:
+            self.append(line)
+        return self
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks authors-quirks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("\n".join(measure(args.seed)))
+    measure(args.seed)
     return 0
