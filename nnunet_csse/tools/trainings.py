@@ -308,12 +308,14 @@ def method_note(what: str) -> str:
 def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], title: str) -> Figure:
     """One panel per group (e.g. budget and fraction): per trainer each training's foreground Dice as a dot
     (stalled: red cross) and the mean over trainings with its 95% hierarchical bootstrap CI as a whisker."""
+    import textwrap
+
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    width = sum(1.2 + 1.1 * len(summaries) for _, summaries in groups)
-    fig = Figure(figsize=(max(6.0, width), 5.2), dpi=100, layout="constrained")
+    width = max(7.5, sum(1.2 + 1.1 * len(summaries) for _, summaries in groups))
+    fig = Figure(figsize=(width, 5.6), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(groups), squeeze=False, sharey=True,
                         gridspec_kw={"width_ratios": [max(1, len(s)) for _, s in groups]})[0]
@@ -342,6 +344,7 @@ def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], t
                Line2D([], [], ls="", marker="x", color="tab:red", label=f"stalled training (a class < {STALL_DICE:g})"),
                Line2D([], [], ls="-", marker="D", color="black",
                       label="mean over trainings, 95% hierarchical bootstrap CI")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small", frameon=False)
-    fig.suptitle(title, fontsize="medium")
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if width < 10 else 3, fontsize="small",
+               frameon=False)
+    fig.suptitle(textwrap.fill(title, int(width * 11)), fontsize="medium")
     return fig
