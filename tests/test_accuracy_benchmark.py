@@ -40,7 +40,7 @@ from benchmarks.__main__ import main as main_benchmarks  # noqa: E402
 from nnunet_csse.tools import trainings  # noqa: E402
 
 BENCHMARK_TRAINERS = ("nnUNetTrainer_benchmark", "nnUNetTrainerUAFS_benchmark", "nnUNetTrainerPDCR_benchmark",
-                      "nnUNetTrainerCSSE_benchmark")
+                      "nnUNetTrainerCSSE_benchmark", "nnUNetTrainerCSSE_authors_benchmark")
 
 
 def oracle_subset(train_keys: list[str], fraction: float, fold: int, seed: int = 0) -> list[str]:
