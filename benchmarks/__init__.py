@@ -5,7 +5,7 @@ Run ``python -m benchmarks --help``. Modules:
 - :mod:`benchmarks.__main__`: the command line (parts A, B, C; ``accuracy``, ``summary``, ``profile``).
 - :mod:`benchmarks.plans`: plans, sizes, synthetic batches, nnU-Net trainers built from a plan, timers.
 - :mod:`benchmarks.pdcr`: part A, the vectorized :class:`nnunet_csse.method.pdcr.PDCRLoss` against the per-anchor
-  loop reference :mod:`benchmarks.pdcr_reference` (written like the authors' code, same loss value asserted), and
+  loop reference :mod:`tests.oracle.pdcr_loops` (written like the authors' code, same loss value asserted), and
   part C, PDCR forward + backward time vs anchors per sample, patch size and class count.
 - :mod:`benchmarks.step`: part B, nnU-Net's real ``train_step`` of ``nnUNetTrainer`` vs the CSSE trainers on one
   plan and one synthetic batch (time and peak memory ratios), and the op-by-op profile.

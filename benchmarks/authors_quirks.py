@@ -4,7 +4,7 @@ One fixed input at the authors' setting (a 128^3 patch, batch 2, an nnU-Net enco
 anchored stages at strides 4 and 8 with 128 and 256 channels, their projection heads, tau 0.5, spacing 32, 3
 classes), a label map of two touching ellipsoids in background. For the clean loss plus one quirk at a time, and
 for all quirks together, it prints each term's value and the norm of its gradient on the two anchored maps, as
-ratios to the clean loss. Computed with the loop oracle :mod:`benchmarks.authors_reference` (float64). Every row
+ratios to the clean loss. Computed with the loop oracle :mod:`tests.oracle.authors_loops` (float64). Every row
 uses the authors' projection heads (1x1 conv + batch norm + ReLU over the map), so the rows price the loss's
 quirks only. Also the largest difference in the UAFS uncertainty H between the plan's instance norm and the
 authors' batch norm branch (same conv weights). Figures are measured in the run, never stored.
@@ -16,10 +16,10 @@ import argparse
 
 import torch
 
-from benchmarks.authors_reference import QUIRKS, reference_terms
 from benchmarks.plans import PLAIN, REQ_IMPORT, arch_kwargs
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import build_csse_network
+from tests.oracle.authors_loops import QUIRKS, reference_terms
 
 PATCH = (128, 128, 128)
 CLASSES = 3
@@ -39,7 +39,7 @@ def label_map(batch: int = 2) -> torch.Tensor:
 
 def measure(seed: int = 0, say=print) -> list[str]:
     torch.manual_seed(seed)
-    config = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01,
+    config = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01,
                         pdcr_variant="authors", uafs_norm="batch")
     net = build_csse_network(PLAIN, arch_kwargs(3, PLAIN, n_stages=5, features=[32, 64, 128, 256, 320]), REQ_IMPORT,
                              1, CLASSES, config, True)
@@ -86,7 +86,7 @@ def measure(seed: int = 0, say=print) -> list[str]:
 
     block = net.decoder_uafs[-2].double()  # a decoder stage at stride 2
     plan_block = build_csse_network(PLAIN, arch_kwargs(3, PLAIN, n_stages=5, features=[32, 64, 128, 256, 320]),
-                                    REQ_IMPORT, 1, CLASSES, CSSEConfig(uafs_decoder=True), True).decoder_uafs[-2]
+                                    REQ_IMPORT, 1, CLASSES, CSSEConfig.of(uafs_decoder=True), True).decoder_uafs[-2]
     plan_block = plan_block.double()
     plan_block.branch[0].load_state_dict(block.branch[0].state_dict())
     plan_block.branch[3].load_state_dict(block.branch[3].state_dict())

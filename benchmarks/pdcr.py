@@ -6,7 +6,7 @@ is hard-coded: for nnU-Net's default 3D plan that is level 2 (C = 128, stride 4,
 stride 8, RF 47).
 
 Part A (issue "PDCR", :func:`run_speed`): vectorized PDCRLoss vs the per-anchor loop reference
-(:mod:`benchmarks.pdcr_reference`), forward + backward. Both compute the encoder and cross-layer terms of the
+(:mod:`tests.oracle.pdcr_loops`), forward + backward. Both compute the encoder and cross-layer terms of the
 authors' 3D setup on the same leaf feature maps, the same projection heads and the same target; their values (and
 gradients) must agree before any time is reported.
 
@@ -23,7 +23,6 @@ on fresh leaf feature maps; the median of ``reps`` timed calls after one warm-up
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -32,14 +31,14 @@ from functools import lru_cache
 
 import torch
 
-from benchmarks.pdcr_reference import reference_terms
 from benchmarks.plans import PLAIN, REQ_IMPORT, BenchPlan, SpeedSettings, median, synthetic_labels, time_repeated
 from nnunet_csse.config import CSSEConfig
-from nnunet_csse.method.pdcr import PDCRLoss, composition_vectors, label_volume, layer_windows
+from nnunet_csse.method.pdcr import PDCREmbeddings, PDCRLoss, composition_vectors, label_volume, layer_windows
 from nnunet_csse.network import CSSEUNet, build_csse_network
+from tests.oracle.pdcr_loops import reference_terms
 
 # The authors' 3D PDCR: encoder levels 2 and 3 plus the cross-layer term, weights 0.01 + 0.01.
-PDCR_CONFIG = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+PDCR_CONFIG = CSSEConfig.of(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
 
 
 @lru_cache(maxsize=4)
@@ -82,12 +81,11 @@ class PDCRCase:
             grid = self.config.pdcr.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
             anchors = tuple(grid.on_layer(layer.stride).take(self.feature_maps[layer.level])
                             for layer in self.network.encoder_anchor_layers)
-            hidden = {"encoder": anchors,
-                      "cross": tuple(p(a) for p, a in zip(self.network.pdcr_projections, anchors))}
-            return self.loss(hidden, self.target)
+            cross = tuple(p(a) for p, a in zip(self.network.pdcr_projections, anchors))
+            return self.loss(PDCREmbeddings(grid, encoder=anchors, cross=cross), self.target)
 
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(getattr(self.config, f"pdcr_{name}_weight") * value for name, value in terms.items())
+        return sum(self.config.pdcr.term_weights[name] * value for name, value in terms.items())
 
     def zero_grad(self) -> None:
         for t in (*self.feature_maps.values(), *self.network.pdcr_projections.parameters()):
@@ -143,7 +141,7 @@ def reference_fn(case: PDCRCase):
     def run() -> dict[str, torch.Tensor]:
         with case.autocast():
             return reference_terms(case.feature_maps, case.network.encoder_anchor_layers,
-                                   case.network.pdcr_projections, case.config, case.target, case.num_classes,
+                                   case.network.pdcr_projections, case.config.pdcr, case.target, case.num_classes,
                                    case.loss.ignore_label)
     return run
 
@@ -251,7 +249,7 @@ def sweep_anchors(plan: BenchPlan, device: torch.device, spacings: Sequence[int]
                   patch: tuple[int, ...] | None = None) -> list[dict]:
     points = []
     for spacing in spacings:
-        config = dataclasses.replace(PDCR_CONFIG, pdcr_anchor_spacing=spacing, pdcr_min_anchors=1,
+        config = PDCR_CONFIG.replaced(pdcr_anchor_spacing=spacing, pdcr_min_anchors=1,
                                      pdcr_max_anchors=10**7)
         points.append({"spacing": spacing, **_point(plan, device, reps, amp, config=config, patch=patch)})
     return points

@@ -2,7 +2,7 @@
 
 Every part derives its network from one :class:`BenchPlan`, written in nnU-Net's own plans format
 (``architecture`` with ``arch_kwargs``), so the baseline and the CSSE trainers get the very same architecture
-kwargs. :func:`arch_kwargs` is also the tests' toy architecture (``tests/conftest.py`` re-exports it).
+kwargs; :func:`arch_kwargs` is the tests' toy architecture (``tests/toy_plans.py``).
 
 Trainers are nnU-Net's real classes, initialized on a benchmark plan without a preprocessed dataset.
 ``nnUNetTrainer.__init__`` needs ``nnUNet_results`` (log and output folders) and ``nnUNet_preprocessed``; its
@@ -22,50 +22,17 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
-REQ_IMPORT = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+from tests.toy_plans import PLAIN, REQ_IMPORT, RESENC, arch_kwargs  # noqa: F401 (the benchmarks' architectures)
+
 DATASET_NAME = "Dataset999_CSSEBench"
 CONFIGURATION = "3d_fullres"
-
-
-def arch_kwargs(dim: int, arch: str, n_stages: int = 4, features: int | Sequence[int] = 4, strides=None,
-                kernels=None) -> dict:
-    """Architecture kwargs in nnU-Net plans format (default planner / ResEnc planner layout: strings for the
-    imported ops, stride 2 after stage 0).
-
-    Args:
-        features: the width of every stage, or (the tests' toy networks) the first stage's width, doubled per stage
-            up to 64.
-    """
-    conv = f"torch.nn.modules.conv.Conv{dim}d"
-    norm = f"torch.nn.modules.instancenorm.InstanceNorm{dim}d"
-    strides = strides or [[1] * dim] + [[2] * dim] * (n_stages - 1)
-    kernels = kernels or [[3] * dim] * n_stages
-    if isinstance(features, Sequence):
-        if len(features) != n_stages:
-            raise ValueError(f"{len(features)} stage widths for {n_stages} stages")
-        widths = list(features)
-    else:
-        widths = [min(features * 2**i, 64) for i in range(n_stages)]
-    kw = dict(
-        n_stages=n_stages, features_per_stage=widths, conv_op=conv,
-        kernel_sizes=kernels, strides=strides, n_conv_per_stage_decoder=[1 if arch == RESENC else 2] * (n_stages - 1),
-        conv_bias=True, norm_op=norm, norm_op_kwargs={"eps": 1e-5, "affine": True}, dropout_op=None,
-        dropout_op_kwargs=None, nonlin="torch.nn.LeakyReLU", nonlin_kwargs={"inplace": True},
-    )
-    if arch == RESENC:
-        kw["n_blocks_per_stage"] = [1, 3, 4, 6, 6, 6, 6][:n_stages]
-    else:
-        kw["n_conv_per_stage"] = [2] * n_stages
-    return kw
 
 
 @dataclass(frozen=True)

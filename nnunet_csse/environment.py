@@ -16,10 +16,8 @@ REEXPORT_MODULE = "nnunet_csse_trainers.py"
 
 
 def trainers_path() -> str:
-    """The folder holding the trainer re-exports (works for editable and regular installs)."""
-    import nnunet_csse.ext_trainers as ext
-
-    return os.path.dirname(os.path.abspath(ext.__file__))
+    """The folder holding the trainer re-exports, ``nnunet_csse/ext_trainers`` (editable and regular installs)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
 
 
 def _is_csse_trainer_folder(folder: str) -> bool:

@@ -1,16 +1,9 @@
-"""CSSE U-Net: nnU-Net's PlainConvUNet / ResidualEncoderUNet with UAFS blocks and PDCR hidden outputs.
+"""CSSE U-Net: nnU-Net's PlainConvUNet / ResidualEncoderUNet with UAFS blocks and PDCR embeddings.
 
-The network reuses the encoder and decoder modules that nnU-Net's ``get_network_from_plans`` builds from the
-plan (same parameters, same state-dict keys), adds UAFS blocks (``decoder_uafs``, optionally ``encoder_uafs``)
-and, for cross-layer PDCR, 1x1 projection heads (``pdcr_projections``). Deep supervision is switched exactly as
-in nnU-Net (``network.decoder.deep_supervision``), and every segmentation head is always built.
-
-Hidden embeddings reach the trainer through ``forward`` itself, so DDP and torch.compile see one ordinary
-forward: when ``return_hidden`` is set and the module is in training mode, ``forward`` returns
-``SegmentationWithHidden(segmentation, hidden)``, where ``hidden`` maps ``"encoder"``, ``"decoder"`` and
-``"cross"`` to tuples of (B, N, C) anchor vectors (only the terms with a weight > 0 are computed, so no
-parameter goes unused). In eval mode, or with ``return_hidden`` unset, the output is exactly what nnU-Net's
-networks return.
+The network reuses the modules nnU-Net's ``get_network_from_plans`` builds (same state-dict keys) and adds UAFS
+blocks and the cross-layer projection heads. In training mode with ``return_hidden`` set, ``forward`` returns
+``SegmentationWithHidden``: nnU-Net's output plus the ``PDCREmbeddings`` the loss reads (anchors and their grid),
+so DDP and torch.compile see one ordinary forward. Otherwise the output is exactly nnU-Net's. docs/method.md.
 """
 
 from __future__ import annotations
@@ -25,7 +18,8 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 
 from nnunet_csse.config import CSSEConfig
-from nnunet_csse.method.anchors import AnchorLayer
+from nnunet_csse.method.anchors import AnchorLayer, InputGrid
+from nnunet_csse.method.pdcr import PDCREmbeddings
 from nnunet_csse.method.receptive_field import ExactField, module_geometry
 from nnunet_csse.method.uafs import UAFSBlock
 
@@ -34,10 +28,10 @@ SUPPORTED_ARCHITECTURES = (PlainConvUNet, ResidualEncoderUNet)
 
 class SegmentationWithHidden(NamedTuple):
     """Training output of ``CSSEUNet`` with ``return_hidden``: what nnU-Net's U-Net returns (a list of logits per
-    deep-supervision scale, or one logits tensor) and the PDCR anchor vectors {term: tuple of (B, N, C)}."""
+    deep-supervision scale, or one logits tensor) and the PDCR embeddings of the step."""
 
     segmentation: list[torch.Tensor] | torch.Tensor
-    hidden: dict[str, tuple[torch.Tensor, ...]]
+    hidden: PDCREmbeddings
 
 
 def unsupported_architecture_message(arch_class_name: str) -> str:
@@ -60,7 +54,8 @@ class CSSEUNet(nn.Module):
 
     Args:
         base: a ``PlainConvUNet`` or ``ResidualEncoderUNet`` built from the plan.
-        config: CSSE settings (which UAFS blocks, which PDCR layers and projection heads).
+        config: CSSE settings fitted to this network (``CSSEConfig.fit_levels``): which UAFS blocks, which PDCR
+            layers and projection heads.
 
     Shapes: input (B, C_in, *patch); output (B, num_classes, *patch) or, with deep supervision, a list of
     such tensors from full to lowest resolution (as nnU-Net).
@@ -75,12 +70,15 @@ class CSSEUNet(nn.Module):
         encoder = self.encoder
         self.dim = len(encoder.strides[0])
         n_levels = len(encoder.stages)
-        config, self.config_notes = config.fit_levels(n_levels)
+        if config.fit_levels(n_levels)[0] != config:
+            raise ValueError(f"the CSSE settings' PDCR levels do not fit this network of {n_levels} stages; build it "
+                             f"with CSSEConfig.fit_levels({n_levels})'s settings")
         self.config = config
+        uafs_settings, pdcr = config.uafs, config.pdcr
         init = InitWeights_He(1e-2)
         batch_norm = {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[self.dim]
         # the UAFS branch's normalization: the plan's own, or the authors' batch norm + ReLU
-        if config.uafs_norm == "batch":
+        if uafs_settings.norm == "batch":
             branch_norm = (batch_norm, {}, nn.ReLU, {})
         else:
             branch_norm = (encoder.norm_op, encoder.norm_op_kwargs, encoder.nonlin, encoder.nonlin_kwargs)
@@ -88,40 +86,40 @@ class CSSEUNet(nn.Module):
         def uafs(channels: int, stage_kernel: Sequence[int] | int) -> UAFSBlock:
             stage_kernel = (stage_kernel,) * self.dim if isinstance(stage_kernel, int) else stage_kernel
             # k on every axis the stage convolves along; anisotropic stages (kernel 1 on an axis) stay in-plane
-            kernel = tuple(config.uafs_kernel_size if k > 1 else 1 for k in stage_kernel)
-            block = UAFSBlock(channels, encoder.conv_op, *branch_norm, config.uafs_num_branches, kernel)
+            kernel = tuple(uafs_settings.kernel_size if k > 1 else 1 for k in stage_kernel)
+            block = UAFSBlock(channels, encoder.conv_op, *branch_norm, uafs_settings.num_branches, kernel)
             block.apply(init)
             return block
 
         self.encoder_uafs = nn.ModuleList(
             [uafs(encoder.output_channels[s], encoder.kernel_sizes[s]) for s in range(n_levels)]
-        ) if config.uafs_encoder else None
+        ) if uafs_settings.encoder else None
         # decoder stage i (computation order) produces resolution level n_levels - 2 - i
         self.decoder_uafs = nn.ModuleList(
             [uafs(encoder.output_channels[n_levels - 2 - i], encoder.kernel_sizes[n_levels - 2 - i])
              for i in range(len(self.decoder.stages))]
-        ) if config.uafs_decoder else None
+        ) if uafs_settings.decoder else None
 
         self.encoder_fields = self._encoder_fields()
         self.decoder_fields = self._decoder_fields()
         self.encoder_anchor_layers: tuple[AnchorLayer, ...] = ()
         self.decoder_anchor_layers: tuple[AnchorLayer, ...] = ()
-        if config.pdcr_encoder_weight > 0 or config.pdcr_cross_weight > 0:
+        if pdcr.anchors_encoder:
             self.encoder_anchor_layers = tuple(
                 AnchorLayer(f"encoder{lv}", lv, self.encoder_fields[lv].stride, self.encoder_fields[lv])
-                for lv in sorted(set(config.pdcr_encoder_stages))
+                for lv in sorted(set(pdcr.encoder_stages))
             )
-        if config.pdcr_decoder_weight > 0:
+        if pdcr.decoder_weight > 0:
             self.decoder_anchor_layers = tuple(
                 AnchorLayer(f"decoder{lv}", lv, self.decoder_fields[lv].stride, self.decoder_fields[lv])
-                for lv in sorted(set(config.pdcr_decoder_stages))
+                for lv in sorted(set(pdcr.decoder_stages))
             )
         self.pdcr_projections = None
-        if config.pdcr_cross_weight > 0:
+        if pdcr.cross_weight > 0:
             first, second = self.encoder_anchor_layers[:2]
-            width = config.pdcr_projection_channels or encoder.output_channels[first.level]
+            width = pdcr.projection_channels or encoder.output_channels[first.level]
             channels = [encoder.output_channels[layer.level] for layer in (first, second)]
-            if config.pdcr_variant == "authors":
+            if pdcr.variant == "authors":
                 # their heads: 1x1 conv + batch norm + ReLU over the whole map, He init; anchors sampled after
                 self.pdcr_projections = nn.ModuleList(
                     [nn.Sequential(encoder.conv_op(c, width, 1), batch_norm(width), nn.ReLU()) for c in channels]
@@ -166,6 +164,11 @@ class CSSEUNet(nn.Module):
         """Every anchored layer (encoder, then decoder): they share one anchor grid."""
         return self.encoder_anchor_layers + self.decoder_anchor_layers
 
+    def anchor_grid(self, input_shape: Sequence[int]) -> InputGrid:
+        """The one anchor grid (input voxels) of every anchored layer for an input of ``input_shape``: the
+        network samples it and hands it to the loss with the anchors."""
+        return self.config.pdcr.input_grid(tuple(input_shape), self.anchor_layers)
+
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor):
         h = x
@@ -203,29 +206,28 @@ class CSSEUNet(nn.Module):
         return SegmentationWithHidden(output, self._hidden(tuple(x.shape[2:]), skips, decoder_features))
 
     def _hidden(self, input_shape: tuple[int, ...], skips: list[torch.Tensor],
-                decoder_features: dict[int, torch.Tensor]) -> dict:
-        grid = self.config.pdcr.input_grid(input_shape, self.anchor_layers)
+                decoder_features: dict[int, torch.Tensor]) -> PDCREmbeddings:
+        grid = self.anchor_grid(input_shape)
+        pdcr = self.config.pdcr
 
         def take(layer: AnchorLayer, fmap: torch.Tensor) -> torch.Tensor:
             return grid.on_layer(layer.stride).take(fmap)
 
-        hidden = {}
-        if self.config.pdcr_encoder_weight > 0 or self.pdcr_projections is not None:
+        encoder, cross, decoder = (), (), ()
+        if pdcr.anchors_encoder:
             encoder_anchors = tuple(take(layer, skips[layer.level]) for layer in self.encoder_anchor_layers)
-            if self.config.pdcr_encoder_weight > 0:
-                hidden["encoder"] = encoder_anchors
+            if pdcr.encoder_weight > 0:
+                encoder = encoder_anchors
             if self.pdcr_projections is not None:
-                first, second = self.encoder_anchor_layers[:2]
-                if self.config.pdcr_variant == "authors":  # project the maps, then sample
-                    hidden["cross"] = tuple(take(layer, proj(skips[layer.level]))
-                                            for proj, layer in zip(self.pdcr_projections, (first, second)))
+                pair = self.encoder_anchor_layers[:2]
+                if pdcr.variant == "authors":  # project the maps, then sample
+                    cross = tuple(take(layer, proj(skips[layer.level])) for proj, layer in zip(self.pdcr_projections,
+                                                                                                pair))
                 else:
-                    hidden["cross"] = tuple(proj(a) for proj, a in zip(self.pdcr_projections, encoder_anchors))
+                    cross = tuple(proj(a) for proj, a in zip(self.pdcr_projections, encoder_anchors))
         if self.decoder_anchor_layers:
-            hidden["decoder"] = tuple(
-                take(layer, decoder_features[layer.level]) for layer in self.decoder_anchor_layers
-            )
-        return hidden
+            decoder = tuple(take(layer, decoder_features[layer.level]) for layer in self.decoder_anchor_layers)
+        return PDCREmbeddings(grid, encoder, cross, decoder)
 
 
 def build_csse_network(
@@ -237,7 +239,8 @@ def build_csse_network(
     config: CSSEConfig,
     enable_deep_supervision: bool = True,
 ) -> CSSEUNet:
-    """Build the plan's U-Net with nnU-Net's own builder, then wrap it with UAFS / PDCR parts."""
+    """Build the plan's U-Net with nnU-Net's own builder, then wrap it with UAFS / PDCR parts (``config`` fitted
+    to the plan's number of stages)."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     check_supported_architecture(arch_class_name)

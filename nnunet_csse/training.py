@@ -1,21 +1,11 @@
-"""nnU-Net v2 trainers for UAFS, PDCR and both (CSSE).
-
-Each public trainer differs from the others only in its ``csse_defaults``; a plans configuration may override any
-setting under the key ``"csse"``. Short-schedule, demo and benchmark variants are in ``nnunet_csse.schedules``.
-
-    nnUNetTrainerUAFS        UAFS after every decoder stage
-    nnUNetTrainerPDCR        encoder + cross-layer RF-PDCR (authors' 3D weights 0.01 + 0.01)
-    nnUNetTrainerCSSE        UAFS + PDCR: the paper's method (authors' 3D setup)
-    nnUNetTrainerCSSE_HPDCR  as CSSE, with hierarchical windows 5, 7, 9 voxels (H-PDCR)
-    nnUNetTrainerCSSE_authors  as CSSE, with the authors' 3D loss, projection heads and UAFS branch norm
-
-The classes are defined here (not in ``ext_trainers/``) so they can be pickled after nnU-Net's external trainer
-lookup drops the modules it imported from ``nnUNet_extTrainer``.
+"""nnU-Net v2 trainers for UAFS, PDCR and both (CSSE); each differs from the others only in its
+``csse_defaults``, which a plans configuration may override under the key ``"csse"``. Short-schedule, demo and
+benchmark variants are in ``nnunet_csse.schedules``. The classes live here, not in ``ext_trainers/``, so they can be
+pickled after nnU-Net's external trainer lookup. README "Trainers"; docs/method.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -29,7 +19,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_csse.config import PLANS_KEY, CSSEConfig, config_from_plans
-from nnunet_csse.method.pdcr import PDCRLoss
+from nnunet_csse.method.pdcr import PDCREmbeddings, PDCRLoss
+from nnunet_csse.method.settings import PDCR_TERMS
 from nnunet_csse.method.uafs import UAFSBlock
 from nnunet_csse.network import CSSEUNet, SegmentationWithHidden, build_csse_network, check_supported_architecture
 
@@ -39,18 +30,6 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     if isinstance(network, nn.parallel.DistributedDataParallel):
         network = network.module
     return getattr(network, "_orig_mod", network)
-
-
-def check_windows_fit_patch(config: CSSEConfig, patch_size, configuration: str = "") -> None:
-    """H-PDCR windows must fit the patch (receptive-field windows are clipped at the border by design)."""
-    if not config.uses_pdcr or config.pdcr_windows == "rf":
-        return
-    too_large = [w for w in config.pdcr_windows if w > min(patch_size)]
-    if too_large:
-        raise ValueError(
-            f"csse setting 'pdcr_windows' {list(config.pdcr_windows)} has window(s) {too_large} larger than the "
-            f"patch {list(patch_size)} of configuration '{configuration}'; use windows <= {min(patch_size)} voxels"
-        )
 
 
 def check_labels_consecutive(label_manager: LabelManager, dataset_json: dict) -> None:
@@ -69,6 +48,15 @@ def check_labels_consecutive(label_manager: LabelManager, dataset_json: dict) ->
 AUTHORS_2D_PRESET = "authors_2d"
 
 
+def network_config(defaults: CSSEConfig, configuration_manager: ConfigurationManager,
+                   configuration: str = "") -> tuple[CSSEConfig, list[str]]:
+    """The CSSE settings of a plans configuration: ``defaults`` with its "csse" overrides, fitted to its network
+    (``CSSEConfig.fit_levels``); and notes on adapted default levels. The one derivation of the settings that
+    build a network, for training and for nnU-Net's predictor."""
+    config = config_from_plans(defaults, configuration_manager.configuration, configuration)
+    return config.fit_levels(int(configuration_manager.network_arch_init_kwargs["n_stages"]))
+
+
 def check_plans_for_trainer(defaults: CSSEConfig, plans: dict, configuration: str,
                             dataset_json: dict | None) -> tuple[CSSEConfig, list[str], list[str]]:
     """Every check a CSSE trainer runs on its plans before nnU-Net writes anything: supported network, the "csse"
@@ -80,19 +68,17 @@ def check_plans_for_trainer(defaults: CSSEConfig, plans: dict, configuration: st
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     check_supported_architecture(configuration_manager.network_arch_class_name)
-    config = config_from_plans(defaults, configuration_manager.configuration, configuration)
-    n_stages = int(configuration_manager.network_arch_init_kwargs["n_stages"])
-    config, notes = config.fit_levels(n_stages)
-    check_windows_fit_patch(config, configuration_manager.patch_size, configuration)
+    config, notes = network_config(defaults, configuration_manager, configuration)
+    config.check_windows_fit(configuration_manager.patch_size, configuration)
     if dataset_json is not None:
         label_manager = plans_manager.get_label_manager(dataset_json)
         check_labels_consecutive(label_manager, dataset_json)
-        if config.uses_pdcr and config.pdcr_variant == "authors" and label_manager.has_regions:
+        if config.uses_pdcr and config.pdcr.variant == "authors" and label_manager.has_regions:
             raise ValueError(f"csse setting 'pdcr_variant' \"authors\" reproduces the authors' label-id code and has "
                              f"no region-based form; this dataset trains regions. Set 'pdcr_variant' to \"clean\" "
                              f"in the plans' \"{PLANS_KEY}\" settings (configuration '{configuration}')")
     warnings = []
-    if not (config.uafs_decoder or config.uafs_encoder or config.uses_pdcr):
+    if not (config.uafs.is_on or config.uses_pdcr):
         warnings.append(f"every CSSE part is off in configuration '{configuration}' (uafs_decoder and uafs_encoder "
                         f"false, pdcr_encoder_weight, pdcr_cross_weight and pdcr_decoder_weight 0): this trains plain "
                         f"nnU-Net; check the plans' \"{PLANS_KEY}\" settings")
@@ -145,10 +131,11 @@ class CSSELoss(nn.Module):
     def forward(self, output, target) -> torch.Tensor:
         if not isinstance(output, SegmentationWithHidden):
             return self.seg_loss(output, target)
-        hidden = output.hidden
+        embeddings: PDCREmbeddings = output.hidden
         loss = self.seg_loss(output.segmentation, target)
-        gates = {name: {} for name in hidden}
-        gated = {name: tuple(_GradientGate.apply(t, gates[name]) for t in tensors) for name, tensors in hidden.items()}
+        gates = {term: {} for term in PDCR_TERMS}
+        gated = embeddings._replace(**{term: tuple(_GradientGate.apply(t, gates[term])
+                                                   for t in getattr(embeddings, term)) for term in PDCR_TERMS})
         terms = self.pdcr(gated, target[0] if isinstance(target, (list, tuple)) else target)
         for name, term in terms.items():
             finite = torch.isfinite(term)
@@ -237,13 +224,18 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         """Called by training and by nnU-Net's predictor; the class's defaults plus the plans' "csse" settings
         decide the layout, so a checkpoint always rebuilds into the same modules."""
-        config = config_from_plans(cls.csse_defaults, configuration_manager.configuration)
-        return build_csse_network(
-            configuration_manager.network_arch_class_name,
-            configuration_manager.network_arch_init_kwargs,
-            configuration_manager.network_arch_init_kwargs_req_import,
-            num_input_channels, num_output_channels, config, enable_deep_supervision,
-        )
+        config, _ = network_config(cls.csse_defaults, configuration_manager)
+        return build_csse_network(configuration_manager.network_arch_class_name,
+                                  configuration_manager.network_arch_init_kwargs,
+                                  configuration_manager.network_arch_init_kwargs_req_import,
+                                  num_input_channels, num_output_channels, config, enable_deep_supervision)
+
+    def initialize(self) -> None:
+        super().initialize()
+        built = unwrap_network(self.network)
+        if isinstance(built, CSSEUNet) and built.config != self.csse_config:  # a subclass may build its own network
+            raise RuntimeError(f"the network was built with other CSSE settings than the trainer checked: "
+                               f"{built.config.to_json()} != {self.csse_config.to_json()}")
 
     def _build_loss(self):
         loss = super()._build_loss()
@@ -262,7 +254,7 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
                         num_classes, ignore_label=None if lm.has_regions else lm.ignore_label,
                         has_regions=lm.has_regions, region_ignore_channel=lm.has_regions and lm.has_ignore_label)
         patch = tuple(self.configuration_manager.patch_size)
-        grid = self.csse_config.pdcr.input_grid(patch, network.anchor_layers)
+        grid = network.anchor_grid(patch)
         self.print_to_log_file(f"PDCR anchor grid of the patch {list(patch)}, shared by every anchored layer: "
                                f"{grid.describe()}")
         for layer in network.anchor_layers:
@@ -305,29 +297,29 @@ class nnUNetTrainerCSSEBase(nnUNetTrainer):
 class nnUNetTrainerUAFS(nnUNetTrainerCSSEBase):
     """UAFS after every decoder stage, before its segmentation head (authors' 3D placement)."""
 
-    csse_defaults = CSSEConfig(uafs_decoder=True)
+    csse_defaults = CSSEConfig.of(uafs_decoder=True)
 
 
 class nnUNetTrainerPDCR(nnUNetTrainerCSSEBase):
     """RF-PDCR on encoder levels 2 and 3 plus the cross-layer term, weights 0.01 each (authors' 3D)."""
 
-    csse_defaults = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+    csse_defaults = CSSEConfig.of(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
 
 
 class nnUNetTrainerCSSE(nnUNetTrainerCSSEBase):
     """The paper's method: UAFS after every decoder stage + encoder and cross-layer RF-PDCR (authors' 3D)."""
 
-    csse_defaults = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+    csse_defaults = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
 
 
 class nnUNetTrainerCSSE_HPDCR(nnUNetTrainerCSSE):
     """CSSE with hierarchical PDCR windows of 5, 7 and 9 voxels (authors' 2D sizes; loss per size, averaged)."""
 
-    csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_windows=(5, 7, 9))
+    csse_defaults = nnUNetTrainerCSSE.csse_defaults.replaced(pdcr_windows=(5, 7, 9))
 
 
 class nnUNetTrainerCSSE_authors(nnUNetTrainerCSSE):
     """CSSE as the authors' 3D code computes it: ``pdcr_variant: "authors"`` (their loss quirk by quirk and their
     projection heads) and ``uafs_norm: "batch"`` (batch norm + ReLU in the UAFS branch); docs/method.md section 4."""
 
-    csse_defaults = dataclasses.replace(nnUNetTrainerCSSE.csse_defaults, pdcr_variant="authors", uafs_norm="batch")
+    csse_defaults = nnUNetTrainerCSSE.csse_defaults.replaced(pdcr_variant="authors", uafs_norm="batch")

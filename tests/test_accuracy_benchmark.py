@@ -1,8 +1,8 @@
 """The accuracy benchmark (``python -m benchmarks accuracy``) and its trainers (``nnunet_csse.schedules``).
 
 Unit tests drive the trainers in process through nnU-Net's ``get_trainer_from_args`` on the toy dataset of
-``conftest.py``; the end-to-end test runs the benchmark entry on a small generated dataset through nnU-Net's console
-scripts on CPU, twice (the second invocation reuses the finished runs).
+``tests/toy_plans.py``; the end-to-end test runs the benchmark entry on a small generated dataset through nnU-Net's
+console scripts on CPU, twice (the second invocation reuses the finished runs).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -30,10 +29,9 @@ from nnunet_csse import schedules
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.tools.splits import subsample_splits
 from nnunet_csse.tools.synthetic import write_synthetic_dataset
+from tests.toy_plans import write_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from benchmarks import accuracy  # noqa: E402
 from benchmarks.__main__ import main as main_benchmarks  # noqa: E402

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 import torch
-from conftest import TOY_DATASET_JSON, write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args
 
 from nnunet_csse.environment import REEXPORT_MODULE, ext_trainer_problem, trainers_path
+from tests.toy_plans import TOY_DATASET_JSON, write_toy_dataset
 
 BIN = os.path.dirname(sys.executable)
 @pytest.fixture
@@ -44,7 +44,7 @@ def start_training(trainer: str = "nnUNetTrainerCSSE", plans: str = "nnUNetPlans
 def test_valid_plans_start_a_training(dataset, nnunet_dirs):
     """The control: with valid input the same call gets as far as nnU-Net's output folder."""
     trainer = start_training()
-    assert trainer.csse_config.uafs_decoder and os.path.isdir(trainer.output_folder)
+    assert trainer.csse_config.uafs.decoder and os.path.isdir(trainer.output_folder)
     assert any(nnunet_dirs["nnUNet_results"].iterdir())
 
 
@@ -80,8 +80,8 @@ def test_plans_set_is_what_nnunet_trains_with(dataset, capsys):
                  "--set", "pdcr_encoder_stages=[1,2]", "--name", "nnUNetPlansMine"]) == 0
     assert "nnUNetv2_train 42 3d_fullres FOLD -tr nnUNetTrainerCSSE -p nnUNetPlansMine" in capsys.readouterr().out
     config = start_training(plans="nnUNetPlansMine").csse_config
-    assert config.pdcr_temperature == 1.0 and config.pdcr_encoder_stages == (1, 2)
-    assert start_training().csse_config.pdcr_temperature == 0.5  # nnU-Net's own plans are unchanged
+    assert config.pdcr.temperature == 1.0 and config.pdcr.encoder_stages == (1, 2)
+    assert start_training().csse_config.pdcr.temperature == 0.5  # nnU-Net's own plans are unchanged
 
 
 def _tree(folder) -> dict:

@@ -5,7 +5,6 @@ No timing thresholds here: figures only have to exist and be finite. Speed targe
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -14,10 +13,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from benchmarks.pdcr import PDCR_CONFIG, agreement, make_case
 from benchmarks.plans import TINY
+from tests.console import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +67,7 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
 
 @pytest.mark.parametrize("variant", ["rf", "hpdcr", "ignore_label"])
 def test_loop_reference_agrees_with_vectorized_pdcr(variant):
-    config = dataclasses.replace(PDCR_CONFIG, pdcr_windows=(5, 7, 9)) if variant == "hpdcr" else PDCR_CONFIG
+    config = PDCR_CONFIG.replaced(pdcr_windows=(5, 7, 9)) if variant == "hpdcr" else PDCR_CONFIG
     case = make_case(TINY, torch.device("cpu"), patch=(32, 24, 40), config=config, seed=3,
                      ignore_label=4 if variant == "ignore_label" else None)
     result = agreement(case)  # raises AssertionError on any disagreement of values or gradients
@@ -120,12 +119,15 @@ def test_network_variants_change_what_they_name_and_train(tmp_path):
     from nnunet_csse.method.uafs import InstanceNormByStatistics
 
     folders = nnunet_folders(tmp_path)
-    environ = dict(os.environ)
+    def nnunet_environ() -> dict:  # what make_trainer scopes (imports add their own variables, e.g. KMP_*)
+        return {k: v for k, v in os.environ.items() if k.startswith("nnUNet")}
+
+    environ = nnunet_environ()
     for name, (_, _, modify_network, _) in VARIANTS.items():
         if modify_network is _unchanged:
             continue
         trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False, folders=folders)
-        assert dict(os.environ) == environ
+        assert nnunet_environ() == environ
         net = trainer.network
         blocks = uafs_blocks(net)
         if name.endswith("[cudnn-IN]"):

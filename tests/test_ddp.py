@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TOY_DATASET_JSON, write_toy_dataset
+
+from tests.toy_plans import TOY_DATASET_JSON, write_toy_dataset
 
 
 def _free_port() -> int:

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import BIN, PLANS, logged_pdcr, nnunet_env, run
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.network import CSSEUNet
+from tests.console import BIN, PLANS, logged_pdcr, nnunet_env, run
 
 pytestmark = pytest.mark.e2e
 

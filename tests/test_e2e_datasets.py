@@ -10,7 +10,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import PLANS, logged_pdcr, nnunet_env, run
+
+from tests.console import PLANS, logged_pdcr, nnunet_env, run
 
 pytestmark = pytest.mark.e2e
 TRAINER = "nnUNetTrainerCSSE_2epochs_10iters"

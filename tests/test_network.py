@@ -1,14 +1,13 @@
-import dataclasses
 
 import pytest
 import torch
-from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import CSSEUNet, build_csse_network
+from tests.toy_plans import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
-CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+CSSE = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
 
 
 def build(arch, kw, config=CSSE, deep_supervision=True, classes=3):
@@ -21,8 +20,8 @@ def base(arch, kw, deep_supervision=True, classes=3):
 
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("arch", [PLAIN, RESENC])
-@pytest.mark.parametrize("config", [CSSEConfig(uafs_decoder=True), CSSE,
-                                    dataclasses.replace(CSSE, uafs_encoder=True, pdcr_decoder_weight=0.01)])
+@pytest.mark.parametrize("config", [CSSEConfig.of(uafs_decoder=True), CSSE,
+                                    CSSE.replaced(uafs_encoder=True, pdcr_decoder_weight=0.01)])
 def test_same_outputs_shapes_as_nnunet(dim, arch, config):
     kw = arch_kwargs(dim, arch)
     x = torch.randn(2, 1, *([32] * dim))
@@ -59,10 +58,10 @@ def test_hidden_embeddings_only_in_training_with_flag(dim):
     assert isinstance(net(x), list)  # flag unset: plain nnU-Net output
     net.return_hidden = True
     seg, hidden = net(x)
-    assert isinstance(seg, list) and set(hidden) == {"encoder", "cross"}
-    enc2, enc3 = hidden["encoder"]
+    assert isinstance(seg, list) and set(hidden.by_term()) == {"encoder", "cross"}
+    enc2, enc3 = hidden.encoder
     assert enc2.shape[0] == 2 and enc2.shape[2] == 16 and enc3.shape[2] == 32  # (B, N, C) at levels 2 and 3
-    p2, p3 = hidden["cross"]
+    p2, p3 = hidden.cross
     assert p2.shape[2] == p3.shape[2] == 16  # common projection width
     net.eval()
     assert isinstance(net(x), list)  # validation / inference never sees hidden outputs
@@ -72,11 +71,11 @@ def test_hidden_embeddings_only_in_training_with_flag(dim):
 
 def test_hidden_uses_every_parameter():
     """DDP without find_unused_parameters needs a gradient for every parameter in each step."""
-    config = dataclasses.replace(CSSE, uafs_encoder=True, pdcr_decoder_weight=0.01)
+    config = CSSE.replaced(uafs_encoder=True, pdcr_decoder_weight=0.01)
     net = build(PLAIN, arch_kwargs(3, PLAIN), config)
     net.return_hidden = True
     seg, hidden = net(torch.randn(2, 1, 32, 32, 32))
-    loss = sum(s.mean() for s in seg) + sum(t.float().pow(2).mean() for v in hidden.values() for t in v)
+    loss = sum(s.mean() for s in seg) + sum(t.float().pow(2).mean() for v in hidden.by_term().values() for t in v)
     loss.backward()
     unused = [n for n, p in net.named_parameters() if p.grad is None]
     assert unused == []
@@ -87,7 +86,7 @@ def test_forward_traces_without_graph_breaks():
     net.return_hidden = True
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     seg, hidden = compiled(torch.randn(2, 1, 32, 32, 32))
-    assert len(seg) == 3 and set(hidden) == {"encoder", "cross"}
+    assert len(seg) == 3 and set(hidden.by_term()) == {"encoder", "cross"}
 
 
 def test_default_plan_receptive_fields_and_anchor_layers():
@@ -116,7 +115,7 @@ def test_anisotropic_plan():
     l2 = net.encoder_anchor_layers[0]
     assert l2.stride == (2, 4, 4) and l2.receptive_field == (11, 23, 23)
     assert net.decoder_uafs[-1].kernel_size == (1, 3, 3)  # level-0 UAFS follows the stage's in-plane kernel
-    wide = build(PLAIN, kw, dataclasses.replace(CSSE, uafs_kernel_size=5))
+    wide = build(PLAIN, kw, CSSE.replaced(uafs_kernel_size=5))
     assert wide.decoder_uafs[-1].kernel_size == (1, 5, 5) and wide.decoder_uafs[0].kernel_size == (5, 5, 5)
     x = torch.randn(2, 1, 16, 32, 32)
     assert [o.shape[2:] for o in net(x)] == [o.shape[2:] for o in base(PLAIN, kw)(x)]
@@ -126,21 +125,28 @@ def test_anisotropic_plan():
     ("pdcr_encoder_stages", (2, 7), r"level\(s\) \[7\] outside this network: its encoder has levels 0\.\.4"),
     ("pdcr_decoder_stages", (1, 4), r"level\(s\) \[4\] outside this network: its decoder has levels 0\.\.3"),
 ])
-def test_levels_outside_the_network_are_an_error(setting, levels, message):
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01).with_overrides({setting: list(levels)}, "plans")
+def test_chosen_levels_outside_the_network_are_an_error(setting, levels, message):
+    config = CSSE.replaced(pdcr_decoder_weight=0.01).with_overrides({setting: list(levels)}, "plans")
     with pytest.raises(ValueError, match=message):
+        config.fit_levels(5)
+    with pytest.raises(ValueError, match=message):  # the network checks its settings fit
         build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), config)
+    with pytest.raises(ValueError, match="do not fit this network of 3 stages"):  # and takes fitted settings only
+        build(PLAIN, arch_kwargs(2, PLAIN, n_stages=3), CSSE)
     # unused settings are not checked: the decoder term is off
-    build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), CSSE.with_overrides({"pdcr_decoder_stages": [1, 4]}, "plans"))
+    unused = CSSE.with_overrides({"pdcr_decoder_stages": [1, 4]}, "plans")
+    assert unused.fit_levels(5) == (unused, [])
+    build(PLAIN, arch_kwargs(2, PLAIN, n_stages=5), unused)
 
 
 def test_default_levels_move_down_on_shallow_networks_and_say_so():
-    net = build(PLAIN, arch_kwargs(2, PLAIN, n_stages=3))  # e.g. 3d_lowres of a small plan
+    fitted, notes = CSSE.fit_levels(3)  # e.g. 3d_lowres of a small plan
+    net = build(PLAIN, arch_kwargs(2, PLAIN, n_stages=3), fitted)
     assert [layer.level for layer in net.encoder_anchor_layers] == [1, 2]
-    assert len(net.config_notes) == 1 and "moved to [1, 2]" in net.config_notes[0]
-    assert build(PLAIN, arch_kwargs(2, PLAIN, n_stages=4)).config_notes == []
+    assert len(notes) == 1 and "moved to [1, 2]" in notes[0] and "'pdcr_encoder_stages'" in notes[0]
+    assert CSSE.fit_levels(4) == (CSSE, [])
     with pytest.raises(ValueError, match="cross-layer PDCR needs two"):
-        build(PLAIN, arch_kwargs(2, PLAIN, n_stages=1))
+        CSSE.fit_levels(1)
 
 
 def test_unsupported_architecture_is_named():
@@ -154,7 +160,7 @@ def test_unsupported_architecture_is_named():
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("k", [1, 3, 5, 7])
 def test_uafs_branch_is_built_with_the_configured_kernel(dim, k):
-    net = build(PLAIN, arch_kwargs(dim, PLAIN), dataclasses.replace(CSSE, uafs_kernel_size=k))
+    net = build(PLAIN, arch_kwargs(dim, PLAIN), CSSE.replaced(uafs_kernel_size=k))
     for block in net.decoder_uafs:
         conv = block.branch[0]
         assert tuple(conv.kernel_size) == (k,) * dim and tuple(conv.padding) == (k // 2,) * dim
@@ -208,7 +214,7 @@ def test_exact_fields_match_the_gradient_support(dim, n_stages, arch):
               norm_op=f"torch.nn.BatchNorm{dim}d", norm_op_kwargs={"eps": 1e-5, "affine": True})
     torch.manual_seed(0)
     dtype = torch.float64 if dim == 2 else torch.float32  # 3D in float32: half the time, supports still exact
-    net = build(arch, kw, dataclasses.replace(CSSE, uafs_encoder=True)).to(dtype)
+    net = build(arch, kw, CSSE.replaced(uafs_encoder=True)).to(dtype)
     for module in net.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             torch.nn.init.uniform_(module.weight, 0.5, 1.5)
@@ -266,7 +272,7 @@ def test_decoder_fields_depend_on_the_position():
 ])
 def test_every_anchored_layer_samples_one_input_grid(dim, strides, spacing, expected):
     kw = arch_kwargs(dim, PLAIN, n_stages=len(strides), strides=strides)
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)
+    config = CSSE.replaced(pdcr_decoder_weight=0.01)
     net = build(PLAIN, kw, config)
     patch = (128,) * dim
     grid = config.pdcr.input_grid(patch, net.anchor_layers)
@@ -281,7 +287,7 @@ def test_every_anchored_layer_samples_one_input_grid(dim, strides, spacing, expe
     _, hidden = net(torch.randn(1, 1, *patch))
     for hook in hooks:
         hook.remove()
-    for layer, anchors in zip(net.encoder_anchor_layers, hidden["encoder"]):
+    for layer, anchors in zip(net.encoder_anchor_layers, hidden.encoder):
         fmap = maps[layer.level]
         index = [[c // j for c in axis] for axis, j in zip(centres[layer.name], layer.stride)]
         direct = fmap[(0, slice(None), *torch.meshgrid(*map(torch.tensor, index), indexing="ij"))]
@@ -295,17 +301,7 @@ def test_uafs_branch_norm_is_the_plans_or_the_authors_batch_norm(dim):
     batch_norm = {2: torch.nn.BatchNorm2d, 3: torch.nn.BatchNorm3d}[dim]
     for norm, expected in (("plan", (InstanceNormByStatistics, torch.nn.LeakyReLU)),
                            ("batch", (batch_norm, torch.nn.ReLU))):
-        net = build(PLAIN, arch_kwargs(dim, PLAIN), dataclasses.replace(CSSE, uafs_norm=norm))
+        net = build(PLAIN, arch_kwargs(dim, PLAIN), CSSE.replaced(uafs_norm=norm))
         for block in net.decoder_uafs:
             kinds = [type(m) for m in block.branch]
             assert kinds[1:3] == list(expected), (norm, kinds)
-
-
-def test_authors_grid_starts_at_voxel_0_and_the_clean_grid_is_centred():
-    """At the authors' 128^3 patch, strides 4 and 8, spacing 32: centres 0, 32, 64, 96 (their code) against
-    8, 40, 72, 104 (centred)."""
-    net = build(PLAIN, arch_kwargs(3, PLAIN), CSSE)
-    for variant, first in (("authors", 0), ("clean", 8)):
-        config = dataclasses.replace(CSSE, pdcr_variant=variant, pdcr_min_anchors=1)
-        grid = config.pdcr.input_grid((128, 128, 128), net.anchor_layers)
-        assert grid.first == (first,) * 3 and grid.spacing == (32,) * 3 and grid.counts == (4,) * 3

@@ -1,18 +1,17 @@
 """PDCRLoss (all terms of a step) and the trainer's loss wrapper, on real CSSE networks."""
 
-import dataclasses
 import math
 
 import pytest
 import torch
-from conftest import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.method.pdcr import PDCRLoss, centered_windows, composition_vectors, label_volume, pdcr_pair_loss
 from nnunet_csse.network import build_csse_network
 from nnunet_csse.training import CSSELoss
+from tests.toy_plans import PLAIN, REQ_IMPORT, RESENC, arch_kwargs
 
-CSSE = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
+CSSE = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01)
 
 
 def setup(dim, config=CSSE, arch=PLAIN, classes=3, size=32, batch=2, seed=0):
@@ -28,7 +27,7 @@ def setup(dim, config=CSSE, arch=PLAIN, classes=3, size=32, batch=2, seed=0):
 @pytest.mark.parametrize("dim", [2, 3])
 @pytest.mark.parametrize("arch", [PLAIN, RESENC])
 def test_terms_finite_and_gradients_reach_anchored_layers_and_heads(dim, arch):
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01)  # decoder levels 1 and 2
+    config = CSSE.replaced(pdcr_decoder_weight=0.01)  # decoder levels 1 and 2
     net, x, target, loss = setup(dim, config, arch)
     _, hidden = net(x)
     terms = loss(hidden, target)
@@ -50,7 +49,7 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
     sat = label_volume(target, 3)
     per_layer, comps = [], []
     grid = CSSE.pdcr.input_grid((32, 32, 32), net.anchor_layers)
-    for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
+    for layer, feats in zip(net.encoder_anchor_layers, hidden.encoder):
         # encoder fields: R voxels centred on the anchor's input voxel J * t
         centers = grid.on_layer(layer.stride).centers(layer.stride)
         comp, ok = composition_vectors(sat, centered_windows(centers, layer.receptive_field))
@@ -58,19 +57,19 @@ def test_encoder_term_is_mean_over_layers_of_direct_evaluation():
         per_layer.append(pdcr_pair_loss(feats, comp, ok, feats, comp, ok, 0.5))
     torch.testing.assert_close(terms["encoder"], (per_layer[0] + per_layer[1]) / 2)
     (c1, v1), (c2, v2) = comps
-    p1, p2 = hidden["cross"]
+    p1, p2 = hidden.cross
     torch.testing.assert_close(terms["cross"], pdcr_pair_loss(p1, c1, v1, p2, c2, v2, 0.5))
 
 
 def test_hierarchical_windows_average_per_size_losses():
-    config = dataclasses.replace(CSSE, pdcr_windows=(5, 7, 9))
+    config = CSSE.replaced(pdcr_windows=(5, 7, 9))
     net, x, target, loss = setup(2, config)
     _, hidden = net(x)
     terms = loss(hidden, target)
     sat = label_volume(target, 3)
     per_layer = []
     grid = config.pdcr.input_grid((32, 32), net.anchor_layers)
-    for layer, feats in zip(net.encoder_anchor_layers, hidden["encoder"]):
+    for layer, feats in zip(net.encoder_anchor_layers, hidden.encoder):
         centers = grid.on_layer(layer.stride).centers(layer.stride)
         sizes = [pdcr_pair_loss(feats, *composition_vectors(sat, centered_windows(centers, (w, w))),
                                 feats, *composition_vectors(sat, centered_windows(centers, (w, w))), 0.5)
@@ -141,7 +140,7 @@ def test_loss_traces_into_one_graph_with_equal_values_and_gradients(windows):
     """The trainers compile PDCRLoss when nnU-Net compiles (CUDA): one graph, no break (fullgraph), and the
     traced forward and backward (the closed-form one included) equal eager mode. aot_eager traces exactly what
     inductor would compile, without generating kernels (nnU-Net never compiles on CPU)."""
-    config = dataclasses.replace(CSSE, pdcr_decoder_weight=0.01, pdcr_windows=windows)
+    config = CSSE.replaced(pdcr_decoder_weight=0.01, pdcr_windows=windows)
     net, x, target, loss = setup(3, config)
     target[:, :, :4] = 3  # an ignore label
     loss = PDCRLoss(net.encoder_anchor_layers, net.decoder_anchor_layers, config.pdcr, 3, ignore_label=3)
@@ -179,10 +178,10 @@ def test_each_term_alone_trains_the_anchored_encoder_stages(term, variant):
     """With the other terms off, the term still reaches encoder stages 2 and 3 (a detached encoder feature would
     pass a test that also ran decoder PDCR, which reaches the encoder through the skips; projections fed detached
     anchors would train the cross term's heads alone)."""
-    config = CSSEConfig(pdcr_variant=variant, **{f"pdcr_{term}_weight": 0.01})
+    config = CSSEConfig.of(pdcr_variant=variant, **{f"pdcr_{term}_weight": 0.01})
     net, x, target, loss = setup(3, config)
     _, hidden = net(x)
-    assert set(hidden) == {term}
+    assert set(hidden.by_term()) == {term}
     loss(hidden, target)[term].backward()
     for level in (2, 3):
         grads = [p.grad for p in net.encoder.stages[level].parameters()]
@@ -197,7 +196,7 @@ def test_each_term_alone_trains_the_anchored_encoder_stages(term, variant):
 def test_terms_match_the_loop_reference(pairs, mode):
     """Value and gradient of the encoder and cross terms against the authors'-style loops (regions: one composition
     entry per region, distance = mean per-region total variation; "batch": one anchor set over the batch)."""
-    config = dataclasses.replace(CSSE, pdcr_pairs=pairs)
+    config = CSSE.replaced(pdcr_pairs=pairs)
     net, x, labels, _ = setup(3, config, batch=3)
     if mode == "regions":
         gen = torch.Generator().manual_seed(3)
@@ -212,9 +211,9 @@ def test_terms_match_the_loop_reference(pairs, mode):
     loss = PDCRLoss(net.encoder_anchor_layers, (), config.pdcr, classes, **kwargs)
     hidden, maps = _encoder_maps(net, x)
     terms = loss(hidden, target)
-    from benchmarks.pdcr_reference import reference_terms
+    from tests.oracle.pdcr_loops import reference_terms
 
-    expected = reference_terms(maps, net.encoder_anchor_layers, net.pdcr_projections, config, target, classes,
+    expected = reference_terms(maps, net.encoder_anchor_layers, net.pdcr_projections, config.pdcr, target, classes,
                                **ref_kwargs)
     assert terms.keys() == expected.keys() == {"encoder", "cross"}
     for name in terms:
@@ -228,7 +227,7 @@ def test_batch_pairs_differ_from_per_sample_pairs():
     net, x, target, _ = setup(3, batch=2)
     _, hidden = net(x)
     per_sample = PDCRLoss(net.encoder_anchor_layers, (), CSSE.pdcr, 3)(hidden, target)
-    batch_settings = dataclasses.replace(CSSE, pdcr_pairs="batch").pdcr
+    batch_settings = CSSE.replaced(pdcr_pairs="batch").pdcr
     batch = PDCRLoss(net.encoder_anchor_layers, (), batch_settings, 3)(hidden, target)
     assert all(abs(batch[t].item() - per_sample[t].item()) > 1e-4 for t in per_sample)
 
@@ -276,7 +275,7 @@ def test_progress_pdcr_png_has_title_and_integer_epoch_ticks(tmp_path, monkeypat
 
 def test_trainer_loss_weighs_each_term_with_its_own_weight():
     """Encoder 0.1 and cross 0.01 (unequal, so reading one weight for both terms shows)."""
-    config = dataclasses.replace(CSSE, pdcr_encoder_weight=0.1, pdcr_cross_weight=0.01)
+    config = CSSE.replaced(pdcr_encoder_weight=0.1, pdcr_cross_weight=0.01)
     assert config.pdcr.term_weights == {"encoder": 0.1, "cross": 0.01}
     net, x, target, pdcr = setup(2, config)
     wrapper = CSSELoss(_DiceStandIn(), pdcr, config.pdcr.term_weights)
@@ -290,7 +289,7 @@ def test_trainer_loss_weighs_each_term_with_its_own_weight():
 def test_authors_heads_project_the_whole_map_then_sample_and_start_from_he_init():
     """pdcr_variant "authors": 1x1 conv + batch norm + ReLU over the whole map (batch statistics over every
     position), He-initialized (zero bias), anchors taken after; "clean": a linear head on the anchors."""
-    config = CSSEConfig(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors")
+    config = CSSEConfig.of(pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors")
     net, x, target, _ = setup(3, config)
     for head in net.pdcr_projections:
         conv, norm, relu = head
@@ -301,12 +300,12 @@ def test_authors_heads_project_the_whole_map_then_sample_and_start_from_he_init(
         assert abs(conv.weight.std().item() / expected_std - 1) < 0.25
     hidden, maps = _encoder_maps(net, x)
     grid = config.pdcr.input_grid(tuple(x.shape[2:]), net.anchor_layers)
-    for head, layer, projected in zip(net.pdcr_projections, net.encoder_anchor_layers, hidden["cross"]):
+    for head, layer, projected in zip(net.pdcr_projections, net.encoder_anchor_layers, hidden.cross):
         expected = grid.on_layer(layer.stride).take(head(maps[layer.level]))
         torch.testing.assert_close(projected, expected)
         if layer.level == 2:  # its anchors are a subset of the map's positions
             assert grid.num_anchors < maps[2][0, 0].numel()
             anchors = grid.on_layer(layer.stride).take(maps[2]).transpose(1, 2)[..., None, None]
             assert not torch.allclose(projected, head(anchors)[..., 0, 0].transpose(1, 2))  # BN saw the whole map
-    clean = setup(3, dataclasses.replace(config, pdcr_variant="clean"))[0]
+    clean = setup(3, config.replaced(pdcr_variant="clean"))[0]
     assert all(isinstance(h, torch.nn.Linear) for h in clean.pdcr_projections)

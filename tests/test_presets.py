@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from conftest import write_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_csse.config import config_from_plans
@@ -11,6 +10,7 @@ from nnunet_csse.network import CSSEUNet
 from nnunet_csse.presets import apply_preset, list_presets, load_preset, parse_settings
 from nnunet_csse.tools.cli import build_parser, main
 from nnunet_csse.training import nnUNetTrainerCSSE
+from tests.toy_plans import write_plans
 
 
 def test_shipped_presets_load():
@@ -110,9 +110,9 @@ def test_set_writes_the_settings_into_the_chosen_configurations(tmp_path, monkey
     for name in ("3d_fullres", "3d_cascade_fullres"):  # the cascade inherits the settings of 3d_fullres
         config = config_from_plans(nnUNetTrainerCSSE.csse_defaults, manager.get_configuration(name).configuration,
                                    name)
-        assert (config.pdcr_temperature, config.pdcr_encoder_stages, config.pdcr_windows) == (1.0, (2, 3), "rf")
-        assert (config.pdcr_pairs, config.pdcr_projection_channels, config.uafs_encoder) == ("batch", None, True)
-        assert config.uafs_decoder  # the trainer's default where nothing is set
+        assert (config.pdcr.temperature, config.pdcr.encoder_stages, config.pdcr.windows) == (1.0, (2, 3), "rf")
+        assert (config.pdcr.pairs, config.pdcr.projection_channels, config.uafs.encoder) == ("batch", None, True)
+        assert config.uafs.decoder  # the trainer's default where nothing is set
     assert plans["configurations"]["3d_fullres"]["data_identifier"] == "nnUNetPlans_3d_fullres"  # data shared
 
     # a preset plus single settings, under a name of one's choice; the same again is left as it is
@@ -139,7 +139,7 @@ def test_settings_parse_as_json_or_a_bare_word(tmp_path):
     assert json.loads(target.read_text())["configurations"]["2d"]["csse"] == {"pdcr_min_anchors": 600,
                                                                                "pdcr_max_anchors": 1000}
     before = sorted(folder.iterdir())
-    with pytest.raises(ValueError, match="pdcr_min_anchors <= pdcr_max_anchors"):  # checked together
+    with pytest.raises(ValueError, match="'pdcr_min_anchors' <= 'pdcr_max_anchors'"):  # checked together
         apply_preset(None, 42, settings={"pdcr_min_anchors": 600}, identifier="nnUNetPlansFew",
                      preprocessed_root=tmp_path)
     with pytest.raises(ValueError, match=r"'pdcr_encoder_stages' needs two distinct levels"):  # with the preset's

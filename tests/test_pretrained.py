@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import write_toy_dataset
 from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.pretrained import CSSE_PREFIXES, add_csse_modules
 from nnunet_csse.tools.cli import main
+from tests.toy_plans import write_toy_dataset
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from conftest import PLAIN, REQ_IMPORT, arch_kwargs
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -31,6 +30,7 @@ from nnunet_csse.uncertainty import (
     predict_uncertainty,
     save_overlay,
 )
+from tests.toy_plans import PLAIN, REQ_IMPORT, arch_kwargs
 
 PATCH = 16
 NUM_CLASSES = 3
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def csse_net(dim: int, seed: int = 0):
     torch.manual_seed(seed)
     net = build_csse_network(PLAIN, arch_kwargs(dim, PLAIN), REQ_IMPORT, 1, NUM_CLASSES,
-                             CSSEConfig(uafs_decoder=True), False)
+                             CSSEConfig.of(uafs_decoder=True), False)
     return net.eval()
 
 
@@ -207,7 +207,7 @@ def test_models_without_uafs_are_refused():
     with pytest.raises(ValueError, match="no UAFS"):
         csse_network_of(SimpleNamespace(network=plain))
     pdcr_only = build_csse_network(PLAIN, arch_kwargs(2, PLAIN), REQ_IMPORT, 1, 3,
-                                   CSSEConfig(pdcr_encoder_weight=0.01), False)
+                                   CSSEConfig.of(pdcr_encoder_weight=0.01), False)
     with pytest.raises(ValueError, match="UAFS trainer"):
         csse_network_of(SimpleNamespace(network=pdcr_only))
     with pytest.raises(ValueError, match="no decoder UAFS block"):

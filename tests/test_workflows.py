@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import logged_pdcr, nnunet_env, run
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.network import CSSEUNet
+from tests.console import logged_pdcr, nnunet_env, run
 
 pytestmark = pytest.mark.e2e
 DATASET_ID = "920"

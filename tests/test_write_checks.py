@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import TOY_DATASET_JSON, write_toy_dataset
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.folders import NotWritableError, check_writable
 from nnunet_csse.tools.cli import main
+from tests.toy_plans import TOY_DATASET_JSON, write_toy_dataset
 
 BIN = os.path.dirname(sys.executable)
 

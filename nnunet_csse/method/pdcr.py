@@ -16,19 +16,34 @@ Liu et al., "Contrastive and Selective Hidden Embeddings for Medical Image Segme
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer
-from nnunet_csse.method.settings import PDCRSettings
+from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer, InputGrid
+from nnunet_csse.method.settings import PDCR_TERMS, PDCRSettings
 
-__all__ = ["label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors",
+__all__ = ["PDCREmbeddings", "label_volume", "AxisWindows", "centered_windows", "layer_windows", "composition_vectors",
            "authors_composition_vectors", "PairJob", "pdcr_pair_losses", "pdcr_pair_loss", "authors_pair_loss",
            "PDCRLoss"]
+
+
+class PDCREmbeddings(NamedTuple):
+    """What the network hands the loss in one training step: the anchor grid it sampled (input voxels) and, per
+    term, one (B, N, C) tensor of anchor vectors per anchored layer (empty: term off). ``encoder``: the encoder
+    layers; ``cross``: the two projected encoder layers; ``decoder``: the decoder layers."""
+
+    grid: InputGrid
+    encoder: tuple[torch.Tensor, ...] = ()
+    cross: tuple[torch.Tensor, ...] = ()
+    decoder: tuple[torch.Tensor, ...] = ()
+
+    def by_term(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """{term: anchors} of the terms that have anchors, in ``PDCR_TERMS`` order."""
+        return {term: getattr(self, term) for term in PDCR_TERMS if getattr(self, term)}
 
 
 def _check_spatial(t: torch.Tensor, name: str, layout: str) -> None:
@@ -514,7 +529,7 @@ class PDCRLoss(nn.Module):
 
     Composition vectors of every anchored layer come from separable window sums over one label volume of the
     full-resolution target (``composition_vectors``), on the one input-space anchor grid the network used
-    (``PDCRSettings.input_grid`` of all anchored layers), so no loop runs over anchors or voxels. With
+    (``PDCREmbeddings.grid``), so no loop runs over anchors or voxels. With
     ``pdcr_pairs="batch"`` the anchors of all samples form one set (cross-image pairs) in the same batched call.
 
     Args:
@@ -527,9 +542,9 @@ class PDCRLoss(nn.Module):
         has_regions: region-based training (target is (B, R[+1], *S) binary maps).
         region_ignore_channel: the last target channel is nnU-Net's ignore mask (region training + ignore).
 
-    ``forward(hidden, target)``: ``hidden`` as returned by ``CSSEUNet`` ({"encoder": (B, N_l, C_l) per layer,
-    "cross": two (B, N_l, P), "decoder": ...}), ``target`` the full-resolution target (B, 1 or R, *S).
-    Returns {term: float32 scalar} for the terms present in ``hidden``: per layer the loss is averaged over
+    ``forward(embeddings, target)``: ``embeddings`` as returned by ``CSSEUNet`` (the grid, and (B, N, C_l) anchors
+    per layer and term), ``target`` the full-resolution target (B, 1 or R, *S) of the network's input.
+    Returns {term: float32 scalar} for the terms present in ``embeddings``: per layer the loss is averaged over
     window sizes (H-PDCR: "loss per size first"), then over layers.
     """
 
@@ -561,11 +576,15 @@ class PDCRLoss(nn.Module):
     def anchor_layers(self) -> tuple[AnchorLayer, ...]:
         return self.layers["encoder"] + self.layers["decoder"]
 
-    def forward(self, hidden: Mapping[str, Sequence[torch.Tensor]], target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, embeddings: PDCREmbeddings, target: torch.Tensor) -> dict[str, torch.Tensor]:
         spatial = tuple(target.shape[2:])
+        grid = embeddings.grid
+        last = [f + s * (n - 1) for f, s, n in zip(grid.first, grid.spacing, grid.counts)]
+        if len(last) != len(spatial) or any(c >= n for c, n in zip(last, spatial)):
+            raise ValueError(f"the anchor grid ({grid.describe()}) does not lie inside the target of shape {spatial}; "
+                             f"target and network input must have the same spatial shape")
         volume = label_volume(target, self.num_classes, self.ignore_label, self.has_regions,
                               self.region_ignore_channel)
-        grid = self.settings.input_grid(spatial, self.anchor_layers)
         windows = self.settings.window_sizes
         batch_pairs = self.settings.pairs == "batch"
         cache: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
@@ -604,12 +623,13 @@ class PDCRLoss(nn.Module):
                 jobs.append(PairJob(a, b, ra, va, rb, vb))
             spans[term] = (start, len(jobs))
 
-        for key in ("encoder", "decoder"):
-            for layer, feats in zip(self.layers[key], hidden.get(key, ())):
-                add_pairs(key, feats, layer, feats, layer)
-        if "cross" in hidden:
-            (first, second), (proj_first, proj_second) = self.layers["encoder"][:2], hidden["cross"]
+        for layer, feats in zip(self.layers["encoder"], embeddings.encoder):
+            add_pairs("encoder", feats, layer, feats, layer)
+        if embeddings.cross:
+            (first, second), (proj_first, proj_second) = self.layers["encoder"][:2], embeddings.cross
             add_pairs("cross", proj_first, first, proj_second, second)
+        for layer, feats in zip(self.layers["decoder"], embeddings.decoder):
+            add_pairs("decoder", feats, layer, feats, layer)
         # Every layer has the same number of windows, so the mean over a term's jobs is the mean over its layers of
         # the per-layer mean over window sizes.
         tau = self.settings.temperature

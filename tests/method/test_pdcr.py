@@ -1,4 +1,4 @@
-"""Tests for nnunet_csse.method.pdcr against the slow, independent loop oracle of benchmarks.pdcr_reference
+"""Tests for nnunet_csse.method.pdcr against the slow, independent loop oracle of tests.oracle.pdcr_loops
 (docs/method.md section 2)."""
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.pdcr_reference import loop_compositions, loop_pair_loss
 from nnunet_csse.method.anchors import AnchorGrid, input_grid
 from nnunet_csse.method.pdcr import (
     PairJob,
@@ -19,6 +18,7 @@ from nnunet_csse.method.pdcr import (
     pdcr_pair_loss,
     pdcr_pair_losses,
 )
+from tests.oracle.pdcr_loops import loop_compositions, loop_pair_loss
 
 IGNORE = 7
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
-from conftest import PLAIN, REQ_IMPORT, arch_kwargs
 
-from benchmarks.authors_reference import QUIRKS, reference_terms
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.method.anchors import input_grid
-from nnunet_csse.method.pdcr import PDCRLoss, authors_composition_vectors, centered_windows, label_volume
+from nnunet_csse.method.pdcr import (
+    PDCREmbeddings,
+    PDCRLoss,
+    authors_composition_vectors,
+    centered_windows,
+    label_volume,
+)
 from nnunet_csse.network import build_csse_network
+from tests.oracle.authors_loops import QUIRKS, reference_terms
+from tests.toy_plans import PLAIN, REQ_IMPORT, arch_kwargs
 
-AUTHORS = CSSEConfig(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors",
+AUTHORS = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors",
                      uafs_norm="batch", pdcr_anchor_spacing=24, pdcr_min_anchors=1)
 # patches where the centred grid and the grid from voxel 0 differ (72: centres 8, 32, 56 against 0, 24, 48)
 PATCH = {2: (72, 40), 3: (40, 72, 32)}
@@ -46,7 +50,8 @@ def inputs(dim: int, seed: int = 0):
 def variant_terms(layers, maps, projected, target, config=AUTHORS):
     grid = config.pdcr.input_grid(tuple(target.shape[2:]), layers)
     take = [grid.on_layer(layer.stride).take for layer in layers]
-    hidden = {"encoder": tuple(t(m) for t, m in zip(take, maps)), "cross": tuple(t(p) for t, p in zip(take, projected))}
+    hidden = PDCREmbeddings(grid, encoder=tuple(t(m) for t, m in zip(take, maps)),
+                            cross=tuple(t(p) for t, p in zip(take, projected)))
     return PDCRLoss(layers, (), config.pdcr, CLASSES)(hidden, target)
 
 
@@ -54,8 +59,8 @@ def oracle_terms(layers, maps, projected, target, quirks=QUIRKS, first=None, con
     dim = target.ndim - 2
     first = (0,) * dim if first is None else first
     return reference_terms(maps, projected, target, [layer.stride for layer in layers],
-                           [layer.receptive_field for layer in layers], first, (config.pdcr_anchor_spacing,) * dim,
-                           config.pdcr_temperature, CLASSES, quirks)
+                           [layer.receptive_field for layer in layers], first, (config.pdcr.anchor_spacing,) * dim,
+                           config.pdcr.temperature, CLASSES, quirks)
 
 
 def values_and_gradients(terms, leaves):
@@ -98,7 +103,7 @@ def test_each_quirk_is_reproduced(quirk):
     assert_same(variant, values_and_gradients(oracle_terms(layers, maps, projected, target), leaves))
     if quirk == "grid_from_zero":
         patch = tuple(target.shape[2:])
-        centred = input_grid(patch, [layer.stride for layer in layers], AUTHORS.pdcr_anchor_spacing, 1, 512).first
+        centred = input_grid(patch, [layer.stride for layer in layers], AUTHORS.pdcr.anchor_spacing, 1, 512).first
         assert centred != (0, 0, 0)
         without = oracle_terms(layers, maps, projected, target, first=centred)
     else:
@@ -109,7 +114,7 @@ def test_each_quirk_is_reproduced(quirk):
 def test_clean_variant_matches_the_oracle_without_quirks_at_another_temperature():
     """The clean loss with tau = 0.7 equals the oracle without quirks at 0.7 and differs from 0.5: the configured
     temperature reaches the loss."""
-    config = dataclasses.replace(AUTHORS, pdcr_variant="clean", uafs_norm="plan", pdcr_temperature=0.7)
+    config = AUTHORS.replaced(pdcr_variant="clean", uafs_norm="plan", pdcr_temperature=0.7)
     layers, maps, projected, target = inputs(2, seed=3)
     first = config.pdcr.input_grid(tuple(target.shape[2:]), layers).first
     leaves = maps + projected
@@ -119,7 +124,7 @@ def test_clean_variant_matches_the_oracle_without_quirks_at_another_temperature(
         torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-8, msg=name)
         for x, y in zip(ga, gb):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9, msg=name)
-    at_half = dataclasses.replace(config, pdcr_temperature=0.5)
+    at_half = config.replaced(pdcr_temperature=0.5)
     assert differs(clean, values_and_gradients(oracle_terms(layers, maps, projected, target, (), first, at_half),
                                                leaves))
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_csse.config import CSSEConfig
 from nnunet_csse.method.anchors import AnchorGrid, AnchorLayer
+from nnunet_csse.method.settings import PDCRSettings
 
 Compositions = list[list[torch.Tensor | None]]  # [sample][anchor] -> (K,) fractions, None: no valid voxel
 
@@ -115,7 +115,7 @@ def loop_pair_loss(feats_a: torch.Tensor, comps_a: Compositions, feats_b: torch.
 
 
 def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[AnchorLayer],
-                    projections: nn.ModuleList | None, config: CSSEConfig, target: torch.Tensor,
+                    projections: nn.ModuleList | None, settings: PDCRSettings, target: torch.Tensor,
                     num_classes: int, ignore_label: int | None = None, regions: bool = False,
                     region_ignore_channel: bool = False) -> dict[str, torch.Tensor]:
     """Encoder and cross-layer PDCR terms (unweighted), as the trainer defines them, by loops.
@@ -129,7 +129,7 @@ def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[A
             the mean per-region total variation (scale 1 / R).
     """
     spatial = tuple(target.shape[2:])
-    shared = config.pdcr.input_grid(spatial, layers)
+    shared = settings.input_grid(spatial, layers)
     distance_scale = 1.0 / num_classes if regions else 0.5
     anchors, comps = [], []
     for layer in layers:
@@ -137,8 +137,8 @@ def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[A
         grid = shared.on_layer(layer.stride)
         if layer.feature_shape(spatial) != tuple(fmap.shape[2:]):
             raise ValueError(f"{layer.name}: feature map {tuple(fmap.shape[2:])} does not match target {spatial}")
-        windows = [layer.receptive_field] if config.pdcr_windows == "rf" else \
-            [(w,) * len(layer.stride) for w in config.pdcr_windows]
+        windows = [layer.receptive_field] if settings.windows == "rf" else \
+            [(w,) * len(layer.stride) for w in settings.windows]
         anchors.append(anchor_vectors(fmap, grid))
         comps.append([loop_compositions(target, grid, layer.stride, w, num_classes, ignore_label, regions,
                                         region_ignore_channel) for w in windows])
@@ -146,15 +146,15 @@ def reference_terms(feature_maps: Mapping[int, torch.Tensor], layers: Sequence[A
     def pair(fa, ca, fb, cb) -> torch.Tensor:
         losses = []
         for wa, wb in zip(ca, cb):
-            xa, wa = (fa, wa) if config.pdcr_pairs == "sample" else pooled_over_batch(fa, wa)
-            xb, wb = (fb, wb) if config.pdcr_pairs == "sample" else pooled_over_batch(fb, wb)
-            losses.append(loop_pair_loss(xa, wa, xb, wb, config.pdcr_temperature, distance_scale))
+            xa, wa = (fa, wa) if settings.pairs == "sample" else pooled_over_batch(fa, wa)
+            xb, wb = (fb, wb) if settings.pairs == "sample" else pooled_over_batch(fb, wb)
+            losses.append(loop_pair_loss(xa, wa, xb, wb, settings.temperature, distance_scale))
         return torch.stack(losses).mean()
 
     terms = {}
-    if config.pdcr_encoder_weight > 0:
+    if settings.encoder_weight > 0:
         terms["encoder"] = torch.stack([pair(a, c, a, c) for a, c in zip(anchors, comps)]).mean()
-    if projections is not None and config.pdcr_cross_weight > 0:
+    if projections is not None and settings.cross_weight > 0:
         pa, pb = (proj(a) for proj, a in zip(projections, anchors[:2]))
         terms["cross"] = pair(pa, comps[0], pb, comps[1])
     return terms
