@@ -62,12 +62,8 @@ def machine_info(device: torch.device) -> dict:
 
 
 def choose_threads(device: torch.device, requested: int | None) -> tuple[int, str]:
-    """Torch intra-op threads for the run and why (the caller sets them).
-
-    CUDA: 1, as ``nnUNetv2_train -device cuda`` sets. CPU: ``requested``, else 1. The benchmark is after ratios,
-    and with one thread the process CPU time of a step is its own compute, which other load on a shared machine
-    hardly changes (on a busy 2-core machine two threads made steps 2-20x slower and erratic).
-    """
+    """Torch intra-op threads for the run and why: 1 on CUDA (as ``nnUNetv2_train``); on CPU ``requested``, else 1
+    (docs/benchmarks.md)."""
     if device.type == "cuda":
         return 1, "as nnUNetv2_train on CUDA"
     if requested:
@@ -154,11 +150,15 @@ def format_table(results: dict) -> str:
         lines += ["", *_step_lines(parts["step_time"])]
     if "scaling" in parts:
         lines += ["", *_scaling_lines(parts["scaling"])]
-    lines += ["", "Targets"]
-    for t in results.get("targets", []):
-        lines.append(f"  {t['status']:4s}  {t['target']:70s} measured {_ratio(t['measured'])}"
-                     + (f"  ({t['failure']})" if t.get("failure") else ""))
+    lines += ["", "Targets", *map(_target_line, results.get("targets", []))]
     return "\n".join(lines)
+
+
+def _target_line(t: dict) -> str:
+    value = t["measured"]
+    shown = f"{value:.3f}x" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+    return f"  {t['status']:4s}  {t['target']:70s} measured {shown}" + (f"  ({t['failure']})" if t.get("failure")
+                                                                        else "")
 
 
 def _pdcr_lines(a: dict) -> list[str]:
@@ -219,8 +219,8 @@ def _step_lines(b: dict) -> list[str]:
         if "error" in mem:
             line += f"  memory error: {mem['error'][:200]}"
         lines.append(line)
-    lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']][0]}: {VARIANTS[r['trainer']][1]}"
-              for r in b["rows"] if r["trainer"] in VARIANTS]
+    lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']].base}: "
+              f"{VARIANTS[r['trainer']].differs}" for r in b["rows"] if r["trainer"] in VARIANTS]
     for r in b["rows"]:
         if "failure" in r:
             lines += ["", f"   failure text of {r['trainer']}:", *("     " + x for x in r["failure"].splitlines())]
@@ -260,11 +260,7 @@ def summarize(paths: list[Path]) -> str:
         s = results["settings"]
         lines.append(f"{path.name}: {describe(results['machine'])}; size {s['size']}, compile "
                      f"{'on' if s['compile'] else 'off'}, AMP {'on' if s['amp'] else 'off'}")
-        for t in results.get("targets", []):
-            value = t["measured"]
-            shown = f"{value:.3f}x" if isinstance(value, (int, float)) else "n/a"
-            lines.append(f"  {t['status']:4s}  {t['target']:70s} measured {shown}"
-                         + (f"  ({t['failure']})" if t.get("failure") else ""))
+        lines += map(_target_line, results.get("targets", []))
         if not results.get("targets"):
             lines.append("  (no targets in this run's parts)")
     return "\n".join(lines)
@@ -299,32 +295,23 @@ def write_png(results: dict, path: Path) -> Path | None:
     axes = list(axes[0])
     title = results["machine"].get("gpu") or results["machine"]["cpu"]
     if scaling:
-        ax = axes.pop(0)
-        pts = scaling["anchors"]
-        n = [_total_anchors(p) for p in pts]
-        t = [p["time_s"] * 1e3 for p in pts]
-        ax.loglog(n, t, "o-", label="PDCR fwd+bwd")
-        if len(n) > 1:
-            ref = [t[-1] * (x / n[-1]) ** 2 for x in n]
-            ax.loglog(n, ref, "--", color="grey", label="~N^2 (through last point)")
-        ax.set_xlabel("anchors per sample and layer (N)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs anchors")
-        ax.legend(fontsize=8)
-        ax = axes.pop(0)
-        pts = scaling["patch"]
-        ax.plot([p["side"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
-        for p in pts:
-            ax.annotate(f"N={_total_anchors(p)}", (p["side"], p["time_s"] * 1e3), fontsize=7)
-        ax.set_xlabel("patch side (voxels, cubic)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs patch size")
-        ax = axes.pop(0)
-        pts = scaling["classes"]
-        ax.plot([p["classes"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
-        ax.set_xlabel("classes K (background included)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs classes")
+        for key, x_of, label in (("anchors", _total_anchors, "anchors per sample and layer (N)"),
+                                 ("patch", lambda p: p["side"], "patch side (voxels, cubic)"),
+                                 ("classes", lambda p: p["classes"], "classes K (background included)")):
+            ax = axes.pop(0)
+            xs, ms = [x_of(p) for p in scaling[key]], [p["time_s"] * 1e3 for p in scaling[key]]
+            if key == "anchors":
+                ax.loglog(xs, ms, "o-", label="PDCR fwd+bwd")
+                if len(xs) > 1:
+                    ax.loglog(xs, [ms[-1] * (x / xs[-1]) ** 2 for x in xs], "--", color="grey",
+                              label="~N^2 (through last point)")
+                ax.legend(fontsize=8)
+            else:
+                ax.plot(xs, ms, "o-")
+            if key == "patch":
+                for x, m, point in zip(xs, ms, scaling[key]):
+                    ax.annotate(f"N={_total_anchors(point)}", (x, m), fontsize=7)
+            ax.set(xlabel=label, ylabel="ms", title=f"vs {key}")
     if steps:
         ax = axes.pop(0)
         key = "median_cpu_s" if steps.get("target_time_basis") == "cpu" else "median_s"

@@ -1,18 +1,5 @@
-"""Part B (issue "Performance") and the op profile: nnU-Net's train_step of the CSSE trainers vs nnUNetTrainer.
-
-Time (:func:`run_steps`): all trainers are built from one plan (same arch kwargs) and fed the same synthetic batch.
-Steps are interleaved (one step of each trainer per round) so drift in machine speed hits all of them alike; the
-figure per trainer is the median over the timed rounds after warm-up, and ratios are taken against nnUNetTrainer.
-
-Peak step memory of one trainer. CUDA: allocator statistics in the running process (``max_memory_allocated``
-during one ``train_step`` minus what was allocated before it, with this trainer's gradients released first).
-CPU: the RSS is shared by everything in a process, so each trainer is measured in a process of its own (forked
-from ``python -m benchmarks.step``, which only imports). Just before the steps the kernel's peak-RSS mark is reset
-(``5`` written to ``/proc/self/clear_refs``, Linux >= 4.0) and the RSS read; after them the peak (``VmHWM``) is
-read; the delta is the steps' own memory (activations, gradients, optimizer state, temporaries). Where the reset is
-refused the lifetime peak (``getrusage`` ``ru_maxrss``) is used and the result says so.
-
-``python -m benchmarks profile`` (:func:`profile_main`): the op-by-op profile of :data:`PROFILE_DESCRIPTION`.
+"""Part B: nnU-Net's ``train_step`` of the CSSE trainers against ``nnUNetTrainer`` (time, step memory), and the
+op-by-op profile (``python -m benchmarks profile``). How time and memory are measured: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -47,7 +34,7 @@ from benchmarks.plans import (
     profile,
     synchronize,
     synthetic_batch,
-    time_once_with_cpu,
+    time_once,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -102,8 +89,7 @@ def run_steps(plan: BenchPlan, size: str, device: torch.device, trainers: list[s
     _ratios(rows, times, losses, "median_s", "time_ratio", "times_s")
     _ratios(rows, cpu_times, losses, "median_cpu_s", "cpu_time_ratio", "cpu_times_s")
     _memory_ratios(rows)
-    # On CPU with one torch thread the process CPU time is the step's compute and barely moves with other load
-    # on a shared machine, so the target uses it there; otherwise (CUDA, several threads) the wall time.
+    # one CPU thread: the process CPU time is the step's own compute, robust to other load (docs/benchmarks.md)
     basis = "cpu" if device.type == "cpu" and (threads or torch.get_num_threads()) == 1 else "wall"
     extra = {"graph_breaks": graph_breaks} if compile_network else {}
     if interrupted:
@@ -126,8 +112,7 @@ def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSe
         for name, trainer in list(built.items()):
             out: dict = {}
             try:
-                seconds, cpu_seconds = time_once_with_cpu(lambda t=trainer, o=out: o.update(t.train_step(batch)),
-                                                          device)
+                seconds, cpu_seconds = time_once(lambda t=trainer, o=out: o.update(t.train_step(batch)), device)
             except KeyboardInterrupt:
                 note = f"interrupted in round {step} of {total} ({name}); figures use the rounds done"
                 print(f"[B] {note}", flush=True)
@@ -231,13 +216,8 @@ def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
 
 
 def cpu_memory_all(trainers: list[str], size: str, steps: int, threads: int, parallel: int) -> dict[str, dict]:
-    """CPU step memory of each trainer, each in its own fresh process.
-
-    One helper process (``python -m benchmarks.step``) imports torch and nnU-Net once, runs no torch work, and
-    forks one child per trainer (``parallel`` at a time); each child builds its trainer and measures its steps.
-    glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in that process so freed tensors leave the
-    RSS at once and the RSS peak follows live tensor memory.
-    """
+    """CPU step memory of each trainer, each in a process forked from one import-only helper
+    (``python -m benchmarks.step``) whose glibc mmap threshold is pinned, so that freed tensors leave the RSS."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
@@ -306,22 +286,15 @@ def _helper(args: argparse.Namespace) -> dict[str, dict]:
 
 # --- profile: where the extra step time goes, op by op
 
-PROFILE_DESCRIPTION = """``python -m benchmarks profile``: where a CSSE trainer's extra train_step time goes, op by op.
-
-Profiles a few ``train_step`` calls of each trainer (after warm-up) with ``torch.profiler`` and prints, per aten op,
-the device time per step of each trainer and the difference to nnUNetTrainer, largest (either way) first. On CUDA
-the device time is the GPU kernel time; on CPU it is the op's own CPU time. A diagnosis tool: the step-time
-targets come from ``python -m benchmarks`` (interleaved medians), not from this profile.
-"""
+PROFILE_DESCRIPTION = ("Per aten op, the device time per train_step of each trainer (GPU kernel time on CUDA, the "
+                       "op's own CPU time on CPU) and its difference to nnUNetTrainer, largest first. A diagnosis "
+                       "tool: the step-time targets come from python -m benchmarks.")
 
 
 def _self_device_us(event, cuda: bool) -> float:
     if not cuda:
         return event.self_cpu_time_total
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        if hasattr(event, name):
-            return getattr(event, name)
-    return 0.0
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
 def op_times(trainer, batch: dict, device, steps: int) -> tuple[dict[str, float], int]:
