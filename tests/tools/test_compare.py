@@ -486,7 +486,7 @@ def test_outputs_markdown_and_paired_columns(nnunet_dirs, tmp_path):
     markdown = comparison.md_path.read_text()
     csse_1 = comparison.paired[0]
     assert (f"| nnUNetTrainerCSSE | 1 (liver) | 12 | {csse_1.mean:+.4f} | [{csse_1.ci_low:+.4f}, "
-            f"{csse_1.ci_high:+.4f}] | {C._fmt_p(csse_1.p_value)} | {csse_1.wins}/{csse_1.losses}/{csse_1.ties} |"
+            f"{csse_1.ci_high:+.4f}] | {T.format_p(csse_1.p_value)} | {csse_1.wins}/{csse_1.losses}/{csse_1.ties} |"
             ) in markdown
     mean, std, n = comparison.trainers[1].mean_std("1")
     assert f"| 1 (liver) | {comparison.trainers[0].mean_std('1')[0]:.4f} ± " in markdown
