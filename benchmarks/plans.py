@@ -80,50 +80,17 @@ class BenchPlan:
         return arch_kwargs(3, PLAIN, n_stages=self.n_stages, features=self.features)
 
     def plans_dict(self) -> dict:
-        """A complete nnU-Net v2 plans dict with one configuration, ``3d_fullres``."""
-        spacing = [1.0, 1.0, 1.0]
+        """An nnU-Net v2 plans dict with one configuration, ``3d_fullres``: what a trainer's ``__init__``,
+        ``initialize()`` and ``train_step`` read (no preprocessing, data loading or export)."""
         return {
-            "dataset_name": DATASET_NAME,
-            "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": spacing,
-            "original_median_shape_after_transp": [2 * p for p in self.patch],
-            "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2],
+            "dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
             "transpose_backward": [0, 1, 2],
-            "experiment_planner_used": "ExperimentPlanner",
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {
-                str(c): {"max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0,
-                         "percentile_99_5": 1.0, "std": 1.0}
-                for c in range(self.num_input_channels)
-            },
-            "configurations": {
-                CONFIGURATION: {
-                    "data_identifier": f"nnUNetPlans_{CONFIGURATION}",
-                    "preprocessor_name": "DefaultPreprocessor",
-                    "batch_size": self.batch_size,
-                    "patch_size": list(self.patch),
-                    "median_image_size_in_voxels": [2 * p for p in self.patch],
-                    "spacing": spacing,
-                    "normalization_schemes": ["ZScoreNormalization"] * self.num_input_channels,
-                    "use_mask_for_norm": [False] * self.num_input_channels,
-                    "resampling_fn_data": "resample_data_or_seg_to_shape",
-                    "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0,
-                                                  "force_separate_z": None},
-                    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0,
-                                                 "force_separate_z": None},
-                    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                           "force_separate_z": None},
-                    "architecture": {
-                        "network_class_name": PLAIN,
-                        "arch_kwargs": self.arch_kwargs(),
-                        "_kw_requires_import": list(REQ_IMPORT),
-                    },
-                    "batch_dice": False,
-                },
-            },
+            "configurations": {CONFIGURATION: {
+                "data_identifier": f"nnUNetPlans_{CONFIGURATION}", "batch_size": self.batch_size,
+                "patch_size": list(self.patch), "spacing": [1.0, 1.0, 1.0], "batch_dice": False,
+                "architecture": {"network_class_name": PLAIN, "arch_kwargs": self.arch_kwargs(),
+                                 "_kw_requires_import": list(REQ_IMPORT)},
+            }},
         }
 
     def dataset_json(self) -> dict:

@@ -5,13 +5,12 @@ op-by-op profile (``python -m benchmarks profile``). How time and memory are mea
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
-import json
 import math
+import multiprocessing
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import traceback
 from collections import defaultdict
@@ -37,7 +36,6 @@ from benchmarks.plans import (
     time_once,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MMAP_THRESHOLD = 1 << 20  # bytes: allocations from 1 MiB up are mmapped and unmapped on free
 
 # --- part B: train_step time
@@ -216,72 +214,55 @@ def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
 
 
 def cpu_memory_all(trainers: list[str], size: str, steps: int, threads: int, parallel: int) -> dict[str, dict]:
-    """CPU step memory of each trainer, each in a process forked from one import-only helper
-    (``python -m benchmarks.step``) whose glibc mmap threshold is pinned, so that freed tensors leave the RSS."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    cmd = [sys.executable, "-m", "benchmarks.step", "--trainers", ",".join(trainers), "--size", size,
-           "--steps", str(steps), "--threads", str(threads), "--parallel", str(parallel)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=7200)
-    if proc.returncode != 0:
-        return {t: {"error": f"memory helper failed ({proc.returncode}): {proc.stderr[-3000:]}"} for t in trainers}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _measure(trainer_name: str, size: str, steps: int, threads: int) -> dict:
-    """In a freshly forked child: build the trainer, then measure the RSS peak of ``steps`` train steps."""
-    torch.set_num_threads(threads)
-    plan = PLANS[size]
-    with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
-        device = torch.device("cpu")
-        trainer = make_trainer(trainer_name, plan, device, False, nnunet_folders(Path(workdir)))
-        batch = synthetic_batch(plan, deep_supervision_scales(trainer))
-        gc.collect()
-        reset = reset_peak_rss()
-        before = current_rss_bytes()
-        for _ in range(steps):
-            trainer.train_step(batch)
-        peak = peak_rss_bytes()
-    method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
-              "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
-              "steps, own process")
-    return {"method": method, "peak_reset": reset, "before_bytes": before, "peak_bytes": peak,
-            "step_bytes": peak - before, "steps": steps}
-
-
-def _fork_measure(trainer: str, args: argparse.Namespace, result_file: Path) -> int:
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
-        try:
-            result = _measure(trainer, args.size, args.steps, args.threads)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
-        result_file.write_text(json.dumps(result))
-        os._exit(code)
-    return pid
-
-
-def _helper(args: argparse.Namespace) -> dict[str, dict]:
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401 - imported once, before forking
-
-    import nnunet_csse.training  # noqa: F401
-
-    trainers = args.trainers.split(",")
+    """CPU step memory of each trainer, each in a fresh process forked (``parallel`` at a time) from
+    multiprocessing's fork server, which only imports torch, nnU-Net and the trainers."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunet_csse.training",
+                                    "benchmarks.step"])
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="csse_bench_memres_") as tmp:
-        files = {t: Path(tmp) / f"{i}.json" for i, t in enumerate(trainers)}
-        for start in range(0, len(trainers), max(1, args.parallel)):
-            batch = trainers[start:start + max(1, args.parallel)]
-            pids = {_fork_measure(t, args, files[t]): t for t in batch}
-            for pid, trainer in pids.items():
-                _, status = os.waitpid(pid, 0)
-                try:
-                    results[trainer] = json.loads(files[trainer].read_text())
-                except (OSError, ValueError):
-                    results[trainer] = {"error": f"memory child for {trainer} exited with status {status}"}
+    for start in range(0, len(trainers), max(1, parallel)):
+        jobs = {}
+        for name in trainers[start:start + max(1, parallel)]:
+            receive, send = context.Pipe(duplex=False)
+            jobs[name] = (context.Process(target=_measure, args=(name, size, steps, threads, send)), receive)
+            jobs[name][0].start()
+            send.close()
+        for name, (process, receive) in jobs.items():
+            try:
+                results[name] = receive.recv()
+            except EOFError:
+                results[name] = {"error": f"memory process for {name} ended without a result"}
+            process.join()
+            if process.exitcode and "error" not in results[name]:
+                results[name] = {"error": f"memory process for {name} exited with code {process.exitcode}"}
     return results
+
+
+def _measure(trainer_name: str, size: str, steps: int, threads: int, send) -> None:
+    """In a fresh process: build the trainer, then send the RSS peak of ``steps`` train steps (or the error)."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD: freed large tensors leave the RSS at once
+    except (OSError, AttributeError):
+        pass
+    try:
+        torch.set_num_threads(threads)
+        plan = PLANS[size]
+        with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
+            trainer = make_trainer(trainer_name, plan, torch.device("cpu"), False, nnunet_folders(Path(workdir)))
+            batch = synthetic_batch(plan, deep_supervision_scales(trainer))
+            gc.collect()
+            reset = reset_peak_rss()
+            before = current_rss_bytes()
+            for _ in range(steps):
+                trainer.train_step(batch)
+            peak = peak_rss_bytes()
+        method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
+                  "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
+                  "steps, own process")
+        send.send({"method": method, "peak_reset": reset, "before_bytes": before, "peak_bytes": peak,
+                   "step_bytes": peak - before, "steps": steps})
+    except Exception as exc:  # noqa: BLE001 - reported in the parent's table
+        send.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
 # --- profile: where the extra step time goes, op by op
@@ -363,20 +344,3 @@ def profile_main(argv: list[str] | None = None) -> int:
         for delta, key in diff[:args.top]:
             print(f"   {key[:44]:44s} {ops.get(key, 0.0):14.3f} {base.get(key, 0.0):14.3f} {delta:+11.3f}")
     return 0
-
-
-def memory_helper_main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.step``: the import-only helper process of :func:`cpu_memory_all`."""
-    parser = argparse.ArgumentParser(description="CPU step memory, one forked process per trainer")
-    parser.add_argument("--trainers", required=True, help="comma list")
-    parser.add_argument("--size", required=True)
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=1)
-    args = parser.parse_args(argv)
-    print(json.dumps(_helper(args)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(memory_helper_main())

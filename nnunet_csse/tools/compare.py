@@ -575,41 +575,38 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> Non
 
 
 def fold_mean_figure(comparison: Comparison) -> Figure:
-    """Grouped bar chart: one group per class, one bar per trainer, error bars = std over folds (none where the
-    std is n/a, e.g. a single fold); legend above the axes, clear of the bars."""
+    """One group of bars per class, one bar per trainer, error bars the std over folds (none where it is n/a; with
+    no error bar at all the values are written on the bars); the legend above the axes, clear of the bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    n_classes, n_trainers = len(comparison.classes), len(comparison.trainers)
-    fig = Figure(figsize=(max(6.0, 1.0 + n_classes * (0.5 + 0.35 * n_trainers)), 4.8), dpi=100, layout="constrained")
+    classes, trainers = comparison.classes, comparison.trainers
+    fig = Figure(figsize=(max(6.0, 1.0 + len(classes) * (0.5 + 0.35 * len(trainers))), 4.8), dpi=100,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / n_trainers
-    with_std = any(not math.isnan(t.mean_std(k)[1]) for t in comparison.trainers for k in comparison.classes)
-    for i, t in enumerate(comparison.trainers):
-        stats = [t.mean_std(k) for k in comparison.classes]
-        means = [0.0 if math.isnan(m) else m for m, _, _ in stats]
-        xs = [c + (i - (n_trainers - 1) / 2) * width for c in range(n_classes)]
+    ax = fig.add_subplot()
+    width = 0.8 / len(trainers)
+    with_std = any(not math.isnan(t.mean_std(k)[1]) for t in trainers for k in classes)
+    for i, t in enumerate(trainers):
+        means, stds = (np.array(v, dtype=float) for v in zip(*(t.mean_std(k)[:2] for k in classes)))
+        xs = np.arange(len(classes)) + (i - (len(trainers) - 1) / 2) * width
         no_std = ", no std" if with_std and len(t.folds) < 2 else ""  # a single fold among runs with error bars
-        bars = ax.bar(xs, means, width, label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}"
-                                              f"{no_std})")
-        bar_std = [(x, m, s) for x, m, (_, s, _) in zip(xs, means, stats) if not math.isnan(s)]
-        if bar_std:
-            ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
-                        fmt="none", ecolor="black", capsize=3, lw=1)
-        if not with_std:  # values on the bars where no error bar is in the way
-            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m, _, _ in stats],  # 0: "0.000"
-                         fontsize="x-small", padding=2,
-                         rotation=90 if n_trainers > 2 else 0)
-    ax.set_xticks(range(n_classes))
-    ax.set_xticklabels([comparison.label(k, short=True) for k in comparison.classes])
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("validation Dice, mean ± std over folds" if with_std else "validation Dice (one fold, no std)")
-    ax.set_title(f"{comparison.dataset} {comparison.configuration}")
-    longest = max(len(t.name) for t in comparison.trainers) + 10
-    fig.legend(fontsize="small", loc="outside upper center", frameon=False,
-               ncol=max(1, min(n_trainers, int(fig.get_figwidth() * 72 / (6.5 * longest)))))
+        bars = ax.bar(xs, np.nan_to_num(means), width,
+                      label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}{no_std})")
+        shown = ~np.isnan(stds)
+        if shown.any():
+            ax.errorbar(xs[shown], np.nan_to_num(means)[shown], yerr=stds[shown], fmt="none", ecolor="black",
+                        capsize=3, lw=1)
+        if not with_std:  # a bar of height 0 is invisible: "0.000"
+            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m in means], fontsize="x-small",
+                         padding=2, rotation=90 if len(trainers) > 2 else 0)
+    ax.set(xticks=range(len(classes)), xticklabels=[comparison.label(k, short=True) for k in classes], ylim=(0, 1.1),
+           ylabel="validation Dice, mean ± std over folds" if with_std else "validation Dice (one fold, no std)",
+           title=f"{comparison.dataset} {comparison.configuration}")
     ax.grid(axis="y", alpha=0.3)
+    longest = max(len(t.name) for t in trainers) + 10
+    fig.legend(fontsize="small", loc="outside upper center", frameon=False,
+               ncol=max(1, min(len(trainers), int(fig.get_figwidth() * 72 / (6.5 * longest)))))
     return fig
 
 
@@ -645,11 +642,8 @@ def paired_figure(comparison: Comparison) -> Figure:
             stats = f"n={p.n}, CI and p n/a" if math.isnan(p.p_value) else f"n={p.n}, p={format_p(p.p_value)}"
             tick_labels.append(f"{comparison.label(key, short=True)}\n{stats}\nW/L/T {p.wins}/{p.losses}/{p.ties}")
         ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels(tick_labels, fontsize="small")
-        ax.set_xlim(-0.6, len(keys) - 0.4)
-        ax.set_ylim(-limit, limit)
-        ax.set_ylabel("Dice difference per case")
+        ax.set_xticks(range(len(keys)), tick_labels, fontsize="small")
+        ax.set(xlim=(-0.6, len(keys) - 0.4), ylim=(-limit, limit), ylabel="Dice difference per case")
         # two lines: TRAINER__PLANS names are long, and one line would be cut at the figure's edge
         ax.set_title(f"{trainer}\nminus {comparison.trainers[0].name} (reference)", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
@@ -738,22 +732,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on\n"
                     "a labelled test set, against the first one given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset",
-                   help="dataset id or name (no default: cross-validation needs it; a test set reads its "
-                        "dataset.json unless --dataset-json)")
-    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation; no default)")
+    p.add_argument("-d", "--dataset", help="dataset id or name (cross-validation; a test set reads its dataset.json "
+                                           "unless --dataset-json)")
+    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation)")
     p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
-                   help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation; no "
-                        "default)")
+                   help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation)")
     p.add_argument("-p", "--plans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
-    p.add_argument("--labels", metavar="FOLDER",
-                   help="test set: folder with the reference segmentations (no default)")
+    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations")
     p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",
                    help="test set: prediction folders (NAME=FOLDER, or FOLDER named after itself); the first is the "
-                        "reference (no default)")
-    p.add_argument("--dataset-json", metavar="FILE",
-                   help="test set: dataset.json to use instead of -d (default: the one of -d)")
+                        "reference")
+    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json to use instead of the one of -d")
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "
