@@ -11,7 +11,7 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,36 +84,26 @@ class TrainerDice:
 
 @dataclass
 class PairedDifference:
-    """Paired per-case Dice differences of one run against the reference for one class."""
+    """Paired per-case Dice differences of one run against the reference for one class (NaN: n/a)."""
 
     trainer: str
     reference: str
     key: str  # summary key or FOREGROUND_MEAN
     cases: list[str]  # paired cases, sorted
     differences: np.ndarray  # trainer minus reference, in the order of ``cases``
-    ci_low: float = math.nan  # NaN: n/a
+    ci_low: float = math.nan
     ci_high: float = math.nan
-    p_value: float = math.nan  # NaN: n/a
+    p_value: float = math.nan
 
-    @property
-    def n(self) -> int:
-        return len(self.cases)
-
-    @property
-    def mean(self) -> float:
-        return float(self.differences.mean()) if self.n else math.nan
-
-    @property
-    def wins(self) -> int:
-        return int(np.sum(self.differences >= TIE_TOLERANCE))
-
-    @property
-    def losses(self) -> int:
-        return int(np.sum(self.differences <= -TIE_TOLERANCE))
-
-    @property
-    def ties(self) -> int:
-        return self.n - self.wins - self.losses
+    def __post_init__(self) -> None:
+        self.n = len(self.cases)
+        self.mean = float(self.differences.mean()) if self.n else math.nan
+        self.wins = int(np.sum(self.differences >= TIE_TOLERANCE))
+        self.losses = int(np.sum(self.differences <= -TIE_TOLERANCE))
+        self.ties = self.n - self.wins - self.losses
+        if self.n >= MIN_CASES:
+            self.ci_low, self.ci_high = bootstrap_ci(self.differences)
+            self.p_value = wilcoxon_p(self.differences)
 
 
 def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
@@ -132,12 +122,8 @@ def paired_difference(trainer: Mapping[str, float], reference: Mapping[str, floa
     """Paired statistics of two ``case -> value`` maps over the cases both have with a finite value."""
     cases = sorted(c for c in trainer.keys() & reference.keys()
                    if math.isfinite(trainer[c]) and math.isfinite(reference[c]))
-    differences = np.array([trainer[c] - reference[c] for c in cases], dtype=float)
-    result = PairedDifference(trainer_name, reference_name, key, cases, differences)
-    if result.n >= MIN_CASES:
-        result.ci_low, result.ci_high = bootstrap_ci(differences)
-        result.p_value = wilcoxon_p(differences)
-    return result
+    return PairedDifference(trainer_name, reference_name, key, cases,
+                            np.array([trainer[c] - reference[c] for c in cases], dtype=float))
 
 
 @dataclass
@@ -268,16 +254,6 @@ class Comparison:
         return "\n".join(parts) + "\n"
 
 
-def _class_sort_key(key: str) -> tuple:
-    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
-
-    try:
-        value = key_to_label_or_region(key)
-    except ValueError:
-        return (2, key)
-    return (0, value, ()) if isinstance(value, int) else (1, 0, value)
-
-
 def _label_names_from(labels: object) -> dict[str, str]:
     """summary key -> label name from a dataset.json ``"labels"`` dict."""
     names: dict[str, str] = {}
@@ -299,15 +275,9 @@ def _label_names(folder: Path) -> dict[str, str]:
         return {}
 
 
-def compare_trainers(
-    dataset: str | int,
-    configuration: str,
-    trainers: Sequence[str],
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = DEFAULT_FOLDS,
-    out_dir: str | Path | None = ".",
-    results_root: str | Path | None = None,
-) -> Comparison:
+def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
+                     folds: Sequence[int | str] = DEFAULT_FOLDS, out_dir: str | Path | None = ".",
+                     results_root: str | Path | None = None) -> Comparison:
     """The validation Dice of finished trainings, each trainer (``TRAINER`` or ``TRAINER__PLANS``) paired with the
     first; writes ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Missing folds and cases
     that cannot be paired are ``warnings``; no summary.json for a trainer, a case in two folds, no case shared with
@@ -358,13 +328,30 @@ def compare_trainers(
                             f"{len(result.folds)} fold(s)")
         results.append(result)
 
-    keys = {k for t in results for k in t.dice if k != FOREGROUND_MEAN}
-    classes = sorted(keys, key=_class_sort_key) + [FOREGROUND_MEAN]
-    comparison = Comparison(name, configuration, fold_names, classes, results, warnings)
-    comparison.paired = _pair_all(comparison)
+    comparison = Comparison(name, configuration, fold_names, _classes(t.dice for t in results), results, warnings)
     comparison.trainings = _training_level(comparison)
+    return _finish(comparison, out_dir)
+
+
+def _classes(key_sets: Iterable[Iterable[str]]) -> list[str]:
+    """The summary keys in label order (labels, then regions), then the foreground mean."""
+    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
+
+    def order(key: str) -> tuple:
+        try:
+            value = key_to_label_or_region(key)
+        except ValueError:
+            return (2, key)
+        return (0, value, ()) if isinstance(value, int) else (1, 0, value)
+
+    return sorted({k for keys in key_sets for k in keys} - {FOREGROUND_MEAN}, key=order) + [FOREGROUND_MEAN]
+
+
+def _finish(comparison: Comparison, out_dir: str | Path | None) -> Comparison:
+    """The paired statistics; the output files ``compare_<Dataset>_<configuration or label folder>.*``."""
+    comparison.paired = _pair_all(comparison)
     if out_dir is not None:
-        write_outputs(comparison, out_dir, f"compare_{name}_{configuration}")
+        write_outputs(comparison, out_dir, f"compare_{comparison.dataset}_{comparison.configuration}")
     return comparison
 
 
@@ -474,14 +461,9 @@ def _evaluate(label_folder: Path, prediction_folder: Path, case_files: list[str]
             for r in results}
 
 
-def compare_predictions(
-    labels: str | Path,
-    predictions: Sequence[tuple[str, str | Path]],
-    dataset: str | int | None = None,
-    dataset_json: str | Path | None = None,
-    out_dir: str | Path | None = ".",
-    num_processes: int | None = None,
-) -> Comparison:
+def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str | Path]],
+                        dataset: str | int | None = None, dataset_json: str | Path | None = None,
+                        out_dir: str | Path | None = ".", num_processes: int | None = None) -> Comparison:
     """Prediction folders (name, folder) of a test set evaluated against ``labels`` with nnU-Net's evaluator and
     compared like ``compare_trainers``. Labels or regions, ignore label and file ending come from ``dataset`` (its
     dataset.json in nnUNet_preprocessed, else nnUNet_raw) or ``dataset_json``. Predictions missing for some label
@@ -542,14 +524,9 @@ def compare_predictions(
         cases = _evaluate(label_folder, Path(folder), shared[prediction_name], reader_writer, labels_or_regions,
                           label_manager.ignore_label, processes)
         results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, label_names, cases))
-    keys = {k for t in results for m in t.cases.values() for k in m}
-    classes = sorted(keys, key=_class_sort_key) + [FOREGROUND_MEAN]
-    comparison = Comparison(name, label_folder.name, [], classes, results, warnings, test_set=True,
-                            n_label_cases=len(label_cases))
-    comparison.paired = _pair_all(comparison)
-    if out_dir is not None:
-        write_outputs(comparison, out_dir, f"compare_{name}_{label_folder.name}")
-    return comparison
+    comparison = Comparison(name, label_folder.name, [], _classes(m for t in results for m in t.cases.values()),
+                            results, warnings, test_set=True, n_label_cases=len(label_cases))
+    return _finish(comparison, out_dir)
 
 
 # -------------------------------------------------------------------------------------------- outputs
