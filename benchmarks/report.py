@@ -84,11 +84,6 @@ def describe(info: dict) -> str:
 CSSE = "nnUNetTrainerCSSE"
 
 
-def _row(results: dict, trainer: str) -> dict | None:
-    rows = results.get("parts", {}).get("step_time", {}).get("rows", [])
-    return next((r for r in rows if r["trainer"] == trainer), None)
-
-
 def targets(results: dict) -> list[dict]:
     """Each target with its measured figure and status PASS, MISS or N/A (part not run)."""
     out = []
@@ -102,7 +97,7 @@ def targets(results: dict) -> list[dict]:
                                a["target_speedup"], "x"))
     if "step_time" in parts:
         b = parts["step_time"]
-        row = _row(results, CSSE) or {}
+        row = next((r for r in b["rows"] if r["trainer"] == CSSE), {})
         suffix = " (compiled)" if b.get("compile") else ""
         failure = row.get("failure")
         cpu_basis = b.get("target_time_basis") == "cpu"
@@ -189,9 +184,10 @@ def _pdcr_lines(a: dict) -> list[str]:
 
 def _step_lines(b: dict) -> list[str]:
     cpu = b.get("target_time_basis") == "cpu"
+    memory = "; ".join(sorted({r["memory"]["method"] for r in b["rows"] if "method" in r.get("memory", {})}))
     lines = [f"B. nnU-Net train_step (forward + loss + backward + clip + SGD), {b['plan']}",
              f"   compile {'on' if b['compile'] else 'off'}, AMP {'on' if b['amp'] else 'off'}; median of "
-             f"{b['steps']} interleaved steps after {b['warmup']} warm-up; memory: {_memory_method(b)}"]
+             f"{b['steps']} interleaved steps after {b['warmup']} warm-up; memory: {memory or 'n/a'}"]
     if cpu:
         lines.append("   time target basis: process CPU time (one torch thread: the step's own compute, robust to "
                      "other load on a shared machine); wall time shown too")
@@ -219,8 +215,10 @@ def _step_lines(b: dict) -> list[str]:
         if "error" in mem:
             line += f"  memory error: {mem['error'][:200]}"
         lines.append(line)
-    lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']].base}: "
-              f"{VARIANTS[r['trainer']].differs}" for r in b["rows"] if r["trainer"] in VARIANTS]
+    for name in (r["trainer"] for r in b["rows"] if r["trainer"] in VARIANTS):
+        variant = VARIANTS[name]
+        how = f' (plans "csse": {dict(variant.settings)})' if variant.settings else ""
+        lines.append(f"   {name}: benchmark-only variant of {variant.base}: {variant.differs}{how}")
     for r in b["rows"]:
         if "failure" in r:
             lines += ["", f"   failure text of {r['trainer']}:", *("     " + x for x in r["failure"].splitlines())]
@@ -228,11 +226,6 @@ def _step_lines(b: dict) -> list[str]:
         lines.append(f"   torch._dynamo graph breaks: {b['graph_breaks']['graph_breaks']}")
     lines.append(f"   how: {b['how']}")
     return lines
-
-
-def _memory_method(b: dict) -> str:
-    methods = {r.get("memory", {}).get("method") for r in b["rows"]} - {None}
-    return "; ".join(sorted(methods)) or "n/a"
 
 
 def _scaling_lines(c: dict) -> list[str]:

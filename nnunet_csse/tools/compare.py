@@ -709,18 +709,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on\n"
                     "a labelled test set, against the first one given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset", help="dataset id or name (cross-validation; a test set reads its dataset.json "
+    p.add_argument("-d", "--dataset", help="dataset id or name (no default; a test set reads its dataset.json "
                                            "unless --dataset-json)")
-    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation)")
+    p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation; no default)")
     p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
-                   help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation)")
+                   help="trainer class names (or TRAINER__PLANS); the first is the reference (no default)")
     p.add_argument("-p", "--plans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
-    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations")
+    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations (no default)")
     p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",
                    help="test set: prediction folders (NAME=FOLDER, or FOLDER named after itself); the first is the "
-                        "reference")
-    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json to use instead of the one of -d")
+                        "reference (no default)")
+    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json (default: the one of -d)")
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "

@@ -81,8 +81,7 @@ class Training:
     @property
     def foreground(self) -> float:
         """Mean over the classes with a finite mean Dice; NaN when none has one."""
-        finite = [v for v in self.class_dice.values() if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else math.nan
+        return mean_std(self.class_dice.values())[0]
 
     @property
     def stalled_classes(self) -> list[str]:
