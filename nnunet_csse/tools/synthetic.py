@@ -43,31 +43,24 @@ def _integer(value: object, what: str, minimum: int | None = None) -> int:
 
 
 def _shape(size: Sequence[int] | int, dim: int) -> tuple[int, ...]:
-    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
-        shape = (int(size),) * dim
-    else:
-        try:
-            shape = tuple(_integer(s, "size entries") for s in size)  # type: ignore[union-attr]
-        except TypeError:
-            raise ValueError(f"size must be an int or a sequence of {dim} ints, got {size!r}") from None
-        if len(shape) != dim:
-            raise ValueError(f"size must have {dim} entries for dim={dim}, got {size!r}")
-    if min(shape) < 8:
-        raise ValueError(f"size must be >= 8 along every axis, got {shape}")
-    return shape
+    shape = (size,) * dim if np.ndim(size) == 0 else tuple(size)  # type: ignore[arg-type]
+    if len(shape) != dim or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 8
+                                    for n in shape):
+        raise ValueError(f"size must be one integer or {dim} integers for dim={dim}, each >= 8, got {size!r}")
+    return tuple(int(n) for n in shape)
 
 
 def _spacing(spacing: Sequence[float] | None, dim: int) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * dim
+    if np.ndim(spacing) != 1 or len(spacing) != dim:
+        raise ValueError(f"spacing must have {dim} entries (array axis order) for dim={dim}, got {spacing!r}")
     try:
         values = tuple(float(s) for s in spacing)
     except (TypeError, ValueError):
-        raise ValueError(f"spacing must be a sequence of {dim} positive numbers, got {spacing!r}") from None
-    if len(values) != dim:
-        raise ValueError(f"spacing must have {dim} entries (array axis order) for dim={dim}, got {spacing!r}")
-    if not all(np.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing entries must be finite and > 0, got {spacing!r}")
+        values = ()
+    if len(values) != dim or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing entries must be finite numbers > 0, got {spacing!r}")
     return values
 
 
