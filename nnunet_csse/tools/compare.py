@@ -25,6 +25,7 @@ from nnunet_csse.tools.trainings import (
     TIE_TOLERANCE,
     TrainerTrainings,
     Training,
+    format_interval,
     format_p,
     markdown_table,
     mean_std,
@@ -210,9 +211,9 @@ class Comparison:
     def _paired_table(self) -> list[list[str]]:
         rows = [["trainer", "class", "n", "mean diff", "95% CI", "p", "W/L/T"]]
         for p in self.paired:
-            ci = "n/a" if math.isnan(p.ci_low) else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
-            rows.append([p.trainer, self.label(p.key), str(p.n), "-" if p.n == 0 else f"{p.mean:+.4f}", ci,
-                         format_p(p.p_value), f"{p.wins}/{p.losses}/{p.ties}"])
+            rows.append([p.trainer, self.label(p.key), str(p.n), "-" if p.n == 0 else f"{p.mean:+.4f}",
+                         format_interval(p.ci_low, p.ci_high, signed=True), format_p(p.p_value),
+                         f"{p.wins}/{p.losses}/{p.ties}"])
         return rows
 
     def sections(self) -> list[tuple[str, list[list[list[str]]], str]]:

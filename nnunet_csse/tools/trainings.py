@@ -240,7 +240,7 @@ def format_p(p: float) -> str:
     return "n/a" if math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
-def _interval(low: float, high: float, signed: bool = False, digits: int = 4) -> str:
+def format_interval(low: float, high: float, signed: bool = False, digits: int = 4) -> str:
     sign = "+" if signed else ""
     return "n/a" if math.isnan(low) else f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
@@ -252,20 +252,20 @@ def table_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> li
              "difference to reference [95% CI]", "pairs", "p (test)"]]
     for cells, summaries in groups:
         for s in summaries:
-            stalled = f"{s.stalled}/{s.n} {_interval(*s.stall_ci, digits=3)}" if s.n else "-"
+            stalled = f"{s.stalled}/{s.n} {format_interval(*s.stall_ci, digits=3)}" if s.n else "-"
             if not s.values:
                 dice = "-"
             elif len(s.values) == 1:
                 dice = f"{s.mean:.4f} (one training)"
             else:
-                dice = f"{s.mean:.4f} ± {s.sd:.4f} {_interval(*s.mean_ci)}"
+                dice = f"{s.mean:.4f} ± {s.sd:.4f} {format_interval(*s.mean_ci)}"
             if s.reference is None:
                 difference, pairs, p = ("reference", "", "") if any(o.reference == s.name for o in summaries) else \
                     ("-", "", "")
             elif not s.pairs:
                 difference, pairs, p = "-", "0", ""
             else:
-                difference = f"{s.difference:+.4f} {_interval(*s.difference_ci, signed=True)}"
+                difference = f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}"
                 pairs, p = str(len(s.pairs)), f"{format_p(s.p_value)} ({s.test})"
             rows.append([*cells, s.name, str(s.n), stalled, dice, difference, pairs, p])
     return rows
