@@ -1,26 +1,14 @@
 """``python -m benchmarks [--device cpu|cuda] [--size tiny|small|full] [--compile] [--amp] [--out DIR]``.
 
-Runs part A (PDCR vs loop), B (train_step time and memory vs nnUNetTrainer) and C (PDCR scaling), prints one
-table with the machine it ran on and PASS/MISS per target, and writes ``<out>/benchmark_<tag>.json`` and
-``<out>/benchmark_<tag>.png``.
-
-Other commands:
-
-- ``python -m benchmarks accuracy [...]`` trains trainers side by side and compares their validation Dice
-  (:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``);
-- ``python -m benchmarks trainings FOLDER ... [--out DIR]`` writes the training-level table (one (fold, seed) run =
-  one training) and its figure for accuracy output folders, e.g. several budgets side by side
-  (:func:`benchmarks.accuracy.trainings_main`);
-- ``python -m benchmarks summary FILE.json ...`` lists the targets of several runs, one line each;
-- ``python -m benchmarks authors-quirks`` prices each quirk of the authors' PDCR at init
-  (:mod:`benchmarks.authors_quirks`);
-- ``python -m benchmarks profile [--device] [--size] [--trainers] ...`` prints, per aten op, the device time per
-  step of each trainer and its difference to nnUNetTrainer (``python -m benchmarks profile --help``).
+Runs part A (PDCR vs loop), B (train_step time and memory vs nnUNetTrainer) and C (PDCR scaling), prints one table
+and writes ``<out>/benchmark_<tag>.json`` and ``.png``. Other commands: ``accuracy``, ``trainings``, ``summary``,
+``authors-quirks``, ``profile`` (each with ``--help``); see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -84,18 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.accuracy import trainings_main
 
         return trainings_main(given[1:])
-    if given[:1] == ["summary"]:
-        from benchmarks.report import summary_main
-
-        return summary_main(given[1:])
-    if given[:1] == ["authors-quirks"]:
-        from benchmarks.authors_quirks import main as quirks_main
-
-        return quirks_main(given[1:])
-    if given[:1] == ["profile"]:
-        from benchmarks.step import profile_main
-
-        return profile_main(given[1:])
+    commands = {"summary": ("benchmarks.report", "summary_main"), "profile": ("benchmarks.step", "profile_main"),
+                "authors-quirks": ("benchmarks.authors_quirks", "main")}
+    if given[:1] and given[0] in commands:
+        module, function = commands[given[0]]
+        return getattr(importlib.import_module(module), function)(given[1:])
     args = parse_args(argv)
 
     import dataclasses

@@ -1,8 +1,6 @@
-"""``python -m benchmarks.cuda_checks``: the CUDA-only code paths against their references, on the GPU machine.
-
-CI has no GPU, so the GPU script runs these first: ``InstanceNormByStatistics`` (its CUDA path) against
-``nn.InstanceNorm3d`` in float32 and under float16 autocast, and the batched PDCR pair losses on CUDA against the
-same call on CPU, values and gradients. Exit code 1 if any check fails.
+"""``python -m benchmarks.cuda_checks``: the CUDA-only code paths (``InstanceNormByStatistics`` in float32 and under
+float16 autocast, the batched PDCR pair losses) against their references, values and gradients; exit code 1 if
+one fails. The GPU script runs it first.
 """
 
 from __future__ import annotations

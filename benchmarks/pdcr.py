@@ -1,23 +1,6 @@
-"""PDCR benchmarks: the workload as the trainer sees it, part A (vectorized vs loop) and part C (scaling).
-
-The workload (:func:`make_case`): the anchored layers (cumulative stride, receptive field) and the cross-layer
-projection heads come from the real :class:`nnunet_csse.network.CSSEUNet` built from a benchmark plan, so nothing
-is hard-coded: for nnU-Net's default 3D plan that is level 2 (C = 128, stride 4, RF 23) and level 3 (C = 256,
-stride 8, RF 47).
-
-Part A (issue "PDCR", :func:`run_speed`): vectorized PDCRLoss vs the per-anchor loop reference
-(:mod:`tests.oracle.pdcr_loops`), forward + backward. Both compute the encoder and cross-layer terms of the
-authors' 3D setup on the same leaf feature maps, the same projection heads and the same target; their values (and
-gradients) must agree before any time is reported.
-
-Part C (:func:`run_scaling`): PDCR forward + backward time vs anchors per sample, patch size and number of
-classes. Each point is the vectorized encoder + cross-layer PDCR of :func:`make_case` (the trainer's computation)
-on fresh leaf feature maps; the median of ``reps`` timed calls after one warm-up call.
-
-- anchors: fixed patch, anchor spacing swept with the min/max anchor bounds lifted (N per layer, the similarity
-  and distance matrices are N x N per sample);
-- patch: the trainer's default anchor settings, patch side swept (label volume and anchor count both grow);
-- classes: fixed patch and anchors, K swept (the label volume and its window sums have K + 1 channels).
+"""Part A (vectorized ``PDCRLoss`` against the per-anchor loop oracle, values and gradients checked first) and part C
+(PDCR time against anchors, patch size and classes), on the anchored layers and projection heads of the real
+``CSSEUNet`` of a benchmark plan. What each part measures: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -245,31 +228,15 @@ def _point(plan: BenchPlan, device: torch.device, reps: int, amp: bool, **kwargs
     return point
 
 
-def sweep_anchors(plan: BenchPlan, device: torch.device, spacings: Sequence[int], reps: int, amp: bool = False,
-                  patch: tuple[int, ...] | None = None) -> list[dict]:
-    points = []
-    for spacing in spacings:
-        config = PDCR_CONFIG.replaced(pdcr_anchor_spacing=spacing, pdcr_min_anchors=1,
-                                     pdcr_max_anchors=10**7)
-        points.append({"spacing": spacing, **_point(plan, device, reps, amp, config=config, patch=patch)})
-    return points
-
-
-def sweep_patch(plan: BenchPlan, device: torch.device, sides: Sequence[int], reps: int,
-                amp: bool = False) -> list[dict]:
-    return [{"side": s, **_point(plan, device, reps, amp, patch=(s,) * len(plan.patch))} for s in sides]
-
-
-def sweep_classes(plan: BenchPlan, device: torch.device, classes: Sequence[int], reps: int, amp: bool = False,
-                  patch: tuple[int, ...] | None = None) -> list[dict]:
-    return [{"classes": k, **_point(plan, device, reps, amp, num_classes=k, patch=patch)} for k in classes]
-
-
 def run_scaling(plan: BenchPlan, device: torch.device, spacings: Sequence[int], sides: Sequence[int],
-        classes: Sequence[int], reps: int, amp: bool = False) -> dict:
+                classes: Sequence[int], reps: int, amp: bool = False) -> dict:
+    """Part C: anchors (spacing swept, anchor bounds lifted), patch side, class count; one point each."""
+    def unbounded(spacing: int) -> CSSEConfig:
+        return PDCR_CONFIG.replaced(pdcr_anchor_spacing=spacing, pdcr_min_anchors=1, pdcr_max_anchors=10**7)
+
     return {
         "plan": plan.describe(),
-        "anchors": sweep_anchors(plan, device, spacings, reps, amp),
-        "patch": sweep_patch(plan, device, sides, reps, amp),
-        "classes": sweep_classes(plan, device, classes, reps, amp),
+        "anchors": [{"spacing": s, **_point(plan, device, reps, amp, config=unbounded(s))} for s in spacings],
+        "patch": [{"side": s, **_point(plan, device, reps, amp, patch=(s,) * len(plan.patch))} for s in sides],
+        "classes": [{"classes": k, **_point(plan, device, reps, amp, num_classes=k)} for k in classes],
     }

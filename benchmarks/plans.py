@@ -1,22 +1,12 @@
 """What every benchmark part runs on: plans, sizes, synthetic batches, nnU-Net trainers built from a plan, timers.
 
-Every part derives its network from one :class:`BenchPlan`, written in nnU-Net's own plans format
-(``architecture`` with ``arch_kwargs``), so the baseline and the CSSE trainers get the very same architecture
-kwargs; :func:`arch_kwargs` is the tests' toy architecture (``tests/toy_plans.py``).
-
-Trainers are nnU-Net's real classes, initialized on a benchmark plan without a preprocessed dataset.
-``nnUNetTrainer.__init__`` needs ``nnUNet_results`` (log and output folders) and ``nnUNet_preprocessed``; its
-``initialize()`` builds the network, optimizer and loss exactly as in training and then only *infers the dataset
-class from the file endings* in the preprocessed configuration folder. :func:`nnunet_folders` therefore creates
-temporary folders and one empty marker file ``<folder>/nnUNetPlans_3d_fullres/marker.b2nd`` that is never read, and
-:func:`make_trainer` points nnU-Net's variables at them for the construction only: the benchmark feeds synthetic
-batches straight into ``train_step`` and never builds a data loader.
+How the trainers are built without a preprocessed dataset: docs/benchmarks.md. :func:`arch_kwargs` is also the
+tests' toy architecture.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import math
 import os
@@ -29,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nnunet_csse.config import PLANS_KEY
 from tests.toy_plans import PLAIN, REQ_IMPORT, RESENC, arch_kwargs  # noqa: F401 (the benchmarks' architectures)
 
 DATASET_NAME = "Dataset999_CSSEBench"
@@ -45,7 +36,6 @@ class BenchPlan:
     features: tuple[int, ...]
     num_classes: int = 4
     num_input_channels: int = 1
-    notes: str = field(default="", compare=False)
 
     @property
     def n_stages(self) -> int:
@@ -56,50 +46,17 @@ class BenchPlan:
         return arch_kwargs(3, PLAIN, n_stages=self.n_stages, features=self.features)
 
     def plans_dict(self) -> dict:
-        """A complete nnU-Net v2 plans dict with one configuration, ``3d_fullres``."""
-        spacing = [1.0, 1.0, 1.0]
+        """An nnU-Net v2 plans dict with one configuration, ``3d_fullres``: what a trainer's ``__init__``,
+        ``initialize()`` and ``train_step`` read (no preprocessing, data loading or export)."""
         return {
-            "dataset_name": DATASET_NAME,
-            "plans_name": "nnUNetPlans",
-            "original_median_spacing_after_transp": spacing,
-            "original_median_shape_after_transp": [2 * p for p in self.patch],
-            "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2],
+            "dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans", "transpose_forward": [0, 1, 2],
             "transpose_backward": [0, 1, 2],
-            "experiment_planner_used": "ExperimentPlanner",
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {
-                str(c): {"max": 1.0, "mean": 0.0, "median": 0.0, "min": -1.0, "percentile_00_5": -1.0,
-                         "percentile_99_5": 1.0, "std": 1.0}
-                for c in range(self.num_input_channels)
-            },
-            "configurations": {
-                CONFIGURATION: {
-                    "data_identifier": f"nnUNetPlans_{CONFIGURATION}",
-                    "preprocessor_name": "DefaultPreprocessor",
-                    "batch_size": self.batch_size,
-                    "patch_size": list(self.patch),
-                    "median_image_size_in_voxels": [2 * p for p in self.patch],
-                    "spacing": spacing,
-                    "normalization_schemes": ["ZScoreNormalization"] * self.num_input_channels,
-                    "use_mask_for_norm": [False] * self.num_input_channels,
-                    "resampling_fn_data": "resample_data_or_seg_to_shape",
-                    "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                    "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0,
-                                                  "force_separate_z": None},
-                    "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0,
-                                                 "force_separate_z": None},
-                    "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                    "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                           "force_separate_z": None},
-                    "architecture": {
-                        "network_class_name": PLAIN,
-                        "arch_kwargs": self.arch_kwargs(),
-                        "_kw_requires_import": list(REQ_IMPORT),
-                    },
-                    "batch_dice": False,
-                },
-            },
+            "configurations": {CONFIGURATION: {
+                "data_identifier": f"nnUNetPlans_{CONFIGURATION}", "batch_size": self.batch_size,
+                "patch_size": list(self.patch), "spacing": [1.0, 1.0, 1.0], "batch_dice": False,
+                "architecture": {"network_class_name": PLAIN, "arch_kwargs": self.arch_kwargs(),
+                                 "_kw_requires_import": list(REQ_IMPORT)},
+            }},
         }
 
     def dataset_json(self) -> dict:
@@ -117,13 +74,9 @@ class BenchPlan:
                 f"{self.n_stages} stages, features {','.join(map(str, self.features))}, {self.num_classes} classes")
 
 
-# nnU-Net's default 3D plan for a large isotropic dataset (the authors' 3D setting).
-FULL = BenchPlan("3d_fullres default", (128, 128, 128), 2, (32, 64, 128, 256, 320, 320),
-                 notes="nnU-Net default 3d_fullres: patch 128^3, batch 2, 6 stages")
-# A smaller 3d_fullres-like plan that a 2-core CPU trains in seconds per step.
-SMALL = BenchPlan("3d_fullres-like small", (64, 64, 64), 2, (16, 32, 64, 128, 256),
-                  notes="CPU-sized 3d_fullres-like plan")
-TINY = BenchPlan("3d tiny", (32, 32, 32), 2, (8, 16, 32, 64), notes="smoke-test size")
+FULL = BenchPlan("3d_fullres default", (128, 128, 128), 2, (32, 64, 128, 256, 320, 320))  # the authors' 3D setting
+SMALL = BenchPlan("3d_fullres-like small", (64, 64, 64), 2, (16, 32, 64, 128, 256))  # seconds per step on 2 cores
+TINY = BenchPlan("3d tiny", (32, 32, 32), 2, (8, 16, 32, 64))  # smoke test
 
 PLANS = {"full": FULL, "small": SMALL, "tiny": TINY}
 
@@ -223,18 +176,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes, device work included."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def time_once_with_cpu(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
-    """(wall seconds, process CPU seconds) of one call of ``fn``. With one torch thread on CPU the CPU time is
-    the step's own compute, which other load on a shared machine hardly changes; the wall time is not."""
+def time_once(fn: Callable[[], object], device: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``fn``, device work included."""
     synchronize(device)
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
@@ -243,10 +186,10 @@ def time_once_with_cpu(fn: Callable[[], object], device: torch.device) -> tuple[
 
 
 def time_repeated(fn: Callable[[], object], device: torch.device, reps: int, warmup: int = 1) -> list[float]:
-    """``warmup`` untimed calls, then ``reps`` timed calls; returns the per-call seconds."""
+    """``warmup`` untimed calls, then the wall seconds of ``reps`` timed calls."""
     for _ in range(warmup):
         fn()
-    return [time_once(fn, device) for _ in range(reps)]
+    return [time_once(fn, device)[0] for _ in range(reps)]
 
 
 def median(values: list[float]) -> float:
@@ -257,11 +200,8 @@ def median(values: list[float]) -> float:
 
 TRAINERS = ("nnUNetTrainer", "nnUNetTrainerUAFS", "nnUNetTrainerPDCR", "nnUNetTrainerCSSE")
 BASELINE = "nnUNetTrainer"
-HOW = ("trainers are nnU-Net's real classes, constructed from an in-memory plans dict and initialize()d; "
-       "nnUNet_results/nnUNet_preprocessed point to a temporary folder whose preprocessed configuration folder "
-       "holds one empty '.b2nd' marker file (initialize() only infers the dataset class from file endings); no "
-       "data loader is built: train_step(batch) gets the same synthetic batch (random image, block labels, "
-       "nearest-downsampled deep-supervision targets) every step")
+HOW = ("nnU-Net's trainer classes built from an in-memory plans dict, initialize()d, fed one synthetic batch "
+       "(docs/benchmarks.md)")
 
 
 def nnunet_folders(root: Path) -> dict[str, str]:
@@ -305,38 +245,10 @@ def _with_module_instance_norm(network: torch.nn.Module) -> torch.nn.Module:
     for block in uafs_blocks(network):
         for i, layer in enumerate(block.branch):
             if isinstance(layer, InstanceNormByStatistics):
-                norm_class = {1: torch.nn.InstanceNorm1d, 2: torch.nn.InstanceNorm2d,
-                              3: torch.nn.InstanceNorm3d}[len(block.kernel_size)]
-                norm = norm_class(layer.num_features, eps=layer.eps, affine=layer.weight is not None)
+                norm = getattr(torch.nn, f"InstanceNorm{len(block.kernel_size)}d")(
+                    layer.num_features, eps=layer.eps, affine=layer.weight is not None)
                 norm.load_state_dict(layer.state_dict())
                 block.branch[i] = norm
-    return network
-
-
-class _ChannelsLastInput(torch.nn.Module):
-    """Runs ``conv`` on a channels-last copy of its input (cuDNN's native layout for half-precision convs)."""
-
-    def __init__(self, conv: torch.nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        layout = torch.channels_last_3d if x.ndim == 5 else torch.channels_last
-        return self.conv(x.contiguous(memory_format=layout))
-
-
-def _with_channels_last_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
-    for block in uafs_blocks(network):
-        block.branch[0] = _ChannelsLastInput(block.branch[0])
-    return network
-
-
-def _with_pointwise_branch_conv(network: torch.nn.Module) -> torch.nn.Module:
-    """The first UAFS branch conv as 1 x 1 (what ``"uafs_kernel_size": 1`` in a plan builds; fresh weights)."""
-    for block in uafs_blocks(network):
-        conv = block.branch[0]
-        block.branch[0] = type(conv)(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None).to(
-            device=conv.weight.device, dtype=conv.weight.dtype)
     return network
 
 
@@ -346,67 +258,49 @@ def _without_full_resolution_uafs(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def _with_eager_pdcr(loss: torch.nn.Module) -> torch.nn.Module:
-    if hasattr(getattr(loss, "pdcr", None), "_orig_mod"):
-        loss.pdcr = loss.pdcr._orig_mod
-    return loss
+@dataclass(frozen=True)
+class Variant:
+    """A benchmark-only variant of ``nnUNetTrainerCSSE``: plans ``"csse"`` settings, or (where no setting does
+    it) one change to the built network, timed against the shipped trainer in the same run."""
+
+    differs: str
+    settings: Mapping[str, object] = field(default_factory=dict)
+    network_change: Callable[[torch.nn.Module], torch.nn.Module] | None = None
+    base: str = "nnUNetTrainerCSSE"
 
 
-def _with_batch_pairs(loss: torch.nn.Module) -> torch.nn.Module:
-    pdcr = getattr(loss.pdcr, "_orig_mod", loss.pdcr)
-    pdcr.settings = dataclasses.replace(pdcr.settings, pairs="batch")
-    return loss
-
-
-def _unchanged(obj):
-    return obj
-
-
-# Benchmark-only variants: the shipped trainer with one optimization undone (or one candidate applied), so
-# before/after come from one run. name: (base trainer, what differs, network modifier, loss modifier)
 VARIANTS = {
-    "nnUNetTrainerCSSE[cudnn-IN]": ("nnUNetTrainerCSSE", "UAFS branches normalize with nn.InstanceNormNd (cuDNN "
-                                    "batch norm), as before InstanceNormByStatistics",
-                                    _with_module_instance_norm, _unchanged),
-    "nnUNetTrainerCSSE[eager-PDCR]": ("nnUNetTrainerCSSE", "PDCRLoss left uncompiled when nnU-Net compiles",
-                                      _unchanged, _with_eager_pdcr),
-    "nnUNetTrainerCSSE[channels-last-UAFS]": ("nnUNetTrainerCSSE", "the UAFS branch conv runs on a channels-last "
-                                              "copy of its input (tried, not adopted)",
-                                              _with_channels_last_branch_conv, _unchanged),
-    # method departures, measured so their price and gain are known (not the authors' design: docs/method.md section 1)
-    "nnUNetTrainerCSSE[uafs-k1]": ("nnUNetTrainerCSSE", "UAFS branch conv 1 x 1 instead of the authors' 3 x 3 (x 3) "
-                                   "(method departure)", _with_pointwise_branch_conv, _unchanged),
-    "nnUNetTrainerCSSE[no-full-res-UAFS]": ("nnUNetTrainerCSSE", "no UAFS block after the full-resolution decoder "
-                                            "stage (method departure)", _without_full_resolution_uafs, _unchanged),
-    # option beyond the authors: one anchor set over the batch, (B N)^2 pairs instead of B N^2
-    "nnUNetTrainerCSSE[batch-pairs]": ("nnUNetTrainerCSSE", "pdcr_pairs \"batch\": cross-image anchor pairs",
-                                       _unchanged, _with_batch_pairs),
+    "nnUNetTrainerCSSE[uafs-k1]": Variant("UAFS branch conv 1 x 1 instead of the authors' 3 x 3 (x 3) (method "
+                                          "departure)", {"uafs_kernel_size": 1}),
+    "nnUNetTrainerCSSE[no-full-res-UAFS]": Variant("no UAFS block after the full-resolution decoder stage (method "
+                                                   "departure)", network_change=_without_full_resolution_uafs),
+    "nnUNetTrainerCSSE[batch-pairs]": Variant('pdcr_pairs "batch": cross-image anchor pairs', {"pdcr_pairs": "batch"}),
+    "nnUNetTrainerCSSE[cudnn-IN]": Variant("UAFS branches normalize with nn.InstanceNormNd (cuDNN batch norm), as "
+                                           "before InstanceNormByStatistics",
+                                           network_change=_with_module_instance_norm),
 }
 
 
-def _variant_class(name: str) -> type:
-    base_name, _, modify_network, modify_loss = VARIANTS[name]
-    base = trainer_class(base_name)
-
-    class Variant(base):
-        @classmethod
-        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
-                                       num_output_channels, enable_deep_supervision=True):
-            # nnU-Net inspects this signature for 'plans_manager'
-            return modify_network(super().build_network_architecture(
-                plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                enable_deep_supervision))
-
-        def _build_loss(self):
-            return modify_loss(super()._build_loss())
-
-    Variant.__name__ = Variant.__qualname__ = name
-    return Variant
-
-
 def trainer_class(name: str) -> type:
-    if name in VARIANTS:
-        return _variant_class(name)
+    """The trainer class of ``name`` (for a variant: its base, with the network change if it has one)."""
+    variant = VARIANTS.get(name)
+    if variant is not None:
+        base = trainer_class(variant.base)
+        if variant.network_change is None:
+            return base
+        change = variant.network_change
+
+        class Changed(base):
+            @classmethod
+            def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                           num_output_channels, enable_deep_supervision=True):
+                # nnU-Net inspects this signature for 'plans_manager'
+                return change(super().build_network_architecture(
+                    plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                    enable_deep_supervision))
+
+        Changed.__name__ = Changed.__qualname__ = name
+        return Changed
     if name == BASELINE:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -419,6 +313,14 @@ def trainer_class(name: str) -> type:
         raise ValueError(f"unknown trainer {name!r}; choose from {TRAINERS} or {tuple(VARIANTS)}") from None
 
 
+def trainer_plans(name: str, plan: BenchPlan) -> dict:
+    """``plan``'s plans dict as ``nnUNetv2_train`` passes it, with a variant's ``"csse"`` settings."""
+    plans = dict(plan.plans_dict(), continue_training=False)
+    if name in VARIANTS and VARIANTS[name].settings:
+        plans["configurations"][CONFIGURATION][PLANS_KEY] = dict(VARIANTS[name].settings)
+    return plans
+
+
 def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_network: bool,
                  folders: Mapping[str, str]):
     """An initialized trainer (network, optimizer, loss, grad scaler as nnU-Net makes them).
@@ -427,8 +329,7 @@ def make_trainer(name: str, plan: BenchPlan, device: torch.device, compile_netwo
     environment during ``__init__`` and ``initialize()`` only; both see ``folders`` (from :func:`nnunet_folders`)
     and ``nnUNet_compile`` = ``compile_network`` there, and the caller's environment is restored afterwards.
     """
-    plans = plan.plans_dict()
-    plans["continue_training"] = False
+    plans = trainer_plans(name, plan)
     # the same seed for every trainer: its U-Net (built before any CSSE module) starts from the same weights, so
     # step times do not differ by initialization (on CPU, e.g., by how many denormal values a network produces)
     torch.manual_seed(0)

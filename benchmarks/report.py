@@ -62,12 +62,8 @@ def machine_info(device: torch.device) -> dict:
 
 
 def choose_threads(device: torch.device, requested: int | None) -> tuple[int, str]:
-    """Torch intra-op threads for the run and why (the caller sets them).
-
-    CUDA: 1, as ``nnUNetv2_train -device cuda`` sets. CPU: ``requested``, else 1. The benchmark is after ratios,
-    and with one thread the process CPU time of a step is its own compute, which other load on a shared machine
-    hardly changes (on a busy 2-core machine two threads made steps 2-20x slower and erratic).
-    """
+    """Torch intra-op threads for the run and why: 1 on CUDA (as ``nnUNetv2_train``); on CPU ``requested``, else 1
+    (docs/benchmarks.md)."""
     if device.type == "cuda":
         return 1, "as nnUNetv2_train on CUDA"
     if requested:
@@ -88,11 +84,6 @@ def describe(info: dict) -> str:
 CSSE = "nnUNetTrainerCSSE"
 
 
-def _row(results: dict, trainer: str) -> dict | None:
-    rows = results.get("parts", {}).get("step_time", {}).get("rows", [])
-    return next((r for r in rows if r["trainer"] == trainer), None)
-
-
 def targets(results: dict) -> list[dict]:
     """Each target with its measured figure and status PASS, MISS or N/A (part not run)."""
     out = []
@@ -106,7 +97,7 @@ def targets(results: dict) -> list[dict]:
                                a["target_speedup"], "x"))
     if "step_time" in parts:
         b = parts["step_time"]
-        row = _row(results, CSSE) or {}
+        row = next((r for r in b["rows"] if r["trainer"] == CSSE), {})
         suffix = " (compiled)" if b.get("compile") else ""
         failure = row.get("failure")
         cpu_basis = b.get("target_time_basis") == "cpu"
@@ -154,11 +145,15 @@ def format_table(results: dict) -> str:
         lines += ["", *_step_lines(parts["step_time"])]
     if "scaling" in parts:
         lines += ["", *_scaling_lines(parts["scaling"])]
-    lines += ["", "Targets"]
-    for t in results.get("targets", []):
-        lines.append(f"  {t['status']:4s}  {t['target']:70s} measured {_ratio(t['measured'])}"
-                     + (f"  ({t['failure']})" if t.get("failure") else ""))
+    lines += ["", "Targets", *map(_target_line, results.get("targets", []))]
     return "\n".join(lines)
+
+
+def _target_line(t: dict) -> str:
+    value = t["measured"]
+    shown = f"{value:.3f}x" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+    return f"  {t['status']:4s}  {t['target']:70s} measured {shown}" + (f"  ({t['failure']})" if t.get("failure")
+                                                                        else "")
 
 
 def _pdcr_lines(a: dict) -> list[str]:
@@ -189,9 +184,10 @@ def _pdcr_lines(a: dict) -> list[str]:
 
 def _step_lines(b: dict) -> list[str]:
     cpu = b.get("target_time_basis") == "cpu"
+    memory = "; ".join(sorted({r["memory"]["method"] for r in b["rows"] if "method" in r.get("memory", {})}))
     lines = [f"B. nnU-Net train_step (forward + loss + backward + clip + SGD), {b['plan']}",
              f"   compile {'on' if b['compile'] else 'off'}, AMP {'on' if b['amp'] else 'off'}; median of "
-             f"{b['steps']} interleaved steps after {b['warmup']} warm-up; memory: {_memory_method(b)}"]
+             f"{b['steps']} interleaved steps after {b['warmup']} warm-up; memory: {memory or 'n/a'}"]
     if cpu:
         lines.append("   time target basis: process CPU time (one torch thread: the step's own compute, robust to "
                      "other load on a shared machine); wall time shown too")
@@ -219,8 +215,10 @@ def _step_lines(b: dict) -> list[str]:
         if "error" in mem:
             line += f"  memory error: {mem['error'][:200]}"
         lines.append(line)
-    lines += [f"   {r['trainer']}: benchmark-only variant of {VARIANTS[r['trainer']][0]}: {VARIANTS[r['trainer']][1]}"
-              for r in b["rows"] if r["trainer"] in VARIANTS]
+    for name in (r["trainer"] for r in b["rows"] if r["trainer"] in VARIANTS):
+        variant = VARIANTS[name]
+        how = f' (plans "csse": {dict(variant.settings)})' if variant.settings else ""
+        lines.append(f"   {name}: benchmark-only variant of {variant.base}: {variant.differs}{how}")
     for r in b["rows"]:
         if "failure" in r:
             lines += ["", f"   failure text of {r['trainer']}:", *("     " + x for x in r["failure"].splitlines())]
@@ -228,11 +226,6 @@ def _step_lines(b: dict) -> list[str]:
         lines.append(f"   torch._dynamo graph breaks: {b['graph_breaks']['graph_breaks']}")
     lines.append(f"   how: {b['how']}")
     return lines
-
-
-def _memory_method(b: dict) -> str:
-    methods = {r.get("memory", {}).get("method") for r in b["rows"]} - {None}
-    return "; ".join(sorted(methods)) or "n/a"
 
 
 def _scaling_lines(c: dict) -> list[str]:
@@ -260,11 +253,7 @@ def summarize(paths: list[Path]) -> str:
         s = results["settings"]
         lines.append(f"{path.name}: {describe(results['machine'])}; size {s['size']}, compile "
                      f"{'on' if s['compile'] else 'off'}, AMP {'on' if s['amp'] else 'off'}")
-        for t in results.get("targets", []):
-            value = t["measured"]
-            shown = f"{value:.3f}x" if isinstance(value, (int, float)) else "n/a"
-            lines.append(f"  {t['status']:4s}  {t['target']:70s} measured {shown}"
-                         + (f"  ({t['failure']})" if t.get("failure") else ""))
+        lines += map(_target_line, results.get("targets", []))
         if not results.get("targets"):
             lines.append("  (no targets in this run's parts)")
     return "\n".join(lines)
@@ -299,32 +288,23 @@ def write_png(results: dict, path: Path) -> Path | None:
     axes = list(axes[0])
     title = results["machine"].get("gpu") or results["machine"]["cpu"]
     if scaling:
-        ax = axes.pop(0)
-        pts = scaling["anchors"]
-        n = [_total_anchors(p) for p in pts]
-        t = [p["time_s"] * 1e3 for p in pts]
-        ax.loglog(n, t, "o-", label="PDCR fwd+bwd")
-        if len(n) > 1:
-            ref = [t[-1] * (x / n[-1]) ** 2 for x in n]
-            ax.loglog(n, ref, "--", color="grey", label="~N^2 (through last point)")
-        ax.set_xlabel("anchors per sample and layer (N)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs anchors")
-        ax.legend(fontsize=8)
-        ax = axes.pop(0)
-        pts = scaling["patch"]
-        ax.plot([p["side"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
-        for p in pts:
-            ax.annotate(f"N={_total_anchors(p)}", (p["side"], p["time_s"] * 1e3), fontsize=7)
-        ax.set_xlabel("patch side (voxels, cubic)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs patch size")
-        ax = axes.pop(0)
-        pts = scaling["classes"]
-        ax.plot([p["classes"] for p in pts], [p["time_s"] * 1e3 for p in pts], "o-")
-        ax.set_xlabel("classes K (background included)")
-        ax.set_ylabel("ms")
-        ax.set_title("vs classes")
+        for key, x_of, label in (("anchors", _total_anchors, "anchors per sample and layer (N)"),
+                                 ("patch", lambda p: p["side"], "patch side (voxels, cubic)"),
+                                 ("classes", lambda p: p["classes"], "classes K (background included)")):
+            ax = axes.pop(0)
+            xs, ms = [x_of(p) for p in scaling[key]], [p["time_s"] * 1e3 for p in scaling[key]]
+            if key == "anchors":
+                ax.loglog(xs, ms, "o-", label="PDCR fwd+bwd")
+                if len(xs) > 1:
+                    ax.loglog(xs, [ms[-1] * (x / xs[-1]) ** 2 for x in xs], "--", color="grey",
+                              label="~N^2 (through last point)")
+                ax.legend(fontsize=8)
+            else:
+                ax.plot(xs, ms, "o-")
+            if key == "patch":
+                for x, m, point in zip(xs, ms, scaling[key]):
+                    ax.annotate(f"N={_total_anchors(point)}", (x, m), fontsize=7)
+            ax.set(xlabel=label, ylabel="ms", title=f"vs {key}")
     if steps:
         ax = axes.pop(0)
         key = "median_cpu_s" if steps.get("target_time_basis") == "cpu" else "median_s"

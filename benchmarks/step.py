@@ -1,30 +1,16 @@
-"""Part B (issue "Performance") and the op profile: nnU-Net's train_step of the CSSE trainers vs nnUNetTrainer.
-
-Time (:func:`run_steps`): all trainers are built from one plan (same arch kwargs) and fed the same synthetic batch.
-Steps are interleaved (one step of each trainer per round) so drift in machine speed hits all of them alike; the
-figure per trainer is the median over the timed rounds after warm-up, and ratios are taken against nnUNetTrainer.
-
-Peak step memory of one trainer. CUDA: allocator statistics in the running process (``max_memory_allocated``
-during one ``train_step`` minus what was allocated before it, with this trainer's gradients released first).
-CPU: the RSS is shared by everything in a process, so each trainer is measured in a process of its own (forked
-from ``python -m benchmarks.step``, which only imports). Just before the steps the kernel's peak-RSS mark is reset
-(``5`` written to ``/proc/self/clear_refs``, Linux >= 4.0) and the RSS read; after them the peak (``VmHWM``) is
-read; the delta is the steps' own memory (activations, gradients, optimizer state, temporaries). Where the reset is
-refused the lifetime peak (``getrusage`` ``ru_maxrss``) is used and the result says so.
-
-``python -m benchmarks profile`` (:func:`profile_main`): the op-by-op profile of :data:`PROFILE_DESCRIPTION`.
+"""Part B: nnU-Net's ``train_step`` of the CSSE trainers against ``nnUNetTrainer`` (time, step memory), and the
+op-by-op profile (``python -m benchmarks profile``). How time and memory are measured: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
-import json
 import math
+import multiprocessing
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import traceback
 from collections import defaultdict
@@ -47,10 +33,9 @@ from benchmarks.plans import (
     profile,
     synchronize,
     synthetic_batch,
-    time_once_with_cpu,
+    time_once,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MMAP_THRESHOLD = 1 << 20  # bytes: allocations from 1 MiB up are mmapped and unmapped on free
 
 # --- part B: train_step time
@@ -102,8 +87,7 @@ def run_steps(plan: BenchPlan, size: str, device: torch.device, trainers: list[s
     _ratios(rows, times, losses, "median_s", "time_ratio", "times_s")
     _ratios(rows, cpu_times, losses, "median_cpu_s", "cpu_time_ratio", "cpu_times_s")
     _memory_ratios(rows)
-    # On CPU with one torch thread the process CPU time is the step's compute and barely moves with other load
-    # on a shared machine, so the target uses it there; otherwise (CUDA, several threads) the wall time.
+    # one CPU thread: the process CPU time is the step's own compute, robust to other load (docs/benchmarks.md)
     basis = "cpu" if device.type == "cpu" and (threads or torch.get_num_threads()) == 1 else "wall"
     extra = {"graph_breaks": graph_breaks} if compile_network else {}
     if interrupted:
@@ -126,8 +110,7 @@ def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSe
         for name, trainer in list(built.items()):
             out: dict = {}
             try:
-                seconds, cpu_seconds = time_once_with_cpu(lambda t=trainer, o=out: o.update(t.train_step(batch)),
-                                                          device)
+                seconds, cpu_seconds = time_once(lambda t=trainer, o=out: o.update(t.train_step(batch)), device)
             except KeyboardInterrupt:
                 note = f"interrupted in round {step} of {total} ({name}); figures use the rounds done"
                 print(f"[B] {note}", flush=True)
@@ -231,97 +214,68 @@ def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
 
 
 def cpu_memory_all(trainers: list[str], size: str, steps: int, threads: int, parallel: int) -> dict[str, dict]:
-    """CPU step memory of each trainer, each in its own fresh process.
-
-    One helper process (``python -m benchmarks.step``) imports torch and nnU-Net once, runs no torch work, and
-    forks one child per trainer (``parallel`` at a time); each child builds its trainer and measures its steps.
-    glibc's mmap threshold is pinned (``MALLOC_MMAP_THRESHOLD_``) in that process so freed tensors leave the
-    RSS at once and the RSS peak follows live tensor memory.
-    """
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD))
-    cmd = [sys.executable, "-m", "benchmarks.step", "--trainers", ",".join(trainers), "--size", size,
-           "--steps", str(steps), "--threads", str(threads), "--parallel", str(parallel)]
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=7200)
-    if proc.returncode != 0:
-        return {t: {"error": f"memory helper failed ({proc.returncode}): {proc.stderr[-3000:]}"} for t in trainers}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _measure(trainer_name: str, size: str, steps: int, threads: int) -> dict:
-    """In a freshly forked child: build the trainer, then measure the RSS peak of ``steps`` train steps."""
-    torch.set_num_threads(threads)
-    plan = PLANS[size]
-    with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
-        device = torch.device("cpu")
-        trainer = make_trainer(trainer_name, plan, device, False, nnunet_folders(Path(workdir)))
-        batch = synthetic_batch(plan, deep_supervision_scales(trainer))
-        gc.collect()
-        reset = reset_peak_rss()
-        before = current_rss_bytes()
-        for _ in range(steps):
-            trainer.train_step(batch)
-        peak = peak_rss_bytes()
-    method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
-              "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
-              "steps, own process")
-    return {"method": method, "peak_reset": reset, "before_bytes": before, "peak_bytes": peak,
-            "step_bytes": peak - before, "steps": steps}
-
-
-def _fork_measure(trainer: str, args: argparse.Namespace, result_file: Path) -> int:
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 0
-        try:
-            result = _measure(trainer, args.size, args.steps, args.threads)
-        except BaseException as exc:  # noqa: BLE001 - reported to the parent
-            result, code = {"error": f"{type(exc).__name__}: {exc}"}, 1
-        result_file.write_text(json.dumps(result))
-        os._exit(code)
-    return pid
-
-
-def _helper(args: argparse.Namespace) -> dict[str, dict]:
-    import nnunetv2.training.nnUNetTrainer.nnUNetTrainer  # noqa: F401 - imported once, before forking
-
-    import nnunet_csse.training  # noqa: F401
-
-    trainers = args.trainers.split(",")
+    """CPU step memory of each trainer, each in a fresh process forked (``parallel`` at a time) from
+    multiprocessing's fork server, which only imports torch, nnU-Net and the trainers."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["nnunetv2.training.nnUNetTrainer.nnUNetTrainer", "nnunet_csse.training",
+                                    "benchmarks.step"])
     results: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="csse_bench_memres_") as tmp:
-        files = {t: Path(tmp) / f"{i}.json" for i, t in enumerate(trainers)}
-        for start in range(0, len(trainers), max(1, args.parallel)):
-            batch = trainers[start:start + max(1, args.parallel)]
-            pids = {_fork_measure(t, args, files[t]): t for t in batch}
-            for pid, trainer in pids.items():
-                _, status = os.waitpid(pid, 0)
-                try:
-                    results[trainer] = json.loads(files[trainer].read_text())
-                except (OSError, ValueError):
-                    results[trainer] = {"error": f"memory child for {trainer} exited with status {status}"}
+    for start in range(0, len(trainers), max(1, parallel)):
+        jobs = {}
+        for name in trainers[start:start + max(1, parallel)]:
+            receive, send = context.Pipe(duplex=False)
+            jobs[name] = (context.Process(target=_measure, args=(name, size, steps, threads, send)), receive)
+            jobs[name][0].start()
+            send.close()
+        for name, (process, receive) in jobs.items():
+            try:
+                results[name] = receive.recv()
+            except EOFError:
+                results[name] = {"error": f"memory process for {name} ended without a result"}
+            process.join()
+            if process.exitcode and "error" not in results[name]:
+                results[name] = {"error": f"memory process for {name} exited with code {process.exitcode}"}
     return results
+
+
+def _measure(trainer_name: str, size: str, steps: int, threads: int, send) -> None:
+    """In a fresh process: build the trainer, then send the RSS peak of ``steps`` train steps (or the error)."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD: freed large tensors leave the RSS at once
+    except (OSError, AttributeError):
+        pass
+    try:
+        torch.set_num_threads(threads)
+        plan = PLANS[size]
+        with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
+            trainer = make_trainer(trainer_name, plan, torch.device("cpu"), False, nnunet_folders(Path(workdir)))
+            batch = synthetic_batch(plan, deep_supervision_scales(trainer))
+            gc.collect()
+            reset = reset_peak_rss()
+            before = current_rss_bytes()
+            for _ in range(steps):
+                trainer.train_step(batch)
+            peak = peak_rss_bytes()
+        method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
+                  "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
+                  "steps, own process")
+        send.send({"method": method, "peak_reset": reset, "before_bytes": before, "peak_bytes": peak,
+                   "step_bytes": peak - before, "steps": steps})
+    except Exception as exc:  # noqa: BLE001 - reported in the parent's table
+        send.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
 # --- profile: where the extra step time goes, op by op
 
-PROFILE_DESCRIPTION = """``python -m benchmarks profile``: where a CSSE trainer's extra train_step time goes, op by op.
-
-Profiles a few ``train_step`` calls of each trainer (after warm-up) with ``torch.profiler`` and prints, per aten op,
-the device time per step of each trainer and the difference to nnUNetTrainer, largest (either way) first. On CUDA
-the device time is the GPU kernel time; on CPU it is the op's own CPU time. A diagnosis tool: the step-time
-targets come from ``python -m benchmarks`` (interleaved medians), not from this profile.
-"""
+PROFILE_DESCRIPTION = ("Per aten op, the device time per train_step of each trainer (GPU kernel time on CUDA, the "
+                       "op's own CPU time on CPU) and its difference to nnUNetTrainer, largest first. A diagnosis "
+                       "tool: the step-time targets come from python -m benchmarks.")
 
 
 def _self_device_us(event, cuda: bool) -> float:
     if not cuda:
         return event.self_cpu_time_total
-    for name in ("self_device_time_total", "self_cuda_time_total"):
-        if hasattr(event, name):
-            return getattr(event, name)
-    return 0.0
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
 def op_times(trainer, batch: dict, device, steps: int) -> tuple[dict[str, float], int]:
@@ -390,20 +344,3 @@ def profile_main(argv: list[str] | None = None) -> int:
         for delta, key in diff[:args.top]:
             print(f"   {key[:44]:44s} {ops.get(key, 0.0):14.3f} {base.get(key, 0.0):14.3f} {delta:+11.3f}")
     return 0
-
-
-def memory_helper_main(argv: list[str] | None = None) -> int:
-    """``python -m benchmarks.step``: the import-only helper process of :func:`cpu_memory_all`."""
-    parser = argparse.ArgumentParser(description="CPU step memory, one forked process per trainer")
-    parser.add_argument("--trainers", required=True, help="comma list")
-    parser.add_argument("--size", required=True)
-    parser.add_argument("--steps", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--parallel", type=int, default=1)
-    args = parser.parse_args(argv)
-    print(json.dumps(_helper(args)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(memory_helper_main())

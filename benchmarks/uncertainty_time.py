@@ -1,14 +1,6 @@
-"""Wall time of ``nnunet-csse uncertainty`` against ``nnUNetv2_predict`` on the same cases and model.
-
-    python -m benchmarks.uncertainty_time -m MODEL_FOLDER -i INPUT_FOLDER [-f 0] [--device cpu|cuda]
-        [--rounds 3] [--warmup 1] [--disable_tta] [-npp 1] [-nps 1] [--workdir DIR] [--json FILE]
-
-``MODEL_FOLDER`` is a trained model folder ``<nnUNet_results>/DatasetXXX_Name/<trainer>__<plans>__<config>``;
-``nnUNetv2_predict`` is pointed at it through ``nnUNet_results``, ``-d``, ``-tr``, ``-p`` and ``-c``, so both
-commands load the same checkpoint. Both run as fresh processes (start-up, reading, preprocessing and export
-included), interleaved (A B, then B A, ...) so that other load on the machine hits both alike; the table shows
-every run, the ratio of the medians and the per-round ratios. The segmentations of the two commands are compared
-after the last round.
+"""``python -m benchmarks.uncertainty_time -m MODEL_FOLDER -i IMAGES``: the wall time of ``nnunet-csse uncertainty``
+against ``nnUNetv2_predict`` on the same model and cases, both as fresh processes, interleaved; the segmentations
+are compared after the last round. How it is timed: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -29,8 +21,7 @@ TARGET = 1.2  # nnunet-csse uncertainty / nnUNetv2_predict
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.uncertainty_time", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.uncertainty_time", description=__doc__)
     p.add_argument("-m", "--model", type=Path, required=True,
                    help="trained model folder (<nnUNet_results>/DatasetXXX_Name/<trainer>__<plans>__<config>)")
     p.add_argument("-i", "--input", type=Path, required=True, help="folder with CASE_0000<ending> images")

@@ -77,39 +77,34 @@ def test_loop_reference_agrees_with_vectorized_pdcr(variant):
     assert result["max_rel_grad_error"] < 1e-3
 
 
-
-
 def test_trainers_compile_the_pdcr_loss_when_nnunet_compiles(tmp_path, monkeypatch):
     """nnU-Net compiles only on CUDA; forcing its switch on CPU shows the wiring: the CSSE trainer then wraps its
-    PDCRLoss in torch.compile (built lazily: nothing is compiled here), the benchmark's [eager-PDCR] variant not."""
+    PDCRLoss in torch.compile (built lazily: nothing is compiled here), a variant's plans settings included."""
     from torch._dynamo.eval_frame import OptimizedModule
 
-    from benchmarks.plans import nnunet_folders, trainer_class
+    from benchmarks.plans import nnunet_folders, trainer_class, trainer_plans
     from nnunet_csse.method.pdcr import PDCRLoss
 
     for name, folder in nnunet_folders(tmp_path).items():
         monkeypatch.setenv(name, folder)  # restored after the test
     losses = {}
-    for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[eager-PDCR]", "nnUNetTrainerCSSE[batch-pairs]"):
+    for name in ("nnUNetTrainerCSSE", "nnUNetTrainerCSSE[batch-pairs]"):
         compiling = type("Compiling", (trainer_class(name),), {"_do_i_compile": lambda self: True})
-        plans = dict(TINY.plans_dict(), continue_training=False)  # nnUNetv2_train adds this key
-        trainer = compiling(plans, "3d_fullres", 0, TINY.dataset_json(), torch.device("cpu"))
+        trainer = compiling(trainer_plans(name, TINY), "3d_fullres", 0, TINY.dataset_json(), torch.device("cpu"))
         trainer.initialize()
         assert isinstance(trainer.network, OptimizedModule)  # nnU-Net's own compile of the network
         losses[name] = trainer.loss.pdcr
     assert isinstance(losses["nnUNetTrainerCSSE"], OptimizedModule)
     assert isinstance(losses["nnUNetTrainerCSSE"]._orig_mod, PDCRLoss)
-    assert type(losses["nnUNetTrainerCSSE[eager-PDCR]"]) is PDCRLoss
     assert losses["nnUNetTrainerCSSE"]._orig_mod.settings.pairs == "sample"
-    assert losses["nnUNetTrainerCSSE[batch-pairs]"]._orig_mod.settings.pairs == "batch"  # compiled, re-configured
+    assert losses["nnUNetTrainerCSSE[batch-pairs]"]._orig_mod.settings.pairs == "batch"  # compiled, from the plans
 
 
-def test_network_variants_change_what_they_name_and_train(tmp_path):
-    """Each benchmark-only network variant makes its one change, and the trainer still takes a finite step; building
-    a trainer leaves the process environment as it was."""
+def test_variants_change_what_they_name_and_train(tmp_path):
+    """Each benchmark-only variant makes its one change (through the plans' "csse" settings or the built network),
+    and the trainer still takes a finite step; building a trainer leaves the process environment as it was."""
     from benchmarks.plans import (
         VARIANTS,
-        _unchanged,
         deep_supervision_scales,
         make_trainer,
         nnunet_folders,
@@ -123,9 +118,7 @@ def test_network_variants_change_what_they_name_and_train(tmp_path):
         return {k: v for k, v in os.environ.items() if k.startswith("nnUNet")}
 
     environ = nnunet_environ()
-    for name, (_, _, modify_network, _) in VARIANTS.items():
-        if modify_network is _unchanged:
-            continue
+    for name in VARIANTS:
         trainer = make_trainer(name, TINY, torch.device("cpu"), compile_network=False, folders=folders)
         assert nnunet_environ() == environ
         net = trainer.network
@@ -137,9 +130,9 @@ def test_network_variants_change_what_they_name_and_train(tmp_path):
             assert len(blocks) == len(net.decoder_uafs) and all(b.branch[0].kernel_size == (1, 1, 1) for b in blocks)
         elif name.endswith("[no-full-res-UAFS]"):
             assert isinstance(net.decoder_uafs[-1], torch.nn.Identity) and len(blocks) == len(net.decoder_uafs) - 1
-        elif name.endswith("[channels-last-UAFS]"):
-            assert all(type(b.branch[0]).__name__ == "_ChannelsLastInput" for b in blocks)
+        elif name.endswith("[batch-pairs]"):
+            assert trainer.loss.pdcr.settings.pairs == "batch"
         else:
-            raise AssertionError(f"no check written for network variant {name}")
+            raise AssertionError(f"no check written for variant {name}")
         step = trainer.train_step(synthetic_batch(TINY, deep_supervision_scales(trainer)))
         assert math.isfinite(step["loss"]), name

@@ -1,57 +1,7 @@
-"""Compare nnU-Net runs by their Dice, fold means and paired per-case statistics (``nnunet-csse compare``).
-
-Two sources of Dice:
-
-* Cross-validation (``-d -c -tr``): what ``nnUNetv2_train`` writes at the end of training (or with ``--val``),
-
-      <nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>/fold_<f>/validation/summary.json
-
-  nnU-Net's ``compute_metrics_on_folder`` output. ``"mean"`` holds the mean metrics over the fold's validation
-  cases per label or region (keys ``"1"``, ``"2"`` or ``"(1, 2)"``), ``"foreground_mean"`` their mean over all
-  labels but background, and ``"metric_per_case"`` the metrics of every case. A trainer entry may be
-  ``TRAINER`` (plans from ``-p``) or ``TRAINER__PLANS``, to compare runs with different plans identifiers (e.g.
-  a limited-data run, see ``nnunet-csse split``).
-* A held-out test set (``--labels --predictions``): prediction folders evaluated against a label folder with
-  nnU-Net's own per-case evaluator (``compute_metrics``, the function ``compute_metrics_on_folder`` maps over
-  the files), labels or regions and ignore label from the dataset's ``dataset.json`` as in
-  ``nnUNetv2_evaluate_folder``. Cases are the label files; a prediction folder that lacks some is warned about.
-
-Fold-mean table (cross-validation): for every trainer and class the mean and sample standard deviation
-(ddof=1; n/a for a single fold) of the per-fold Dice over the folds found; a class whose Dice is NaN in a fold
-(absent from all of that fold's cases) does not count for that fold. On a test set the table holds the mean
-and std over cases instead.
-
-Paired statistics, every run against the first one given (the reference). A fold std over at most 5 folds
-cannot tell a one-point gain from noise; the per-case differences can:
-
-* Cases are paired by the file name of their reference segmentation and pooled over all folds found (in
-  nnU-Net's 5-fold CV every case is validated in exactly one fold). Runs with different fold or case sets are
-  paired on the cases both have, with a warning; no shared case is an error.
-* Per class, a case counts when both runs have a finite Dice for it (nnU-Net writes NaN for a class absent from
-  reference and prediction). The foreground mean of a case is the mean of its finite Dice over the foreground
-  classes both runs report (background ``0`` excluded, as in nnU-Net); it is a per-case mean, so it differs
-  from nnU-Net's ``foreground_mean`` (mean of class means).
-* Reported: the mean difference (run minus reference); its 95% percentile bootstrap CI (``N_RESAMPLES`` cases
-  resampled with replacement from ``numpy.random.default_rng(BOOTSTRAP_SEED)``, one fresh generator per row,
-  resample b = row b of ``rng.integers(0, n, size=(N_RESAMPLES, n))``, ``numpy.percentile`` 2.5 / 97.5); the
-  two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon``, its default ``zero_method="wilcox"`` drops
-  tied cases; p = 1 when every case is tied); wins / losses / ties (tie: ``|difference| < TIE_TOLERANCE``).
-* With fewer than ``MIN_CASES`` pairs the CI and p are "n/a" (empty in the CSV); mean and counts are shown.
-* These cases all come from the same few trainings (labelled "within one training" or "pooled over N
-  trainings"): the CI and p describe those trainings, not the next one.
-
-Training level (cross-validation): one fold is one training, the unit that repeats. Per trainer the number of
-trainings, each one's foreground Dice, their mean ± SD with a hierarchical bootstrap CI, stalled trainings (a
-foreground class below 0.1 mean Dice) with an exact interval, and against the reference the mean over folds both
-have of the per-fold difference, its hierarchical bootstrap CI (folds, then cases inside each) and a Wilcoxon
-signed-rank or exact sign test over the folds: :mod:`nnunet_csse.tools.trainings`, shared with the accuracy
-benchmark.
-
-Written to ``--out``: ``<stem>.csv`` (per trainer and class: fold means, or case means on a test set, then the
-paired columns), ``<stem>.md`` (the tables, method, warnings), ``<stem>.png`` (fold-mean bars, cross-validation
-only) and ``<stem>_paired.png`` (per-case differences). ``<stem>`` is ``compare_<Dataset>_<configuration>``, or
-``compare_<Dataset>_<label folder name>`` on a test set (Dataset: ``-d``, else the DatasetXXX folder holding
-``--dataset-json``, else its ``"name"``). Nothing is written unless all input is valid.
+"""``nnunet-csse compare``: the Dice of nnU-Net runs (cross-validation folds, or prediction folders on a labelled test
+set evaluated by nnU-Net's evaluator), fold means, paired per-case statistics against the first run, and the
+training level of :mod:`nnunet_csse.tools.trainings`. Inputs, pairing and statistics: docs/benchmarks.md. Nothing is
+written unless all input is valid.
 """
 
 from __future__ import annotations
@@ -61,8 +11,7 @@ import csv
 import json
 import math
 import sys
-import warnings as python_warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -70,17 +19,28 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary, resolve_dataset_name, root_from_env
+from nnunet_csse.tools.trainings import (
+    BOOTSTRAP_SEED,
+    N_RESAMPLES,
+    TIE_TOLERANCE,
+    TrainerTrainings,
+    Training,
+    format_interval,
+    format_p,
+    markdown_table,
+    mean_std,
+    method_note,
+    per_training_rows,
+    summarize_trainings,
+    table_rows,
+    text_table,
+    wilcoxon_p,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from nnunet_csse.tools.trainings import TrainerTrainings
-
-FOREGROUND = FOREGROUND_MEAN
 DEFAULT_FOLDS = (0, 1, 2, 3, 4)
-TIE_TOLERANCE = 1e-12  # |difference| below this is a tie
-N_RESAMPLES = 10_000  # bootstrap resamples
-BOOTSTRAP_SEED = 0
 MIN_CASES = 5  # fewer paired cases: no CI, no p-value
 PAIRED_COLUMNS = ("reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
                   "ties")
@@ -101,96 +61,61 @@ class TrainerDice:
     cases: CaseDice = field(default_factory=dict)
     case_folds: dict[str, str] = field(default_factory=dict)  # case -> fold it was validated in
 
-    def values(self, key: str) -> list[float]:
-        """Dice values of ``key`` over the folds found, NaN ones left out."""
-        return [v for f in self.folds if (v := self.dice.get(key, {}).get(f)) is not None and not math.isnan(v)]
-
     def mean_std(self, key: str) -> tuple[float, float, int]:
-        """(mean, sample std, n) over folds; NaN for what cannot be computed."""
-        return _mean_std(self.values(key))
+        """(mean, sample std, n) of ``key`` over the folds found, NaN folds left out."""
+        return mean_std(self.dice.get(key, {}).get(f) for f in self.folds)
 
     def case_values(self, key: str, foreground_keys: Sequence[str] | None = None) -> dict[str, float]:
-        """case -> finite Dice of ``key``; for ``FOREGROUND`` the case's mean over ``foreground_keys``
+        """case -> finite Dice of ``key``; for the foreground mean the case's mean over ``foreground_keys``
         (default: all its classes but background), NaN classes left out."""
-        if key != FOREGROUND:
+        if key != FOREGROUND_MEAN:
             return {c: v for c, m in self.cases.items() if math.isfinite(v := m.get(key, math.nan))}
         result = {}
         for case, metrics in self.cases.items():
             keys = foreground_keys if foreground_keys is not None else [k for k in metrics if k != "0"]
-            finite = [v for k in keys if math.isfinite(v := metrics.get(k, math.nan))]
-            if finite:
-                result[case] = sum(finite) / len(finite)
+            mean, _, n = mean_std(metrics.get(k) for k in keys)
+            if n:
+                result[case] = mean
         return result
 
     def case_mean_std(self, key: str) -> tuple[float, float, int]:
         """(mean, sample std, n) over cases with a finite Dice of ``key``."""
-        return _mean_std(list(self.case_values(key).values()))
-
-
-def _mean_std(values: list[float]) -> tuple[float, float, int]:
-    if not values:
-        return math.nan, math.nan, 0
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((x - mean) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else math.nan
-    return mean, std, len(values)
+        return mean_std(self.case_values(key).values())
 
 
 @dataclass
 class PairedDifference:
-    """Paired per-case Dice differences of one run against the reference for one class."""
+    """Paired per-case Dice differences of one run against the reference for one class (NaN: n/a)."""
 
     trainer: str
     reference: str
-    key: str  # summary key or FOREGROUND
+    key: str  # summary key or FOREGROUND_MEAN
     cases: list[str]  # paired cases, sorted
     differences: np.ndarray  # trainer minus reference, in the order of ``cases``
-    ci_low: float = math.nan  # NaN: n/a
+    ci_low: float = math.nan
     ci_high: float = math.nan
-    p_value: float = math.nan  # NaN: n/a
+    p_value: float = math.nan
 
-    @property
-    def n(self) -> int:
-        return len(self.cases)
-
-    @property
-    def mean(self) -> float:
-        return float(self.differences.mean()) if self.n else math.nan
-
-    @property
-    def wins(self) -> int:
-        return int(np.sum(self.differences >= TIE_TOLERANCE))
-
-    @property
-    def losses(self) -> int:
-        return int(np.sum(self.differences <= -TIE_TOLERANCE))
-
-    @property
-    def ties(self) -> int:
-        return self.n - self.wins - self.losses
+    def __post_init__(self) -> None:
+        self.n = len(self.cases)
+        self.mean = float(self.differences.mean()) if self.n else math.nan
+        self.wins = int(np.sum(self.differences >= TIE_TOLERANCE))
+        self.losses = int(np.sum(self.differences <= -TIE_TOLERANCE))
+        self.ties = self.n - self.wins - self.losses
+        if self.n >= MIN_CASES:
+            self.ci_low, self.ci_high = bootstrap_ci(self.differences)
+            self.p_value = wilcoxon_p(self.differences)
 
 
 def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
                  level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of paired differences: whole cases resampled with replacement (the
-    pairing is kept), resample b = row b of ``default_rng(seed).integers(0, n, size=(n_resamples, n))``."""
-    rng = np.random.default_rng(seed)
-    n = len(differences)
-    means = differences[rng.integers(0, n, size=(n_resamples, n))].mean(axis=1)
-    low, high = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(low), float(high)
+    """Percentile bootstrap CI of the mean of paired differences, whole cases resampled (``scipy.stats.bootstrap``
+    with ``numpy.random.default_rng(seed)``)."""
+    from scipy.stats import bootstrap
 
-
-def wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value; differences below ``TIE_TOLERANCE`` count as ties (dropped by
-    scipy's default ``zero_method="wilcox"``); 1.0 when every case is tied (no evidence of a difference)."""
-    from scipy.stats import wilcoxon
-
-    tied = np.abs(differences) < TIE_TOLERANCE
-    if tied.all():
-        return 1.0
-    with python_warnings.catch_warnings():
-        python_warnings.simplefilter("ignore", RuntimeWarning)  # scipy's notes on ties / small samples
-        return float(wilcoxon(np.where(tied, 0.0, differences), alternative="two-sided").pvalue)
+    ci = bootstrap((differences,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
+                   rng=np.random.default_rng(seed)).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def paired_difference(trainer: Mapping[str, float], reference: Mapping[str, float], trainer_name: str = "",
@@ -198,12 +123,8 @@ def paired_difference(trainer: Mapping[str, float], reference: Mapping[str, floa
     """Paired statistics of two ``case -> value`` maps over the cases both have with a finite value."""
     cases = sorted(c for c in trainer.keys() & reference.keys()
                    if math.isfinite(trainer[c]) and math.isfinite(reference[c]))
-    differences = np.array([trainer[c] - reference[c] for c in cases], dtype=float)
-    result = PairedDifference(trainer_name, reference_name, key, cases, differences)
-    if result.n >= MIN_CASES:
-        result.ci_low, result.ci_high = bootstrap_ci(differences)
-        result.p_value = wilcoxon_p(differences)
-    return result
+    return PairedDifference(trainer_name, reference_name, key, cases,
+                            np.array([trainer[c] - reference[c] for c in cases], dtype=float))
 
 
 @dataclass
@@ -213,7 +134,7 @@ class Comparison:
     dataset: str
     configuration: str  # the label folder's name on a test set
     folds: list[str]
-    classes: list[str]  # summary keys in label order, then "foreground_mean"
+    classes: list[str]  # summary keys in label order, then FOREGROUND_MEAN
     trainers: list[TrainerDice]
     warnings: list[str]
     csv_path: Path | None = None
@@ -229,29 +150,28 @@ class Comparison:
     def written(self) -> list[Path]:
         return [p for p in (self.csv_path, self.md_path, self.png_path, self.paired_png_path) if p is not None]
 
-    def label(self, key: str) -> str:
-        """``key (name)`` with the label name from dataset.json where known."""
-        for t in self.trainers:
-            if key in t.label_names:
-                return f"{key} ({t.label_names[key]})"
-        return key
+    def label(self, key: str, short: bool = False) -> str:
+        """``key (name)`` with the label name from dataset.json where known (``short``: the name alone)."""
+        if short and key == FOREGROUND_MEAN:
+            return "foreground\nmean"
+        name = next((t.label_names[key] for t in self.trainers if key in t.label_names), None)
+        return key if name is None else (name if short else f"{key} ({name})")
+
+    def mean_std(self, trainer: TrainerDice, key: str) -> tuple[float, float, int]:
+        """Over cases on a test set, over folds in cross-validation."""
+        return trainer.case_mean_std(key) if self.test_set else trainer.mean_std(key)
 
     def rows(self) -> list[dict]:
         """One row per trainer and class: trainer, class, mean, std, n_folds and fold_<f> values (test set: mean,
-        std, n_cases over cases), then the paired statistics against the reference: reference, n_paired,
-        mean_difference, ci_low, ci_high, wilcoxon_p, wins, losses, ties (NaN / "" for n/a and the reference)."""
+        std, n_cases over cases), then the paired columns against the reference (NaN / "" for n/a)."""
         paired = {(p.trainer, p.key): p for p in self.paired}
         rows = []
         for t in self.trainers:
             for key in self.classes:
-                if self.test_set:
-                    mean, std, n = t.case_mean_std(key)
-                    row = {"trainer": t.name, "class": key, "mean": mean, "std": std, "n_cases": n}
-                else:
-                    mean, std, n = t.mean_std(key)
-                    row = {"trainer": t.name, "class": key, "mean": mean, "std": std, "n_folds": n}
-                    for f in self.folds:
-                        row[f"fold_{f}"] = t.dice.get(key, {}).get(f, math.nan)
+                mean, std, n = self.mean_std(t, key)
+                row = {"trainer": t.name, "class": key, "mean": mean, "std": std,
+                       "n_cases" if self.test_set else "n_folds": n}
+                row.update({f"fold_{f}": t.dice.get(key, {}).get(f, math.nan) for f in self.folds})
                 p = paired.get((t.name, key))
                 row.update({"reference": p.reference, "n_paired": p.n, "mean_difference": p.mean,
                             "ci_low": p.ci_low, "ci_high": p.ci_high, "wilcoxon_p": p.p_value, "wins": p.wins,
@@ -263,9 +183,6 @@ class Comparison:
         return "test-set Dice, mean ± std over cases (n cases)" if self.test_set else \
             "validation Dice, mean ± std over folds (n folds)"
 
-    def title(self) -> str:
-        return f"{self.dataset} {self.configuration}: {self.what()}"
-
     def case_scope(self) -> str:
         """Where the paired cases come from: the test set, one training (fold) or several pooled."""
         if self.test_set:
@@ -276,27 +193,13 @@ class Comparison:
             return f"validation cases within one training, fold {folds[0]}"
         return f"validation cases pooled over {len(folds)} trainings, folds {','.join(folds)}"
 
-    def paired_title(self) -> str:
-        return (f"paired per-case Dice difference vs {self.trainers[0].name} (reference), {self.case_scope()}: "
-                f"mean, 95% bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties")
-
-    def trainings_title(self) -> str:
-        return (f"training level (one fold = one training; pairs: same fold) vs {self.trainers[0].name} "
-                f"(reference): foreground Dice per training, stalled trainings")
-
-    def _trainings_tables(self) -> tuple[list[list[str]], list[list[str]]]:
-        from nnunet_csse.tools.trainings import per_training_rows, table_rows
-
-        groups = [((), self.trainings)]
-        return table_rows(groups), per_training_rows(groups)
-
     def _mean_table(self) -> list[list[str]]:
         rows = [["class"] + [t.name for t in self.trainers]]
         for key in self.classes:
             cells = []
             for t in self.trainers:
-                mean, std, n = t.case_mean_std(key) if self.test_set else t.mean_std(key)
-                cells.append("-" if n == 0 else f"{mean:.4f} ± {_fmt(std)} ({n})")
+                mean, std, n = self.mean_std(t, key)
+                cells.append("-" if n == 0 else f"{mean:.4f} ± {'n/a' if math.isnan(std) else f'{std:.4f}'} ({n})")
             rows.append([self.label(key)] + cells)
         if self.test_set:
             rows.append(["cases found"] + [f"{len(t.cases)}/{self.n_label_cases}" for t in self.trainers])
@@ -308,84 +211,48 @@ class Comparison:
     def _paired_table(self) -> list[list[str]]:
         rows = [["trainer", "class", "n", "mean diff", "95% CI", "p", "W/L/T"]]
         for p in self.paired:
-            ci = "n/a" if math.isnan(p.ci_low) else f"[{p.ci_low:+.4f}, {p.ci_high:+.4f}]"
-            mean = "-" if p.n == 0 else f"{p.mean:+.4f}"
-            rows.append([p.trainer, self.label(p.key), str(p.n), mean, ci, _fmt_p(p.p_value),
+            rows.append([p.trainer, self.label(p.key), str(p.n), "-" if p.n == 0 else f"{p.mean:+.4f}",
+                         format_interval(p.ci_low, p.ci_high, signed=True), format_p(p.p_value),
                          f"{p.wins}/{p.losses}/{p.ties}"])
         return rows
 
+    def sections(self) -> list[tuple[str, list[list[list[str]]], str]]:
+        """(title, tables, note) of each part of the report."""
+        reference = self.trainers[0].name
+        result = [(self.what(), [self._mean_table()], "")]
+        if self.trainings:
+            groups = [((), self.trainings)]
+            result.append((f"training level (one fold = one training; pairs: same fold) vs {reference} (reference): "
+                           f"foreground Dice per training, stalled trainings",
+                           [table_rows(groups), per_training_rows(groups)], method_note("one fold")))
+        if self.paired:
+            result.append((f"paired per-case Dice difference vs {reference} (reference), {self.case_scope()}: mean, "
+                           f"95% bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties",
+                           [self._paired_table()],
+                           f"CI: {N_RESAMPLES} bootstrap resamples of the cases, seed {BOOTSTRAP_SEED}; tie: |diff| < "
+                           f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} "
+                           f"paired cases. Cases of the same trainings: this CI and p describe these trainings, not "
+                           f"the next one (see the training-level table)."))
+        return result
+
     def table(self) -> str:
         """The text tables printed by the CLI."""
-        mean_rows = self._mean_table()
-        lines = [self.title(), *_aligned(mean_rows, separator_before=1 + self.classes.index(FOREGROUND))]
-        if self.trainings:
-            summary, listed = self._trainings_tables()
-            lines += ["", self.trainings_title(), *_aligned(summary), "", *_aligned(listed), "", _trainings_note()]
-        if self.paired:
-            lines += ["", self.paired_title(), *_aligned(self._paired_table()), "", _method_note()]
+        (what, (means,), _), *rest = self.sections()
+        lines = [f"{self.dataset} {self.configuration}: {what}",
+                 text_table(means, separator_before=1 + self.classes.index(FOREGROUND_MEAN))]
+        for title, tables, note in rest:
+            lines += ["", title, *(f"{text_table(rows)}\n" for rows in tables), note]
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        """Both tables, the method and the warnings as a markdown document."""
-        parts = [f"# {self.dataset} {self.configuration}", "", f"## {self.what()}", "",
-                 _markdown(self._mean_table())]
-        if self.trainings:
-            summary, listed = self._trainings_tables()
-            parts += ["", "## " + self.trainings_title()[0].upper() + self.trainings_title()[1:], "",
-                      _markdown(summary), "", _markdown(listed), "", _trainings_note()]
-        if self.paired:
-            parts += ["", "## " + self.paired_title()[0].upper() + self.paired_title()[1:], "",
-                      _markdown(self._paired_table()), "", _method_note()]
+        """The tables, the method and the warnings as a markdown document."""
+        parts = [f"# {self.dataset} {self.configuration}"]
+        for title, tables, note in self.sections():
+            parts += ["", f"## {title[0].upper()}{title[1:]}", "", "\n\n".join(map(markdown_table, tables))]
+            parts += ["", note] if note else []
         if self.warnings:
             parts += ["", "## Warnings", "", *[f"- {w}" for w in self.warnings]]
         return "\n".join(parts) + "\n"
-
-
-def _method_note() -> str:
-    return (f"CI: {N_RESAMPLES} bootstrap resamples of the cases, seed {BOOTSTRAP_SEED}; tie: |diff| < "
-            f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} paired cases. "
-            f"Cases of the same trainings: this CI and p describe these trainings, not the next one (see the "
-            f"training-level table).")
-
-
-def _trainings_note() -> str:
-    from nnunet_csse.tools.trainings import method_note
-
-    return method_note("one fold")
-
-
-def _aligned(rows: list[list[str]], separator_before: int | None = None) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        if i == separator_before:
-            lines.append("-" * sum(widths))
-        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return lines
-
-
-def _markdown(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
-    return "\n".join(lines)
-
-
-def _fmt(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.4f}"
-
-
-def _fmt_p(p: float) -> str:
-    return "n/a" if math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
-
-
-def _class_sort_key(key: str) -> tuple:
-    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
-
-    try:
-        value = key_to_label_or_region(key)
-    except ValueError:
-        return (2, key)
-    return (0, value, ()) if isinstance(value, int) else (1, 0, value)
 
 
 def _label_names_from(labels: object) -> dict[str, str]:
@@ -409,32 +276,13 @@ def _label_names(folder: Path) -> dict[str, str]:
         return {}
 
 
-def compare_trainers(
-    dataset: str | int,
-    configuration: str,
-    trainers: Sequence[str],
-    plans: str = "nnUNetPlans",
-    folds: Sequence[int | str] = DEFAULT_FOLDS,
-    out_dir: str | Path | None = ".",
-    results_root: str | Path | None = None,
-) -> Comparison:
-    """Collect the validation Dice of finished trainings, pair every trainer's cases with the first trainer's
-    and write ``compare_<Dataset>_<config>.csv/_paired.csv/.md/.png/_paired.png``.
-
-    Args:
-        dataset: dataset id or name.
-        configuration: nnU-Net configuration (``3d_fullres``, ``2d``, ...).
-        trainers: trainer class names, each optionally ``TRAINER__PLANS`` to override ``plans``; the first
-            one is the reference of the paired statistics.
-        plans: plans identifier (``-p`` of ``nnUNetv2_train``).
-        folds: folds to look for (ints or ``"all"``).
-        out_dir: folder for the output files; None writes nothing.
-        results_root: default ``$nnUNet_results``.
-
-    Missing folds and cases that cannot be paired are listed in ``warnings``. Raises ValueError when a trainer
-    has no summary.json at all (the message names the expected path), a case is in two folds of one trainer,
-    a trainer shares no case with the reference, or the dataset is unknown.
-    """
+def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
+                     folds: Sequence[int | str] = DEFAULT_FOLDS, out_dir: str | Path | None = ".",
+                     results_root: str | Path | None = None) -> Comparison:
+    """The validation Dice of finished trainings, each trainer (``TRAINER`` or ``TRAINER__PLANS``) paired with the
+    first; writes ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Missing folds and cases
+    that cannot be paired are ``warnings``; no summary.json for a trainer, a case in two folds, no case shared with
+    the reference or an unknown dataset is a ValueError."""
     if not trainers:
         raise ValueError("give at least one trainer")
     if len(set(trainers)) != len(trainers):
@@ -481,13 +329,30 @@ def compare_trainers(
                             f"{len(result.folds)} fold(s)")
         results.append(result)
 
-    keys = {k for t in results for k in t.dice if k != FOREGROUND}
-    classes = sorted(keys, key=_class_sort_key) + [FOREGROUND]
-    comparison = Comparison(name, configuration, fold_names, classes, results, warnings)
-    comparison.paired = _pair_all(comparison)
+    comparison = Comparison(name, configuration, fold_names, _classes(t.dice for t in results), results, warnings)
     comparison.trainings = _training_level(comparison)
+    return _finish(comparison, out_dir)
+
+
+def _classes(key_sets: Iterable[Iterable[str]]) -> list[str]:
+    """The summary keys in label order (labels, then regions), then the foreground mean."""
+    from nnunetv2.evaluation.evaluate_predictions import key_to_label_or_region
+
+    def order(key: str) -> tuple:
+        try:
+            value = key_to_label_or_region(key)
+        except ValueError:
+            return (2, key)
+        return (0, value, ()) if isinstance(value, int) else (1, 0, value)
+
+    return sorted({k for keys in key_sets for k in keys} - {FOREGROUND_MEAN}, key=order) + [FOREGROUND_MEAN]
+
+
+def _finish(comparison: Comparison, out_dir: str | Path | None) -> Comparison:
+    """The paired statistics; the output files ``compare_<Dataset>_<configuration or label folder>.*``."""
+    comparison.paired = _pair_all(comparison)
     if out_dir is not None:
-        write_outputs(comparison, out_dir, f"compare_{name}_{configuration}")
+        write_outputs(comparison, out_dir, f"compare_{comparison.dataset}_{comparison.configuration}")
     return comparison
 
 
@@ -519,7 +384,7 @@ def _pair_all(comparison: Comparison) -> list[PairedDifference]:
                 f"{', '.join(sorted(ref_keys))}); paired over the shared ones, the foreground mean too")
         foreground = [k for k in comparison.classes if k in t_keys and k in ref_keys and k != "0"]
         for key in comparison.classes:
-            if key != FOREGROUND and key not in foreground:
+            if key != FOREGROUND_MEAN and key not in foreground:
                 continue
             paired.append(paired_difference(t.case_values(key, foreground), reference.case_values(key, foreground),
                                             t.name, reference.name, key))
@@ -528,13 +393,11 @@ def _pair_all(comparison: Comparison) -> list[PairedDifference]:
 
 def _training_level(comparison: Comparison) -> list[TrainerTrainings]:
     """One training per fold of every trainer (its cases: those validated in that fold), paired by fold with the
-    first trainer's (``nnunet_csse.tools.trainings``)."""
-    from nnunet_csse.tools.trainings import Training, summarize_trainings
-
+    first trainer's."""
     trainers = {}
     for t in comparison.trainers:
         keys = {k for m in t.cases.values() for k in m}
-        classes = [k for k in comparison.classes if k in keys and k not in (FOREGROUND, "0")]
+        classes = [k for k in comparison.classes if k in keys and k not in (FOREGROUND_MEAN, "0")]
         names = {k: comparison.label(k) for k in classes}
         trainers[t.name] = [Training.from_cases(f"fold {f}", {c: m for c, m in t.cases.items() if t.case_folds[c] == f},
                                                 classes, names) for f in t.folds]
@@ -599,29 +462,13 @@ def _evaluate(label_folder: Path, prediction_folder: Path, case_files: list[str]
             for r in results}
 
 
-def compare_predictions(
-    labels: str | Path,
-    predictions: Sequence[tuple[str, str | Path]],
-    dataset: str | int | None = None,
-    dataset_json: str | Path | None = None,
-    out_dir: str | Path | None = ".",
-    num_processes: int | None = None,
-) -> Comparison:
-    """Evaluate prediction folders of a test set against its label folder with nnU-Net's evaluator and compare
-    them like ``compare_trainers`` (the first prediction is the reference).
-
-    Args:
-        labels: folder with the reference segmentations ``CASE<file_ending>``.
-        predictions: (name, folder) pairs, e.g. from ``nnUNetv2_predict``.
-        dataset / dataset_json: where the labels (or regions), ignore label and file ending come from: a dataset
-            id or name (its dataset.json in nnUNet_preprocessed, else nnUNet_raw) or the file itself.
-        out_dir: folder for ``compare_<Dataset>_<label folder name>.*``; None writes nothing.
-        num_processes: evaluator processes (default nnU-Net's ``default_num_processes``).
-
-    Predictions missing for some label cases are warned about and paired on what is shared; prediction files
-    without a label are ignored with a warning. Raises ValueError on missing folders, an unusable dataset.json,
-    duplicate names or no case with both a label and a prediction.
-    """
+def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str | Path]],
+                        dataset: str | int | None = None, dataset_json: str | Path | None = None,
+                        out_dir: str | Path | None = ".", num_processes: int | None = None) -> Comparison:
+    """Prediction folders (name, folder) of a test set evaluated against ``labels`` with nnU-Net's evaluator and
+    compared like ``compare_trainers``. Labels or regions, ignore label and file ending come from ``dataset`` (its
+    dataset.json in nnUNet_preprocessed, else nnUNet_raw) or ``dataset_json``. Predictions missing for some label
+    cases, and prediction files without a label, are warnings; unusable input is a ValueError."""
     from nnunetv2.configuration import default_num_processes
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
@@ -678,102 +525,66 @@ def compare_predictions(
         cases = _evaluate(label_folder, Path(folder), shared[prediction_name], reader_writer, labels_or_regions,
                           label_manager.ignore_label, processes)
         results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, label_names, cases))
-    keys = {k for t in results for m in t.cases.values() for k in m}
-    classes = sorted(keys, key=_class_sort_key) + [FOREGROUND]
-    comparison = Comparison(name, label_folder.name, [], classes, results, warnings, test_set=True,
-                            n_label_cases=len(label_cases))
-    comparison.paired = _pair_all(comparison)
-    if out_dir is not None:
-        write_outputs(comparison, out_dir, f"compare_{name}_{label_folder.name}")
-    return comparison
+    comparison = Comparison(name, label_folder.name, [], _classes(m for t in results for m in t.cases.values()),
+                            results, warnings, test_set=True, n_label_cases=len(label_cases))
+    return _finish(comparison, out_dir)
 
 
 # -------------------------------------------------------------------------------------------- outputs
 def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> None:
-    """Write the CSVs, the markdown file and the figures; sets the ``*_path`` fields of ``comparison``."""
+    """Write the CSV (``Comparison.rows``, empty cells for NaN), the markdown file and the figures; sets the
+    ``*_path`` fields of ``comparison``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    comparison.csv_path = write_csv(comparison, out / f"{stem}.csv")
-    comparison.md_path = out / f"{stem}.md"
-    comparison.md_path.write_text(comparison.markdown())
-    if not comparison.test_set:
-        comparison.png_path = write_png(comparison, out / f"{stem}.png")
-    if comparison.paired:
-        comparison.paired_png_path = write_paired_png(comparison, out / f"{stem}_paired.png")
-
-
-def write_csv(comparison: Comparison, path: str | Path) -> Path:
-    """``Comparison.rows``: trainer, class, mean, std, n_folds, fold_<f>... (test set: n_cases), then the paired
-    columns; empty cells for NaN / n/a."""
-    path = Path(path)
+    comparison.csv_path, comparison.md_path = out / f"{stem}.csv", out / f"{stem}.md"
     rows = comparison.rows()
-    with open(path, "w", newline="") as fh:
+    with open(comparison.csv_path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()})
-    return path
-
-
-def _short_label(comparison: Comparison, key: str) -> str:
-    if key == FOREGROUND:
-        return "foreground\nmean"
-    for t in comparison.trainers:
-        if key in t.label_names:
-            return t.label_names[key]
-    return key
-
-
-def write_png(comparison: Comparison, path: str | Path) -> Path:
-    """``fold_mean_figure`` as PNG."""
-    path = Path(path)
-    fold_mean_figure(comparison).savefig(path)
-    return path
-
-
-def write_paired_png(comparison: Comparison, path: str | Path) -> Path:
-    """``paired_figure`` as PNG."""
-    path = Path(path)
-    paired_figure(comparison).savefig(path)
-    return path
+        writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                         for row in rows)
+    comparison.md_path.write_text(comparison.markdown())
+    if not comparison.test_set:
+        comparison.png_path = out / f"{stem}.png"
+        fold_mean_figure(comparison).savefig(comparison.png_path)
+    if comparison.paired:
+        comparison.paired_png_path = out / f"{stem}_paired.png"
+        paired_figure(comparison).savefig(comparison.paired_png_path)
 
 
 def fold_mean_figure(comparison: Comparison) -> Figure:
-    """Grouped bar chart: one group per class, one bar per trainer, error bars = std over folds (none where the
-    std is n/a, e.g. a single fold); legend above the axes, clear of the bars."""
+    """One group of bars per class, one bar per trainer, error bars the std over folds (none where it is n/a; with
+    no error bar at all the values are written on the bars); the legend above the axes, clear of the bars."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    n_classes, n_trainers = len(comparison.classes), len(comparison.trainers)
-    fig = Figure(figsize=(max(6.0, 1.0 + n_classes * (0.5 + 0.35 * n_trainers)), 4.8), dpi=100, layout="constrained")
+    classes, trainers = comparison.classes, comparison.trainers
+    fig = Figure(figsize=(max(6.0, 1.0 + len(classes) * (0.5 + 0.35 * len(trainers))), 4.8), dpi=100,
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    width = 0.8 / n_trainers
-    with_std = any(not math.isnan(t.mean_std(k)[1]) for t in comparison.trainers for k in comparison.classes)
-    for i, t in enumerate(comparison.trainers):
-        stats = [t.mean_std(k) for k in comparison.classes]
-        means = [0.0 if math.isnan(m) else m for m, _, _ in stats]
-        xs = [c + (i - (n_trainers - 1) / 2) * width for c in range(n_classes)]
+    ax = fig.add_subplot()
+    width = 0.8 / len(trainers)
+    with_std = any(not math.isnan(t.mean_std(k)[1]) for t in trainers for k in classes)
+    for i, t in enumerate(trainers):
+        means, stds = (np.array(v, dtype=float) for v in zip(*(t.mean_std(k)[:2] for k in classes)))
+        xs = np.arange(len(classes)) + (i - (len(trainers) - 1) / 2) * width
         no_std = ", no std" if with_std and len(t.folds) < 2 else ""  # a single fold among runs with error bars
-        bars = ax.bar(xs, means, width, label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}"
-                                              f"{no_std})")
-        bar_std = [(x, m, s) for x, m, (_, s, _) in zip(xs, means, stats) if not math.isnan(s)]
-        if bar_std:
-            ax.errorbar([x for x, _, _ in bar_std], [m for _, m, _ in bar_std], yerr=[s for _, _, s in bar_std],
-                        fmt="none", ecolor="black", capsize=3, lw=1)
-        if not with_std:  # values on the bars where no error bar is in the way
-            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m, _, _ in stats],  # 0: "0.000"
-                         fontsize="x-small", padding=2,
-                         rotation=90 if n_trainers > 2 else 0)
-    ax.set_xticks(range(n_classes))
-    ax.set_xticklabels([_short_label(comparison, k) for k in comparison.classes])
-    ax.set_ylim(0, 1.1)
-    ax.set_ylabel("validation Dice, mean ± std over folds" if with_std else "validation Dice (one fold, no std)")
-    ax.set_title(f"{comparison.dataset} {comparison.configuration}")
-    longest = max(len(t.name) for t in comparison.trainers) + 10
-    fig.legend(fontsize="small", loc="outside upper center", frameon=False,
-               ncol=max(1, min(n_trainers, int(fig.get_figwidth() * 72 / (6.5 * longest)))))
+        bars = ax.bar(xs, np.nan_to_num(means), width,
+                      label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}{no_std})")
+        shown = ~np.isnan(stds)
+        if shown.any():
+            ax.errorbar(xs[shown], np.nan_to_num(means)[shown], yerr=stds[shown], fmt="none", ecolor="black",
+                        capsize=3, lw=1)
+        if not with_std:  # a bar of height 0 is invisible: "0.000"
+            ax.bar_label(bars, labels=["n/a" if math.isnan(m) else f"{m:.3f}" for m in means], fontsize="x-small",
+                         padding=2, rotation=90 if len(trainers) > 2 else 0)
+    ax.set(xticks=range(len(classes)), xticklabels=[comparison.label(k, short=True) for k in classes], ylim=(0, 1.1),
+           ylabel="validation Dice, mean ± std over folds" if with_std else "validation Dice (one fold, no std)",
+           title=f"{comparison.dataset} {comparison.configuration}")
     ax.grid(axis="y", alpha=0.3)
+    longest = max(len(t.name) for t in trainers) + 10
+    fig.legend(fontsize="small", loc="outside upper center", frameon=False,
+               ncol=max(1, min(len(trainers), int(fig.get_figwidth() * 72 / (6.5 * longest)))))
     return fig
 
 
@@ -798,7 +609,7 @@ def paired_figure(comparison: Comparison) -> Figure:
         for x, key in enumerate(keys):
             p = by_key.get(key)
             if p is None or p.n == 0:
-                tick_labels.append(f"{_short_label(comparison, key)}\nn=0")
+                tick_labels.append(f"{comparison.label(key, short=True)}\nn=0")
                 continue
             colors = np.where(p.differences >= TIE_TOLERANCE, "tab:green",
                               np.where(p.differences <= -TIE_TOLERANCE, "tab:red", "grey"))
@@ -806,14 +617,11 @@ def paired_figure(comparison: Comparison) -> Figure:
                        linewidths=0)
             ci = None if math.isnan(p.ci_low) else [[p.mean - p.ci_low], [p.ci_high - p.mean]]
             ax.errorbar([x + 0.18], [p.mean], yerr=ci, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
-            stats = f"n={p.n}, CI and p n/a" if math.isnan(p.p_value) else f"n={p.n}, p={_fmt_p(p.p_value)}"
-            tick_labels.append(f"{_short_label(comparison, key)}\n{stats}\nW/L/T {p.wins}/{p.losses}/{p.ties}")
+            stats = f"n={p.n}, CI and p n/a" if math.isnan(p.p_value) else f"n={p.n}, p={format_p(p.p_value)}"
+            tick_labels.append(f"{comparison.label(key, short=True)}\n{stats}\nW/L/T {p.wins}/{p.losses}/{p.ties}")
         ax.axhline(0.0, color="black", lw=0.8)
-        ax.set_xticks(range(len(keys)))
-        ax.set_xticklabels(tick_labels, fontsize="small")
-        ax.set_xlim(-0.6, len(keys) - 0.4)
-        ax.set_ylim(-limit, limit)
-        ax.set_ylabel("Dice difference per case")
+        ax.set_xticks(range(len(keys)), tick_labels, fontsize="small")
+        ax.set(xlim=(-0.6, len(keys) - 0.4), ylim=(-limit, limit), ylabel="Dice difference per case")
         # two lines: TRAINER__PLANS names are long, and one line would be cut at the figure's edge
         ax.set_title(f"{trainer}\nminus {comparison.trainers[0].name} (reference)", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
@@ -829,17 +637,12 @@ def paired_figure(comparison: Comparison) -> Figure:
 # ----------------------------------------------------------------------------------------------- CLI
 EPILOG = """\
 cross-validation: reads <nnUNet_results>/<Dataset>/<trainer>__<plans>__<config>/fold_<f>/validation/summary.json
-(written by nnUNetv2_train after training or with --val). Missing folds are warned about; a trainer with no
-fold at all is an error. A trainer may be given as TRAINER__PLANS to use other plans than -p.
-test set: evaluates each prediction folder against --labels with nnU-Net's evaluator; labels/regions and file
-ending from the dataset's dataset.json (-d: nnUNet_preprocessed, else nnUNet_raw; or --dataset-json).
-
-The first trainer / prediction is the reference: every other one gets, per class and for the per-case
-foreground mean, the mean per-case Dice difference with a 95% bootstrap CI, the two-sided Wilcoxon
-signed-rank p-value and wins/losses/ties over the cases both have (CI and p n/a below 5 cases). These cases come
-from a few trainings (folds); the training-level table treats each fold as one sample: the mean per-fold
-difference over the folds both have, a hierarchical bootstrap CI, a Wilcoxon or exact sign test over the folds,
-and stalled trainings (a foreground class below 0.1 mean Dice).
+(written by nnUNetv2_train after training or with --val); a trainer may be given as TRAINER__PLANS.
+test set: evaluates each prediction folder against --labels with nnU-Net's evaluator (labels or regions and file
+ending from the dataset.json of -d, or --dataset-json).
+The first trainer / prediction is the reference: per class, the paired per-case Dice difference (95% bootstrap CI,
+Wilcoxon signed-rank p, wins/losses/ties), and per training (one fold) the mean difference over folds with a
+hierarchical bootstrap CI, a Wilcoxon or exact sign test, and stalled trainings.
 
 examples:
   nnunet-csse compare -d 4 -c 3d_fullres -tr nnUNetTrainer nnUNetTrainerCSSE --out results/
@@ -907,22 +710,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compare trainers by the validation Dice nnU-Net wrote for each fold, or prediction folders on\n"
                     "a labelled test set, against the first one given.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-d", "--dataset",
-                   help="dataset id or name (no default: cross-validation needs it; a test set reads its "
-                        "dataset.json unless --dataset-json)")
+    p.add_argument("-d", "--dataset", help="dataset id or name (no default; a test set reads its dataset.json "
+                                           "unless --dataset-json)")
     p.add_argument("-c", "--configuration", help="configuration, e.g. 3d_fullres (cross-validation; no default)")
     p.add_argument("-tr", "--trainers", nargs="+", metavar="TRAINER",
-                   help="trainer class names (or TRAINER__PLANS); the first is the reference (cross-validation; no "
-                        "default)")
+                   help="trainer class names (or TRAINER__PLANS); the first is the reference (no default)")
     p.add_argument("-p", "--plans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-f", "--folds", nargs="+", type=_fold, help="folds to collect (default: 0 1 2 3 4)")
-    p.add_argument("--labels", metavar="FOLDER",
-                   help="test set: folder with the reference segmentations (no default)")
+    p.add_argument("--labels", metavar="FOLDER", help="test set: folder with the reference segmentations (no default)")
     p.add_argument("--predictions", nargs="+", type=_prediction, metavar="NAME=FOLDER",
                    help="test set: prediction folders (NAME=FOLDER, or FOLDER named after itself); the first is the "
                         "reference (no default)")
-    p.add_argument("--dataset-json", metavar="FILE",
-                   help="test set: dataset.json to use instead of -d (default: the one of -d)")
+    p.add_argument("--dataset-json", metavar="FILE", help="test set: dataset.json (default: the one of -d)")
     p.add_argument("-np", "--num-processes", type=int, default=None,
                    help="test set: evaluator processes (default: nnU-Net's default_num_processes)")
     p.add_argument("--out", default=".", help="folder for compare_<Dataset>_<config or label folder>.csv, .md, "

@@ -1,43 +1,25 @@
-"""Training-level statistics: one training is one sample (used by ``nnunet-csse compare`` and the accuracy benchmark).
-
-A training is one fold of a cross-validation (``compare``) or one (fold, seed) run (``python -m benchmarks``). The
-validation cases of one training tell how well that training segments; only several trainings tell how well the
-next one will. Per trainer:
-
-* each training's foreground Dice: per foreground class the mean Dice over the training's validation cases (cases
-  where the class is NaN left out), then the mean over the classes with a finite mean (nnU-Net's
-  ``foreground_mean`` whenever every class occurs);
-* mean ± sample SD over its trainings, with a 95% hierarchical bootstrap CI of the mean;
-* stalled trainings: some foreground class has a mean validation Dice below ``STALL_DICE``; k/n with the exact
-  (Clopper-Pearson) 95% binomial interval;
-* against the reference trainer, over the pairs of trainings with the same key (fold; fold and seed): the mean
-  over pairs of (trainer's training Dice - reference's), its 95% hierarchical bootstrap CI, and a two-sided test
-  of the pair differences: Wilcoxon signed-rank with at least ``MIN_SIGNED_RANK`` non-zero differences, else the
-  exact sign test (binomial on the signs, ties dropped).
-
-Hierarchical bootstrap: ``N_RESAMPLES`` resamples from a fresh ``numpy.random.default_rng(BOOTSTRAP_SEED)`` per
-row. Each resample draws the pairs (or the trainings) with replacement, then for every drawn pair its validation
-cases with replacement (the same draw for both trainings of a pair when they share their case list, so two
-identical trainings differ by 0 in every resample) and recomputes the foreground Dice on the drawn cases. A
-training without per-case Dice enters with its own value. Percentiles 2.5 / 97.5; n/a below ``MIN_TRAININGS``
-trainings (pairs): a single training has no between-training spread.
+"""Statistics shared by ``nnunet-csse compare`` and the accuracy benchmark, and the training level: one training
+(a fold, or a (fold, seed) run) is one sample. Per trainer: each training's foreground Dice, mean ± SD with a
+hierarchical bootstrap CI, stalled trainings with an exact interval, and against the reference the mean pair
+difference with its CI and a Wilcoxon signed-rank or exact sign test. The rules: docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunet_csse.tools.compare import BOOTSTRAP_SEED, N_RESAMPLES, TIE_TOLERANCE, _aligned, _markdown, wilcoxon_p
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+TIE_TOLERANCE = 1e-12  # |difference| below this is a tie
+N_RESAMPLES = 10_000  # bootstrap resamples
+BOOTSTRAP_SEED = 0
 STALL_DICE = 0.1  # a training with a foreground class below this mean validation Dice is stalled
 MIN_SIGNED_RANK = 6  # fewer non-zero pair differences: exact sign test instead of Wilcoxon signed-rank
 MIN_TRAININGS = 2  # fewer trainings (pairs): no bootstrap CI
@@ -51,6 +33,28 @@ STALL_RULE = f"stalled: some foreground class has mean validation Dice < {STALL_
 TRAINER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
                   "tab:cyan", "tab:gray")  # no red: red crosses are the stalled trainings
 Group = tuple[tuple[str, ...], "Sequence[TrainerTrainings]"]  # (group cells, e.g. (budget, fraction); its trainers)
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
+    """(mean, sample SD, n) of the finite values (None and NaN left out); NaN for what cannot be computed."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return float(np.mean(finite)), sd, len(finite)
+
+
+def wilcoxon_p(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value; differences below ``TIE_TOLERANCE`` are ties (dropped by scipy's
+    default ``zero_method="wilcox"``); 1.0 when every difference is a tie."""
+    from scipy.stats import wilcoxon
+
+    tied = np.abs(differences) < TIE_TOLERANCE
+    if tied.all():
+        return 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # scipy's notes on ties / small samples
+        return float(wilcoxon(np.where(tied, 0.0, differences), alternative="two-sided").pvalue)
 
 
 @dataclass(eq=False)
@@ -77,8 +81,7 @@ class Training:
     @property
     def foreground(self) -> float:
         """Mean over the classes with a finite mean Dice; NaN when none has one."""
-        finite = [v for v in self.class_dice.values() if math.isfinite(v)]
-        return sum(finite) / len(finite) if finite else math.nan
+        return mean_std(self.class_dice.values())[0]
 
     @property
     def stalled_classes(self) -> list[str]:
@@ -165,7 +168,7 @@ def stall_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
 
 @dataclass(eq=False)
 class TrainerTrainings:
-    """The training-level statistics of one trainer (see the module docstring)."""
+    """The training-level statistics of one trainer."""
 
     name: str
     trainings: list[Training]
@@ -187,11 +190,11 @@ class TrainerTrainings:
 
     @property
     def mean(self) -> float:
-        return float(np.mean(self.values)) if self.values else math.nan
+        return mean_std(self.values)[0]
 
     @property
     def sd(self) -> float:
-        return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else math.nan
+        return mean_std(self.values)[1]
 
     @property
     def stalled(self) -> int:
@@ -233,11 +236,11 @@ def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: s
 
 
 # ----------------------------------------------------------------------------------------------- reporting
-def _fmt_p(p: float) -> str:
+def format_p(p: float) -> str:
     return "n/a" if math.isnan(p) else (f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}")
 
 
-def _interval(low: float, high: float, signed: bool = False, digits: int = 4) -> str:
+def format_interval(low: float, high: float, signed: bool = False, digits: int = 4) -> str:
     sign = "+" if signed else ""
     return "n/a" if math.isnan(low) else f"[{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
 
@@ -249,21 +252,21 @@ def table_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> li
              "difference to reference [95% CI]", "pairs", "p (test)"]]
     for cells, summaries in groups:
         for s in summaries:
-            stalled = f"{s.stalled}/{s.n} {_interval(*s.stall_ci, digits=3)}" if s.n else "-"
+            stalled = f"{s.stalled}/{s.n} {format_interval(*s.stall_ci, digits=3)}" if s.n else "-"
             if not s.values:
                 dice = "-"
             elif len(s.values) == 1:
                 dice = f"{s.mean:.4f} (one training)"
             else:
-                dice = f"{s.mean:.4f} ± {s.sd:.4f} {_interval(*s.mean_ci)}"
+                dice = f"{s.mean:.4f} ± {s.sd:.4f} {format_interval(*s.mean_ci)}"
             if s.reference is None:
                 difference, pairs, p = ("reference", "", "") if any(o.reference == s.name for o in summaries) else \
                     ("-", "", "")
             elif not s.pairs:
                 difference, pairs, p = "-", "0", ""
             else:
-                difference = f"{s.difference:+.4f} {_interval(*s.difference_ci, signed=True)}"
-                pairs, p = str(len(s.pairs)), f"{_fmt_p(s.p_value)} ({s.test})"
+                difference = f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}"
+                pairs, p = str(len(s.pairs)), f"{format_p(s.p_value)} ({s.test})"
             rows.append([*cells, s.name, str(s.n), stalled, dice, difference, pairs, p])
     return rows
 
@@ -282,14 +285,22 @@ def per_training_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()
     return rows
 
 
-def text_table(rows: list[list[str]]) -> str:
-    """``rows`` (header first) as aligned text, as ``nnunet-csse compare`` prints its tables."""
-    return "\n".join(_aligned(rows))
+def text_table(rows: list[list[str]], separator_before: int | None = None) -> str:
+    """``rows`` (header first) as aligned text, a dashed line before row ``separator_before``."""
+    widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
+    lines = []
+    for i, row in enumerate(rows):
+        if i == separator_before:
+            lines.append("-" * sum(widths))
+        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[list[str]]) -> str:
     """``rows`` (header first) as a markdown table."""
-    return _markdown(rows)
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
 
 
 def method_note(what: str) -> str:

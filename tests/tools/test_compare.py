@@ -486,7 +486,7 @@ def test_outputs_markdown_and_paired_columns(nnunet_dirs, tmp_path):
     markdown = comparison.md_path.read_text()
     csse_1 = comparison.paired[0]
     assert (f"| nnUNetTrainerCSSE | 1 (liver) | 12 | {csse_1.mean:+.4f} | [{csse_1.ci_low:+.4f}, "
-            f"{csse_1.ci_high:+.4f}] | {C._fmt_p(csse_1.p_value)} | {csse_1.wins}/{csse_1.losses}/{csse_1.ties} |"
+            f"{csse_1.ci_high:+.4f}] | {T.format_p(csse_1.p_value)} | {csse_1.wins}/{csse_1.losses}/{csse_1.ties} |"
             ) in markdown
     mean, std, n = comparison.trainers[1].mean_std("1")
     assert f"| 1 (liver) | {comparison.trainers[0].mean_std('1')[0]:.4f} ± " in markdown
@@ -653,6 +653,16 @@ def test_mismatched_prediction_is_a_clear_error(labelled_test_set, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ training level
+def test_mean_std_leaves_out_missing_values():
+    """The one mean ± SD of compare and the accuracy benchmark: None and NaN do not count; one value has no SD."""
+    assert T.mean_std([0.5, None, math.nan, 0.7]) == (pytest.approx(0.6), pytest.approx(statistics.stdev([0.5, 0.7])),
+                                                       2)
+    mean, sd, n = T.mean_std([0.4])
+    assert (mean, n) == (0.4, 1) and math.isnan(sd)
+    mean, sd, n = T.mean_std([None, math.nan])
+    assert n == 0 and math.isnan(mean) and math.isnan(sd)
+
+
 def test_pair_test_is_the_sign_test_below_six_nonzero_pairs_and_wilcoxon_from_six():
     # 3 pairs, all positive: exact sign test, p = 2 * (1/2)^3; two of three positive: p = 1
     assert T.pair_test([0.01, 0.02, 0.03]) == (pytest.approx(0.25, abs=1e-12), "sign test")
