@@ -10,7 +10,7 @@ Other commands:
   (:mod:`benchmarks.accuracy`; ``python -m benchmarks accuracy --help``);
 - ``python -m benchmarks trainings FOLDER ... [--out DIR]`` writes the training-level table (one (fold, seed) run =
   one training) and its figure for accuracy output folders, e.g. several budgets side by side
-  (:func:`benchmarks.accuracy.trainings_main`);
+  (:func:`benchmarks.records.trainings_main`);
 - ``python -m benchmarks summary FILE.json ...`` lists the targets of several runs, one line each;
 - ``python -m benchmarks authors-quirks`` prices each quirk of the authors' PDCR at init
   (:mod:`benchmarks.authors_quirks`);
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return accuracy.main(given[1:])
     if given[:1] == ["trainings"]:
-        from benchmarks.accuracy import trainings_main
+        from benchmarks.records import trainings_main
 
         return trainings_main(given[1:])
     if given[:1] == ["summary"]:
