@@ -39,10 +39,6 @@ SESSIONS_FILE = "benchmark_sessions.json"  # per fold folder: the wall time of e
 FRACTION_MARKER = "csse_benchmark_fraction"  # in derived plans: only our own files are ever replaced
 
 
-class DataMissing(Exception):
-    """The dataset is neither raw nor preprocessed in the work folder; the message says what to pass."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Budget:
     """Training budget of every run: epochs x iterations per epoch, plus validation iterations per epoch."""
@@ -116,9 +112,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N epochs (default: ~10 per run)")
     p.add_argument("--report-only", action="store_true", help="train nothing: report the finished runs of the grid")
     args = p.parse_args(argv)
-    for name in ("epochs", "iterations", "val_iterations"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     for name in ("folds", "seeds"):
         values = getattr(args, name)
         if any(v < 0 for v in values) or len(set(values)) != len(values):
@@ -139,8 +132,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.budget = Budget(args.epochs, args.iterations, args.val_iterations)
     if args.save_every is None:
         args.save_every = max(1, min(50, math.ceil(args.epochs / 10)))
-    for flag, value, minimum in (("--threads", args.threads, 1), ("--da-workers", args.da_workers, 0),
-                                 ("--save-every", args.save_every, 1)):
+    for flag, value, minimum in (("--epochs", args.epochs, 1), ("--iterations", args.iterations, 1),
+                                 ("--val-iterations", args.val_iterations, 1), ("--threads", args.threads, 1),
+                                 ("--da-workers", args.da_workers, 0), ("--save-every", args.save_every, 1)):
         if value < minimum:
             raise ValueError(f"{flag} must be >= {minimum}, got {value}")
     if args.preset is not None:
@@ -172,11 +166,11 @@ def convert_hippocampus(source: Path, raw_root: Path, dataset_id: int) -> Path:
     pairs = [(source / a, source / b) for a, b in (("images", "labels"), ("imagesTr", "labelsTr"))]
     images_dir, labels_dir = next(((a, b) for a, b in pairs if a.is_dir() and b.is_dir()), (None, None))
     if images_dir is None:
-        raise DataMissing(f"--convert-from {source}: expected images/ and labels/ (or imagesTr/ and labelsTr/) with "
+        raise ValueError(f"--convert-from {source}: expected images/ and labels/ (or imagesTr/ and labelsTr/) with "
                           f"NAME{FILE_ENDING} files")
     images, labels = _case_files(images_dir), _case_files(labels_dir)
     if not images:
-        raise DataMissing(f"--convert-from {source}: no *{FILE_ENDING} files in {images_dir}")
+        raise ValueError(f"--convert-from {source}: no *{FILE_ENDING} files in {images_dir}")
     if unlabelled := sorted(set(images) - set(labels)):
         raise ValueError(f"--convert-from {source}: {len(unlabelled)} image(s) without a label in {labels_dir}, "
                          f"e.g. {unlabelled[:3]}")
@@ -283,15 +277,15 @@ class Benchmark:
             self.say(f"[data] reusing preprocessed {folder.name} ({s.plans}, {s.configuration})")
             return
         if s.report_only:
-            raise DataMissing(f"--report-only: dataset {s.dataset} with plans {s.plans} is not preprocessed in "
+            raise ValueError(f"--report-only: dataset {s.dataset} with plans {s.plans} is not preprocessed in "
                               f"{self.preprocessed}, so no run can have finished; run the benchmark without "
                               f"--report-only first")
         if raw is None:
-            raise DataMissing(f"dataset {s.dataset} not found in {self.raw} or {self.preprocessed}: pass "
+            raise ValueError(f"dataset {s.dataset} not found in {self.raw} or {self.preprocessed}: pass "
                               f"--convert-from DIR (a folder with images/NAME{FILE_ENDING} and labels/NAME"
                               f"{FILE_ENDING}) or put it there in nnU-Net format")
         if s.plans != "nnUNetPlans":
-            raise DataMissing(f"plans {s.plans} not found for {raw.name} in {self.preprocessed}: create them with "
+            raise ValueError(f"plans {s.plans} not found for {raw.name} in {self.preprocessed}: create them with "
                               f"nnUNetv2_plan_and_preprocess (-pl ...) first")
         self.say(f"[data] {raw.name}: nnUNetv2_plan_and_preprocess -c {s.configuration} (-np {s.preprocess_processes})")
         t0, log = time.perf_counter(), self.workdir / "logs" / "plan_and_preprocess.log"
@@ -410,24 +404,13 @@ class Benchmark:
         s, fold_dir = self.s, self.fold_dir(run)
         self.use_split(run.fraction)
         resume = any((fold_dir / f"checkpoint_{k}.pth").is_file() for k in ("final", "latest"))
-        self.say(f"{head}: {'resuming' if resume else 'training'} ({s.budget.describe()}, {s.device})")
         log = self.workdir / "logs" / s.budget.tag / f"seed{run.seed}" / f"{run.run_id}.log"
-        epoch: dict[str, str] = {}
-
-        def progress(line: str) -> None:  # one console line per finished epoch
-            text = re.sub(r"np\.float\d+\(([^)]*)\)", r"\1", line.strip())
-            if m := re.search(r": (Epoch|train_loss|val_loss|Pseudo dice|Epoch time:) (.*)$", text):
-                epoch[m.group(1)] = m.group(2)
-                if m.group(1) == "Epoch time:" and "Epoch" in epoch:
-                    self.say(f"    epoch {int(epoch['Epoch']) + 1}/{s.budget.epochs}: train_loss "
-                             f"{epoch.get('train_loss')}  val_loss {epoch.get('val_loss')}  pseudo Dice "
-                             f"{epoch.get('Pseudo dice')}  ({epoch['Epoch time:']})")
-
+        self.say(f"{head}: {'resuming' if resume else 'training'} ({s.budget.describe()}, {s.device}; log {log})")
         started, t0, returncode, error = time.time(), time.perf_counter(), None, ""
         try:
             run_logged(["nnUNetv2_train", self.dataset_name, s.configuration, str(run.fold), "-tr", run.trainer,
                         "-p", run.plans, "-device", s.device, *(["--c"] if resume else [])],
-                       self.env(run.seed), log, progress)
+                       self.env(run.seed), log)
             returncode = 0
         except CommandFailed as e:
             returncode, error = e.returncode, str(e)
@@ -519,6 +502,8 @@ class Benchmark:
 
     def _write_summary(self, finished: list[dict], failed: list[Run], skipped: list[Run], pending: Sequence[Run],
                        out: Path, groups: Sequence) -> None:
+        from importlib import metadata
+
         import torch
 
         from benchmarks.report import cpu_model
@@ -527,7 +512,7 @@ class Benchmark:
         gpu = torch.cuda.get_device_name(0) if s.device == "cuda" and torch.cuda.is_available() else None
         lines = [f"# Accuracy benchmark: {self.dataset_name} {s.configuration}", "", self.budget_line(), "",
                  f"Machine: {gpu or cpu_model()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, nnunetv2 "
-                 f"{_version('nnunetv2')}.", "",
+                 f"{metadata.version('nnunetv2')}.", "",
                  f"Trainers: {', '.join(s.trainers)}. Folds {', '.join(map(str, s.folds))}; seeds "
                  f"{', '.join(map(str, s.seeds))}; training fractions {', '.join(f'{f:g}' for f in s.fractions)} "
                  f"(limited splits of subset seed {SUBSET_SEED}: the same cases for every trainer and seed; the "
@@ -582,21 +567,12 @@ def _finite(value: Any) -> Any:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def _version(dist: str) -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry of ``python -m benchmarks accuracy``: 0 when every run finished, 1 when a run or step failed, 2 for bad
     input."""
     try:
         return Benchmark(parse_args(argv)).run()
-    except (DataMissing, ValueError) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StepFailed as e:

@@ -1,19 +1,9 @@
 """``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
 
-Stages (each is skipped when its outputs exist and were made from the same inputs, so a re-run resumes):
-  1. dataset     hard synthetic dataset (nnunet_csse.tools.synthetic) in <workdir>/nnUNet_raw
-  2. plan        nnUNetv2_plan_and_preprocess (+ the cpu_tiny plans preset on CPU)
-  3. train       nnUNetv2_train with nnUNetTrainer_demo and nnUNetTrainerCSSE_demo (same budget and seed)
-  4. predict     nnUNetv2_predict on the held-out cases
-  5. evaluate    nnUNetv2_evaluate_folder against the held-out labels
-  6. report      per-class Dice table + a PNG (image, ground truth, both predictions, UAFS uncertainty)
-
-Only <workdir> is written: the nnU-Net folders of the user's environment are not used.
-
-Each stage records the inputs that made it (budget, seed, dataset settings, trainer, plans, device) in
-<workdir>/stages/<stage>.json. A stage is reused only when its record equals the inputs of this run; a workdir made
-with other inputs is refused before anything is written (``--reset`` replaces it, or use another ``--workdir``),
-and the report's labels are read from the records of the models it reports.
+Stages: synthetic dataset, nnUNetv2_plan_and_preprocess, nnUNetv2_train (``nnUNetTrainer_demo`` and
+``nnUNetTrainerCSSE_demo``, same budget and seed), nnUNetv2_predict, nnUNetv2_evaluate_folder, report. Only
+``--workdir`` is written; each stage records its inputs in ``<workdir>/stages/`` and is reused only when they match.
+See docs/.
 """
 
 from __future__ import annotations
