@@ -224,6 +224,7 @@ class Benchmark:
         self.plans_identifier = settings.plans
         self.plan_summary: dict[str, Any] = {}
         self.split_fraction: float | None = None  # the fraction whose split splits_final.json holds
+        self.comparisons: list[dict] = []
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
@@ -482,7 +483,7 @@ class Benchmark:
     # ------------------------------------------------------------------------------------------- outputs
     def write_outputs(self, finished: list[dict], failed: list[Run], skipped: list[Run],
                       pending: Sequence[Run] = ()) -> Path:
-        """The records and per-case summaries in ``runs/``, ``trainings.png`` and ``summary.md``."""
+        """The records and per-case summaries in ``runs/``, ``trainings.png``, the comparisons, ``summary.md``."""
         out, reference = self.out_dir, records.display_name(self.s.trainers[0])
         (out / "runs").mkdir(parents=True, exist_ok=True)
         for r in finished:
@@ -497,11 +498,85 @@ class Benchmark:
                                            f"{self.dataset_name} {self.s.configuration}")
             self.say(f"[trainings] one (fold, seed) run = one training; reference {reference}\n"
                      f"{records.trainings_text(groups)}")
-        self._write_summary(finished, failed, skipped, pending, out, groups)
+        self.comparisons = self.compare(finished, out)
+        self._write_summary(finished, failed, skipped, pending, out, groups, self.comparisons)
         return out
 
+    def compare(self, finished: list[dict], out: Path) -> list[dict]:
+        """Case level: :func:`~nnunet_csse.tools.compare.compare_trainers` (``nnunet-csse compare``) on the per-case
+        summaries in ``runs/``, per seed: the trainers at each fraction and, for f < 1, every trainer at f against
+        the first trainer at full data; in ``compare/<seed>_<fraction>[_vs_frac100]_folds<F-F>``."""
+        entries, reference = [], self.s.trainers[0]
+        for seed in self.s.seeds:
+            of_seed = [r for r in finished if r["seed"] == seed]
+            staged = self._stage_per_case(of_seed, seed)
+            for fraction in self.s.fractions:
+                tag = f"seed{seed}_{fraction_tag(fraction)}"
+                groups = [(tag, f"fraction {fraction:g}", [(t, fraction) for t in self.s.trainers])]
+                if fraction < 1.0 and 1.0 in self.s.fractions:
+                    groups.append((f"{tag}_vs_{fraction_tag(1.0)}", f"fraction {fraction:g} against {reference} at "
+                                   f"fraction 1", [(reference, 1.0), *((t, fraction) for t in self.s.trainers)]))
+                for name, title, members in groups:
+                    group = [r for r in of_seed if (r["trainer"], r["fraction"]) in members]
+                    entries.append(self._compare_group(name, seed, title, members, group, out, staged))
+        return entries
+
+    def _stage_per_case(self, finished: list[dict], seed: int) -> Path:
+        """A results folder holding every record's per-case summary from ``runs/`` where nnU-Net puts it."""
+        root = self.workdir / "compare_inputs" / self.s.budget.tag / f"seed{seed}"
+        shutil.rmtree(root, ignore_errors=True)
+        for r in finished:
+            if (source := self.per_case_path(run_of(r))).is_file():
+                folder = root / self.dataset_name / f"{r['trainer']}__{r['plans']}__{self.s.configuration}"
+                (folder / f"fold_{r['fold']}" / "validation").mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, folder / f"fold_{r['fold']}" / "validation" / "summary.json")
+                shutil.copyfile(self.preprocessed / self.dataset_name / "dataset.json", folder / "dataset.json")
+        return root
+
+    def _compare_group(self, name: str, seed: int, title: str, members: list[tuple[str, float]],
+                       group: list[dict], out: Path, staged: Path) -> dict:
+        """One comparison of ``members`` (trainer, fraction; the first is the reference) over the runs of ``group``
+        with a per-case summary; members without one are left out, a missing reference skips it."""
+        from nnunet_csse.tools.compare import compare_trainers
+
+        per_case = [r for r in group if self.per_case_path(run_of(r)).is_file()]
+        found = [m for m in members if any((r["trainer"], r["fraction"]) == m for r in per_case)]
+        one_fraction = len({f for _, f in members}) == 1  # named by trainer (-p gives the plans), else TRAINER__PLANS
+        names = [t if one_fraction else f"{t}__{fraction_plans(self.plans_identifier, f)}" for t, f in found]
+        folds = sorted({r["fold"] for r in per_case if (r["trainer"], r["fraction"]) in found})
+        folder = out / "compare" / (f"{name}_folds{'-'.join(map(str, folds))}" if folds else name)
+        entry = {"seed": seed, "title": title, "folder": str(folder.relative_to(out)), "runs": len(per_case),
+                 "folds": {n: sorted(r["fold"] for r in per_case if (r["trainer"], r["fraction"]) == m)
+                           for n, m in zip(names, found)},
+                 "without_per_case": describe_runs([run_of(r) for r in group if r not in per_case])}
+        reference = f"the reference {members[0][0]} at fraction {members[0][1]:g}"
+        if not found or found[0] != members[0] or len(found) == 1 < len(members):
+            entry["output"] = "no finished run with per-case results" if not found else \
+                f"{reference} has no finished run with per-case results" if found[0] != members[0] else \
+                f"only {reference} has a finished run with per-case results: nothing to pair it with"
+            return entry
+        plans = fraction_plans(self.plans_identifier, members[0][1])
+        try:
+            comparison = compare_trainers(self.dataset_name, self.s.configuration, names, plans=plans, folds=folds,
+                                          out_dir=folder, results_root=staged)
+        except ValueError as e:  # reported, the other comparisons still run
+            entry.update(output=f"error: {e}".replace(str(self.workdir), "<workdir>"), failed=True)
+            self.say(f"[compare] seed {seed}, {title}: {entry['output']}")
+            return entry
+        for written in folder.glob("*.md"):  # its warnings name run folders: keep the machine's paths out
+            written.write_text(written.read_text().replace(str(self.workdir), "<workdir>"))
+        entry["output"] = "\n".join([*(f"warning: {w}" for w in comparison.warnings),
+                                     comparison.table()]).replace(str(self.workdir), "<workdir>")
+        (folder / "compare.txt").write_text(
+            f"$ nnunet-csse compare -d {self.dataset_name} -c {self.s.configuration} -tr {' '.join(names)} -p {plans} "
+            f"--folds {' '.join(map(str, folds))} --out .\nseed {seed}, {title}: {len(per_case)} runs (nnUNet_results: "
+            f"their per-case summaries from runs/)\n{self.budget_line()}\n\n{entry['output']}\n")
+        self.say(f"[compare] seed {seed}, {title} ({len(per_case)} runs):\n{entry['output']}")
+        entry["compared"] = True
+        return entry
+
     def _write_summary(self, finished: list[dict], failed: list[Run], skipped: list[Run], pending: Sequence[Run],
-                       out: Path, groups: Sequence) -> None:
+                       out: Path, groups: Sequence, comparisons: Sequence[dict] = ()) -> None:
         from importlib import metadata
 
         import torch
@@ -525,16 +600,33 @@ class Benchmark:
                                                  records.TRAININGS_FIGURE), ""]
         lines += ["Not bit-deterministic: the seed fixes the initial weights and the start of the data stream, but "
                   "augmentation workers are unseeded and cuDNN autotunes; repeat with --seeds to see the spread.", "",
-                  "## Files", "", "- `runs/*.json`: one record per run (budget, wall time, split, Dice, nnU-Net's "
+                  "## nnunet-csse compare, per seed and fraction", "",
+                  "Case level: the validation cases of the trainings (folds) of one seed, pooled; their CIs and p "
+                  "describe these trainings, not the next one (the trainings table above does).", ""]
+        for c in comparisons:
+            folds = "; ".join(f"{t}: {len(f)} fold(s) {f}" for t, f in c["folds"].items()) or "none"
+            lines += [f"### seed {c['seed']}, {c['title']} " + (f"(`{c['folder']}`)" if "compared" in c else
+                                                                "(not compared)"), "",
+                      (f"Rests on {c['runs']} run{'s' if c['runs'] != 1 else ''} ({folds})." if "compared" in c else
+                       f"Runs with per-case results: {c['runs']} ({folds}); not enough to compare."),
+                      *([f"Left out, no per-case summary in runs/: {c['without_per_case']}."]
+                        if c["without_per_case"] else []), "", "```", c["output"], "```", ""]
+        written = {c["folder"] for c in comparisons if "compared" in c}
+        kept = sorted(p for p in out.glob("compare/*/compare.txt") if str(p.parent.relative_to(out)) not in written)
+        if kept:  # written by invocations over other runs; never overwritten, so listed
+            lines += ["### Other comparisons in compare/", "",
+                      *(f"- `{p.parent.relative_to(out)}`: {p.read_text().splitlines()[1]}" for p in kept), ""]
+        lines += ["## Files", "", "- `runs/*.json`: one record per run (budget, wall time, split, Dice, nnU-Net's "
                   "per-epoch logging)", f"- `runs/*{records.PER_CASE_SUFFIX}`: nnU-Net's validation summary.json of "
-                  f"each run (per-case Dice; case-level comparisons: `nnunet-csse compare` on the work folder)"]
+                  "each run (per-case Dice)",
+                  "- `compare/seed*_frac*_folds*/`: nnunet-csse compare output, named by the folds it rests on"]
         if groups:
             lines.append(f"- `{records.TRAININGS_FIGURE}`: foreground Dice of every training, mean and 95% CI per "
                          f"trainer")
         (out / "summary.md").write_text("\n".join(lines) + "\n")
 
     def run(self) -> int:
-        """Everything: 0 when every run finished, 1 when one failed."""
+        """Everything: 0 when every run finished and was compared, 1 when one failed."""
         s = self.s
         self.prepare_data()
         self.prepare_plans()
@@ -555,9 +647,12 @@ class Benchmark:
                 finished.append(dict(committed, reused_in_this_invocation=True))
         out = self.write_outputs(finished, failed, skipped, pending)
         trained = len(self.runs()) - len(skipped) - len(failed) - len(pending)
+        compare_failed = sum("failed" in c for c in self.comparisons)
         self.say(f"[benchmark] {trained} runs trained, {len(skipped)} reused, {len(failed)} failed in "
-                 f"{time.perf_counter() - t0:.0f} s\n[benchmark] {self.budget_line()}\n[benchmark] wrote {out}")
-        return 1 if failed else 0
+                 f"{time.perf_counter() - t0:.0f} s" + (f"; {compare_failed} comparison(s) failed" if compare_failed
+                                                         else "") +
+                 f"\n[benchmark] {self.budget_line()}\n[benchmark] wrote {out}")
+        return 1 if failed or compare_failed else 0
 
 
 def _finite(value: Any) -> Any:

@@ -244,7 +244,7 @@ def _benchmark(workdir: Path, out: Path, *extra: str, folds: tuple[str, ...] = (
 
 
 @pytest.mark.e2e
-def test_benchmark_trains_records_and_reuses_finished_runs(tmp_path):
+def test_benchmark_trains_compares_and_reuses_finished_runs(tmp_path):
     workdir, out = tmp_path / "work", tmp_path / "out"
     # 5 cases: nnU-Net's 5-fold split gives fold 0 four training cases and one validation case
     write_synthetic_dataset(workdir / "nnUNet_raw", 905, "AccuracyToy", dim=3, num_cases=5, size=32, seed=3)
@@ -300,8 +300,32 @@ def test_benchmark_trains_records_and_reuses_finished_runs(tmp_path):
             per_case = results / "runs" / f"{trainer}__{plans}__fold0__seed0{records.PER_CASE_SUFFIX}"
             assert per_case.read_bytes() == (workdir / r["fold_folder"] / "validation" / "summary.json").read_bytes()
 
+    csv_name = "compare_Dataset905_AccuracyToy_3d_fullres.csv"
+    for tag in ("frac100", "frac50"):
+        folder = results / "compare" / f"seed0_{tag}_folds0"  # named by the folds it rests on
+        text = (folder / "compare.txt").read_text()
+        assert "nnUNetTrainer_benchmark" in text and "nnUNetTrainerCSSE_benchmark" in text and budget in text
+        assert "2 runs" in text and "folds found" in text
+        fg = {row["trainer"]: float(row["mean"]) for row in csv.DictReader(open(folder / csv_name))
+              if row["class"] == "foreground_mean"}
+        fraction = 1.0 if tag == "frac100" else 0.5
+        for trainer, value in fg.items():
+            assert value == pytest.approx(recorded[trainer, fraction]["validation"]["foreground_mean_dice"])
+        assert (folder / "compare_Dataset905_AccuracyToy_3d_fullres.png").stat().st_size > 0
+    # the limited-data question: both trainers at 0.5 against the reference trainer at 1.0, in one table
+    folder = results / "compare" / "seed0_frac50_vs_frac100_folds0"
+    fg = {row["trainer"]: float(row["mean"]) for row in csv.DictReader(open(folder / csv_name))
+          if row["class"] == "foreground_mean"}
+    expected = {"nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny": ("nnUNetTrainer_benchmark", 1.0),
+                "nnUNetTrainer_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50": ("nnUNetTrainer_benchmark", 0.5),
+                "nnUNetTrainerCSSE_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50": ("nnUNetTrainerCSSE_benchmark", 0.5)}
+    assert list(fg) == list(expected)  # the reference (full data) first
+    for name, key in expected.items():
+        assert fg[name] == pytest.approx(recorded[key]["validation"]["foreground_mean_dice"])
+    assert "3 runs" in (folder / "compare.txt").read_text()
     summary = (results / "summary.md").read_text()
     assert budget in summary and "4 of 4 runs finished (0 reused" in summary and str(workdir) not in summary
+    assert summary.count("Rests on 2 runs") == 2 and "Rests on 3 runs" in summary
     # the summary and the console lead with the training level: one (fold, seed) run per trainer and fraction
     assert [line for line in summary.splitlines() if line.startswith("## ")][0] == \
         "## Trainings: one (fold, seed) run is one training"
@@ -341,12 +365,20 @@ def test_benchmark_trains_records_and_reuses_finished_runs(tmp_path):
     assert "4 of 8 runs finished (4 reused" in summary
     assert "Not finished yet (--report-only): nnUNetTrainer_benchmark, fraction 1, seed 0, fold 1; " \
            "nnUNetTrainerCSSE_benchmark, fraction 1, seed 0, fold 1;" in summary
+    compared = list(csv.DictReader(open(results / "compare" / "seed0_frac100_folds0" / csv_name)))
+    assert {row["n_folds"] for row in compared if row["class"] == "foreground_mean"} == {"1"}
+    assert sorted(p.name for p in (results / "compare").iterdir()) == \
+        ["seed0_frac100_folds0", "seed0_frac50_folds0", "seed0_frac50_vs_frac100_folds0"]
+    report = (results / "compare" / "seed0_frac100_folds0" / "compare_Dataset905_AccuracyToy_3d_fullres.md").read_text()
+    assert str(workdir) not in report
 
     # a new checkout: the work folder's results are gone, the output folder is committed, and one record lacks its
     # per-case summary. Nothing is trained again; the trainings table rests on the records
     shutil.rmtree(workdir / "e1x2_val1")
     (results / "runs" / f"nnUNetTrainerCSSE_benchmark__nnUNetPlansCSSE_cpu_tiny_frac50__fold0__seed0"
                         f"{records.PER_CASE_SUFFIX}").unlink()
+    for folder in (results / "compare").iterdir():  # so what the next invocation writes is new, not left over
+        (folder / csv_name).unlink()
     fourth = _benchmark(workdir, out).stdout
     assert fourth.count("recorded before, skipped") == 4 and "training (" not in fourth
     assert "0 runs trained, 4 reused, 0 failed" in fourth
@@ -354,6 +386,24 @@ def test_benchmark_trains_records_and_reuses_finished_runs(tmp_path):
     summary = (results / "summary.md").read_text()
     assert "4 of 4 runs finished (4 reused" in summary
     assert "| 1x2 | 0.5 | CSSE | 1 |" in summary  # still a training: its record holds its Dice
+    for tag, fraction in (("frac100", 1.0), ("frac50_vs_frac100", None)):
+        fg = {row["trainer"]: float(row["mean"]) for row in csv.DictReader(open(results / "compare" /
+                                                                                f"seed0_{tag}_folds0" / csv_name))
+              if row["class"] == "foreground_mean"}
+        if fraction is None:  # the baseline at 1.0 and at 0.5; CSSE at 0.5 has no per-case summary any more
+            assert fg == {f"nnUNetTrainer_benchmark__{p}": pytest.approx(recorded["nnUNetTrainer_benchmark", f][
+                "validation"]["foreground_mean_dice"]) for p, f in (("nnUNetPlansCSSE_cpu_tiny", 1.0),
+                                                                    ("nnUNetPlansCSSE_cpu_tiny_frac50", 0.5))}
+        else:
+            assert fg == {t: pytest.approx(recorded[t, fraction]["validation"]["foreground_mean_dice"])
+                          for t in ("nnUNetTrainer_benchmark", "nnUNetTrainerCSSE_benchmark")}
+    assert "Left out, no per-case summary in runs/: nnUNetTrainerCSSE_benchmark, fraction 0.5, seed 0, fold 0." \
+        in summary
+    # at 0.5 only the reference is left: nothing is paired, and the earlier comparison there is not overwritten
+    assert "only the reference nnUNetTrainer_benchmark at fraction 0.5 has a finished run with per-case results" \
+        in summary
+    assert not (results / "compare" / "seed0_frac50_folds0" / csv_name).exists()
+    assert "### seed 0, fraction 0.5 (not compared)" in summary and "(`compare/seed0_frac50_folds0`)" not in summary
     assert "Per-case Dice (`runs/*.validation_summary.json`, resampled in the CIs) for 3 of 4 trainings." in summary
 
 
@@ -378,6 +428,27 @@ def test_committed_records_are_read_and_their_runs_reused(tmp_path, capsys):
     settings.report_only = True
     skipped, failed, pending = bench.train_all()
     assert len(skipped) == len(recorded) and not failed and "recorded before, skipped" in capsys.readouterr().out
+
+
+def test_comparison_without_a_finished_reference_is_skipped_not_run_against_another_trainer(tmp_path):
+    settings = accuracy.parse_args(["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"),
+                                    "--device", "cpu", "--fractions", "1.0", "0.25"])
+    bench = accuracy.Benchmark(settings)
+    out = tmp_path / "out"
+    bench.dataset_name = "Dataset004_Hippocampus"
+    only_csse = [{"trainer": "nnUNetTrainerCSSE_benchmark", "fraction": 0.25, "fold": 0, "seed": 0,
+                  "plans": "nnUNetPlans_frac25"}]
+    per_case = bench.per_case_path(records.run_of(only_csse[0]))
+    per_case.parent.mkdir(parents=True)
+    per_case.write_text("{}")
+    entry = bench._compare_group("seed0_frac25_vs_frac100", 0, "limited data", [
+        ("nnUNetTrainer_benchmark", 1.0), ("nnUNetTrainerCSSE_benchmark", 0.25)], only_csse, out, tmp_path)
+    assert entry["output"] == \
+        "the reference nnUNetTrainer_benchmark at fraction 1 has no finished run with per-case results"
+    assert list(entry["folds"]) == ["nnUNetTrainerCSSE_benchmark__nnUNetPlans_frac25"] and "compared" not in entry
+    assert not (out / "compare").exists()  # nnunet-csse compare was not run
+    assert bench._compare_group("seed0_frac100", 0, "none", [("nnUNetTrainer_benchmark", 1.0)], [], out,
+                                tmp_path)["output"] == "no finished run with per-case results"
 
 
 def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, capsys):
