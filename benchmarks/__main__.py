@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return accuracy.main(given[1:])
     if given[:1] == ["trainings"]:
-        from benchmarks.accuracy import trainings_main
+        from benchmarks.records import trainings_main
 
         return trainings_main(given[1:])
     commands = {"summary": ("benchmarks.report", "summary_main"), "profile": ("benchmarks.step", "profile_main"),

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nnunet_csse.tools.commands import executable
+
 TARGET = 1.2  # nnunet-csse uncertainty / nnUNetv2_predict
 
 
@@ -52,19 +54,14 @@ def split_model_folder(model: Path) -> dict[str, str]:
             "configuration": configuration}
 
 
-def _executable(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
-
-
 def commands(args: argparse.Namespace, out_predict: Path, out_uncertainty: Path) -> dict[str, list[str]]:
     """The two command lines, same model, folds, checkpoint, device and mirroring."""
     model = split_model_folder(args.model)
-    predict = [_executable("nnUNetv2_predict"), "-i", str(args.input), "-o", str(out_predict), "-d", model["dataset"],
+    predict = [executable("nnUNetv2_predict"), "-i", str(args.input), "-o", str(out_predict), "-d", model["dataset"],
                "-c", model["configuration"], "-p", model["plans"], "-tr", model["trainer"], "-f", *args.folds,
                "-chk", args.checkpoint, "-device", args.device, "-npp", str(args.npp), "-nps", str(args.nps),
                "--disable_progress_bar"]
-    uncertainty = [_executable("nnunet-csse"), "uncertainty", "-i", str(args.input), "-o", str(out_uncertainty),
+    uncertainty = [executable("nnunet-csse"), "uncertainty", "-i", str(args.input), "-o", str(out_uncertainty),
                    "-m", str(args.model), "-f", *args.folds, "-chk", args.checkpoint, "-device", args.device]
     if args.disable_tta:
         predict.append("--disable_tta")

@@ -1,19 +1,9 @@
 """``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
 
-Stages (each is skipped when its outputs exist and were made from the same inputs, so a re-run resumes):
-  1. dataset     hard synthetic dataset (nnunet_csse.tools.synthetic) in <workdir>/nnUNet_raw
-  2. plan        nnUNetv2_plan_and_preprocess (+ the cpu_tiny plans preset on CPU)
-  3. train       nnUNetv2_train with nnUNetTrainer_demo and nnUNetTrainerCSSE_demo (same budget and seed)
-  4. predict     nnUNetv2_predict on the held-out cases
-  5. evaluate    nnUNetv2_evaluate_folder against the held-out labels
-  6. report      per-class Dice table + a PNG (image, ground truth, both predictions, UAFS uncertainty)
-
-Only <workdir> is written: the nnU-Net folders of the user's environment are not used.
-
-Each stage records the inputs that made it (budget, seed, dataset settings, trainer, plans, device) in
-<workdir>/stages/<stage>.json. A stage is reused only when its record equals the inputs of this run; a workdir made
-with other inputs is refused before anything is written (``--reset`` replaces it, or use another ``--workdir``),
-and the report's labels are read from the records of the models it reports.
+Stages: synthetic dataset, nnUNetv2_plan_and_preprocess, nnUNetv2_train (``nnUNetTrainer_demo`` and
+``nnUNetTrainerCSSE_demo``, same budget and seed), nnUNetv2_predict, nnUNetv2_evaluate_folder, report. Only
+``--workdir`` is written; each stage records its inputs in ``<workdir>/stages/`` and is reused only when they match.
+See docs/.
 """
 
 from __future__ import annotations
@@ -25,18 +15,17 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
 from nnunet_csse.environment import trainers_path
 from nnunet_csse.folders import FOREGROUND_MEAN, check_writable, read_evaluator_summary, write_json_atomic
-from nnunet_csse.tools import StepFailed
+from nnunet_csse.schedules import ENV_EPOCHS, ENV_ITERATIONS, ENV_SEED
+from nnunet_csse.tools.commands import run_logged
 
 DEMO_DATASET_ID = 987
 DEMO_NAME = "CSSEDemo"
@@ -106,9 +95,18 @@ def _say(stage: str, text: str) -> None:
     print(f"[{stage}] {text}", flush=True)
 
 
-def _executable(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.exists() else name
+@contextlib.contextmanager
+def _environment_variable(name: str, value: str):
+    """``os.environ[name] = value`` inside the block, the previous state after it."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 class Demo:
@@ -120,9 +118,9 @@ class Demo:
             root / "nnUNet_results"
         self.env = dict(os.environ, nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
                         nnUNet_results=str(self.results), nnUNet_def_n_proc="1",
-                        nnUNet_compile="false", nnUNet_csse_demo_epochs=str(settings.epochs),
-                        nnUNet_csse_demo_iterations=str(settings.iterations),
-                        nnUNet_csse_demo_seed=str(settings.seed))
+                        nnUNet_compile="false", **{ENV_EPOCHS: str(settings.epochs),
+                                                   ENV_ITERATIONS: str(settings.iterations),
+                                                   ENV_SEED: str(settings.seed)})
         self.env["nnUNet_extTrainer"] = trainers_path()
         self.dataset_folder = self.raw / f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}"
 
@@ -131,24 +129,20 @@ class Demo:
         """Run an nnU-Net command; with ``progress_total``, show a progress bar over its 'Epoch N' lines."""
         from tqdm import tqdm
 
-        cmd = [_executable(cmd[0]), *cmd[1:]]
-        log = self.root / "logs" / f"{stage}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=progress_total, desc=stage, unit="epoch", file=sys.stdout) if progress_total else None
-        with open(log, "a") as handle, subprocess.Popen(cmd, env=env or self.env, stdout=subprocess.PIPE,
-                                                        stderr=subprocess.STDOUT, text=True) as proc:
-            handle.write(f"$ {' '.join(cmd)}\n")
-            for line in proc.stdout:
-                handle.write(line)
-                if bar is not None and (m := re.search(r": Epoch (\d+)\s*$", line)):
-                    bar.n = int(m.group(1))
-                    bar.refresh()
-            proc.wait()
-        if bar is not None:
-            bar.n = bar.total if proc.returncode == 0 else bar.n
-            bar.close()
-        if proc.returncode != 0:
-            raise StepFailed(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
+
+        def progress(line: str) -> None:
+            if bar is not None and (m := re.search(r": Epoch (\d+)\s*$", line)):
+                bar.n = int(m.group(1))
+                bar.refresh()
+
+        try:
+            run_logged(cmd, env or self.env, self.root / "logs" / f"{stage}.log", progress)
+            if bar is not None:
+                bar.n = bar.total
+        finally:
+            if bar is not None:
+                bar.close()
 
     def model_folder(self, trainer: str) -> Path:
         return self.results / self.dataset_folder.name / f"{trainer}__{self.s.plans}__{self.s.configuration}"
@@ -292,10 +286,10 @@ class Demo:
         image_file = sorted((self.dataset_folder / "imagesTs").glob("*_0000.nii.gz"))[0]
         case = image_file.name[: -len("_0000.nii.gz")]
         trained = self.trained_with()
-        # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only (patch.dict puts
-        # os.environ back as it was); nnU-Net's predictor and lookup are chatty (device notes, FutureWarnings of
-        # the libraries it calls), which would end up between the demo's stage lines and its report
-        with mock.patch.dict(os.environ, nnUNet_extTrainer=self.env["nnUNet_extTrainer"]), \
+        # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only; nnU-Net's predictor
+        # and lookup are chatty (device notes, FutureWarnings of the libraries it calls), which would end up between
+        # the demo's stage lines and its report
+        with _environment_variable("nnUNet_extTrainer", self.env["nnUNet_extTrainer"]), \
                 contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False,

@@ -9,6 +9,7 @@ import pytest
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 
+from nnunet_csse.subsets import training_subset
 from nnunet_csse.tools import splits as S
 from nnunet_csse.tools.cli import main
 
@@ -76,13 +77,11 @@ def test_limited_split_keeps_validation_and_subsamples_training(prep):
         assert fold["csse_limited"] == {"fraction": 0.25, "seed": 0, "num_train_full": 16}
 
 
-def test_sizes_rounding_and_minimum():
-    assert S.limited_size(0.25, 16) == 4
-    assert S.limited_size(0.25, 10) == 3  # 2.5 rounds half up
-    assert S.limited_size(0.3, 16) == 5  # 4.8
-    assert S.limited_size(0.01, 16) == 1  # at least one case
-    assert S.limited_size(1.0, 16) == 16
-    full = [{"train": CASES[:16], "val": CASES[16:]}]
+def test_subsample_uses_the_one_subset_function():
+    full = [{"train": CASES[:16], "val": CASES[16:]}, {"train": CASES[4:], "val": CASES[:4]}]
+    limited = S.subsample_splits(full, 0.25, 3)
+    assert [fold["train"] for fold in limited] == [training_subset(fold["train"], 0.25, i, 3)
+                                                   for i, fold in enumerate(full)]
     assert S.subsample_splits(full, 1.0, 3)[0]["train"] == CASES[:16]
     assert len(S.subsample_splits(full, 0.001, 3)[0]["train"]) == 1
 
@@ -116,21 +115,16 @@ def test_missing_split_uses_nnunet_default(nnunet_dirs):
         assert set(fold["train"]) <= set(fold_full["train"]) and len(fold["train"]) == 8
 
 
-def test_identifiers_from_preprocessed_gt_and_raw(nnunet_dirs):
-    folder = make_preprocessed(nnunet_dirs["nnUNet_preprocessed"])
-    assert S.dataset_identifiers(folder) == (CASES, "preprocessed folder(s) nnUNetPlans_3d_fullres")
-    for f in (folder / "nnUNetPlans_3d_fullres").iterdir():
-        f.unlink()
-    assert S.dataset_identifiers(folder)[0] == CASES  # from gt_segmentations
-    for f in (folder / "gt_segmentations").iterdir():
-        f.unlink()
+def test_identifiers_from_the_preprocessed_data(nnunet_dirs):
+    folder = make_preprocessed(nnunet_dirs["nnUNet_preprocessed"], data_identifiers=("nnUNetPlans_3d_fullres",
+                                                                                     "nnUNetPlans_2d"))
+    assert S.dataset_identifiers(folder) == (CASES, "preprocessed folder(s) nnUNetPlans_2d, nnUNetPlans_3d_fullres")
+    for data_identifier in ("nnUNetPlans_3d_fullres", "nnUNetPlans_2d"):
+        for f in (folder / data_identifier).iterdir():
+            f.unlink()
     assert S.dataset_identifiers(folder) == ([], "")
-    raw = nnunet_dirs["nnUNet_raw"] / DATASET
-    (raw / "labelsTr").mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
-    for case in CASES[:7]:
-        (raw / "labelsTr" / f"{case}.nii.gz").touch()
-    assert S.dataset_identifiers(folder)[0] == CASES[:7]
+    with pytest.raises(ValueError, match="run nnUNetv2_plan_and_preprocess first"):
+        S.make_limited_split(42, 0.25)
 
 
 def test_install_restore_round_trip_is_byte_exact(prep):
@@ -182,8 +176,7 @@ def test_help_documents_install_and_restore(capsys):
         run_cli(["--help"])
     text = capsys.readouterr().out
     assert "splits_final.full.json" in text and "--install" in text and "--restore" in text
-    assert "another id" in text
-    assert "splits_final.full.json" in S.__doc__ and "another id" in S.__doc__
+    assert "another id" in text and "plain ``nnUNetTrainer``" in S.__doc__
 
 
 @pytest.mark.parametrize("fraction", [0.0, -0.25, 1.5, float("nan")])
