@@ -288,6 +288,10 @@ def test_every_repository_path_named_in_code_spans_exists(page: Path):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_no_page_points_outside_the_repository(page: Path):
+    """Every relative path a page names (``../x``, in prose or code) stays inside the repository, and no page names
+    an absolute path of the machine it was written on."""
     text = page.read_text()
-    for outside in ("../shared", "/work/"):
-        assert outside not in text, f"{page.name} mentions {outside}"
+    for path in re.findall(r"(?<![\w.])((?:\.\./)+[\w.\-/]+)", text):
+        assert (page.parent / path).resolve().is_relative_to(ROOT), f"{page.name} names {path}, outside the repository"
+    home = Path.home().as_posix()
+    assert not re.search(rf"(?<![\w.]){re.escape(home)}/", text), f"{page.name} names a path under {home}"
