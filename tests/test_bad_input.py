@@ -329,3 +329,29 @@ def test_uncertainty_inputs_are_checked_before_the_model_loads(tmp_path, monkeyp
     for message in messages:
         assert message in err
     assert not out.exists()
+
+
+def test_initialize_refuses_a_network_built_with_other_settings(dataset):
+    """The trainer checks that nnU-Net's initialize() built the network from the very settings it validated (a
+    subclass that rebuilds the network from other settings would otherwise train something else silently)."""
+    from nnunet_csse.network import build_csse_network
+    from nnunet_csse.training import nnUNetTrainerCSSE
+
+    trainer = start_training()
+    trainer.initialize()  # the control: the trainer's own build passes
+    assert trainer.network.config == trainer.csse_config
+
+    class OtherSettings(nnUNetTrainerCSSE):
+        @classmethod
+        def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                       num_output_channels, enable_deep_supervision=True):
+            other = nnUNetTrainerCSSE.csse_defaults.replaced(uafs_kernel_size=5)
+            return build_csse_network(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, other, enable_deep_supervision)
+
+    other = start_training()
+    other.__class__ = OtherSettings  # the same trainer, with a subclass's network hook
+    with pytest.raises(RuntimeError, match="other CSSE settings than the trainer checked"):
+        other.initialize()
