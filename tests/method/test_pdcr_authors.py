@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from torch import nn
 
-from nnunet_csse.config import CSSEConfig
-from nnunet_csse.method.anchors import input_grid
+from nnunet_csse.method.anchors import AnchorLayer, input_grid
 from nnunet_csse.method.pdcr import (
     PDCREmbeddings,
     PDCRLoss,
@@ -14,20 +16,27 @@ from nnunet_csse.method.pdcr import (
     centered_windows,
     label_volume,
 )
-from nnunet_csse.network import build_csse_network
+from nnunet_csse.method.receptive_field import ExactField, module_geometry
+from nnunet_csse.method.settings import PDCRSettings
 from tests.oracle.authors_loops import QUIRKS, reference_terms
-from tests.toy_plans import PLAIN, REQ_IMPORT, arch_kwargs
 
-AUTHORS = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01, pdcr_variant="authors",
-                     uafs_norm="batch", pdcr_anchor_spacing=24, pdcr_min_anchors=1)
+AUTHORS = PDCRSettings(encoder_weight=0.01, cross_weight=0.01, variant="authors", anchor_spacing=24, min_anchors=1)
 # patches where the centred grid and the grid from voxel 0 differ (72: centres 8, 32, 56 against 0, 24, 48)
 PATCH = {2: (72, 40), 3: (40, 72, 32)}
 CLASSES = 3
 
 
-def anchor_layers(dim: int, config: CSSEConfig):
-    net = build_csse_network(PLAIN, arch_kwargs(dim, PLAIN), REQ_IMPORT, 1, CLASSES, config, True)
-    return net.encoder_anchor_layers
+def anchor_layers(dim: int, settings: PDCRSettings) -> tuple[AnchorLayer, ...]:
+    """The anchored encoder levels of a 4-stage plain U-Net encoder (two 3^d convolutions per stage, stride 2
+    after stage 0), from the exact receptive fields of plain torch layers."""
+    conv = (nn.Conv2d, nn.Conv3d)[dim - 2]
+    field, layers = ExactField(dim), []
+    for level in range(4):
+        stage = nn.Sequential(conv(1, 1, 3, stride=1 if level == 0 else 2, padding=1), conv(1, 1, 3, padding=1))
+        field = field.then(module_geometry(stage, dim))
+        if level in settings.encoder_stages:
+            layers.append(AnchorLayer(f"encoder{level}", level, field.stride, field))
+    return tuple(layers)
 
 
 def inputs(dim: int, seed: int = 0):
@@ -48,19 +57,19 @@ def inputs(dim: int, seed: int = 0):
 
 
 def variant_terms(layers, maps, projected, target, config=AUTHORS):
-    grid = config.pdcr.input_grid(tuple(target.shape[2:]), layers)
+    grid = config.input_grid(tuple(target.shape[2:]), layers)
     take = [grid.on_layer(layer.stride).take for layer in layers]
     hidden = PDCREmbeddings(grid, encoder=tuple(t(m) for t, m in zip(take, maps)),
                             cross=tuple(t(p) for t, p in zip(take, projected)))
-    return PDCRLoss(layers, (), config.pdcr, CLASSES)(hidden, target)
+    return PDCRLoss(layers, (), config, CLASSES)(hidden, target)
 
 
 def oracle_terms(layers, maps, projected, target, quirks=QUIRKS, first=None, config=AUTHORS):
     dim = target.ndim - 2
     first = (0,) * dim if first is None else first
     return reference_terms(maps, projected, target, [layer.stride for layer in layers],
-                           [layer.receptive_field for layer in layers], first, (config.pdcr.anchor_spacing,) * dim,
-                           config.pdcr.temperature, CLASSES, quirks)
+                           [layer.receptive_field for layer in layers], first, (config.anchor_spacing,) * dim,
+                           config.temperature, CLASSES, quirks)
 
 
 def values_and_gradients(terms, leaves):
@@ -103,7 +112,7 @@ def test_each_quirk_is_reproduced(quirk):
     assert_same(variant, values_and_gradients(oracle_terms(layers, maps, projected, target), leaves))
     if quirk == "grid_from_zero":
         patch = tuple(target.shape[2:])
-        centred = input_grid(patch, [layer.stride for layer in layers], AUTHORS.pdcr.anchor_spacing, 1, 512).first
+        centred = input_grid(patch, [layer.stride for layer in layers], AUTHORS.anchor_spacing, 1, 512).first
         assert centred != (0, 0, 0)
         without = oracle_terms(layers, maps, projected, target, first=centred)
     else:
@@ -114,9 +123,9 @@ def test_each_quirk_is_reproduced(quirk):
 def test_clean_variant_matches_the_oracle_without_quirks_at_another_temperature():
     """The clean loss with tau = 0.7 equals the oracle without quirks at 0.7 and differs from 0.5: the configured
     temperature reaches the loss."""
-    config = AUTHORS.replaced(pdcr_variant="clean", uafs_norm="plan", pdcr_temperature=0.7)
+    config = replace(AUTHORS, variant="clean", temperature=0.7)
     layers, maps, projected, target = inputs(2, seed=3)
-    first = config.pdcr.input_grid(tuple(target.shape[2:]), layers).first
+    first = config.input_grid(tuple(target.shape[2:]), layers).first
     leaves = maps + projected
     clean = values_and_gradients(variant_terms(layers, maps, projected, target, config), leaves)
     oracle = values_and_gradients(oracle_terms(layers, maps, projected, target, (), first, config), leaves)
@@ -124,7 +133,7 @@ def test_clean_variant_matches_the_oracle_without_quirks_at_another_temperature(
         torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-8, msg=name)
         for x, y in zip(ga, gb):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-9, msg=name)
-    at_half = config.replaced(pdcr_temperature=0.5)
+    at_half = replace(config, temperature=0.5)
     assert differs(clean, values_and_gradients(oracle_terms(layers, maps, projected, target, (), first, at_half),
                                                leaves))
 
@@ -148,4 +157,4 @@ def test_classes_by_position_drops_the_lowest_present_class():
 def test_authors_variant_refuses_region_training():
     layers = anchor_layers(2, AUTHORS)
     with pytest.raises(ValueError, match="region"):
-        PDCRLoss(layers, (), AUTHORS.pdcr, 2, has_regions=True)
+        PDCRLoss(layers, (), AUTHORS, 2, has_regions=True)
