@@ -1,7 +1,5 @@
 """The accuracy benchmark's run records (``runs/<run>.json``, ``runs/<run>.validation_summary.json``) and their
-training-level table (one (fold, seed) run is one training), also written by ``python -m benchmarks trainings``.
-See docs/benchmarks.md.
-"""
+training-level table (one (fold, seed) run is one training), also ``python -m benchmarks trainings``. See docs/."""
 
 from __future__ import annotations
 
@@ -61,8 +59,7 @@ def display_name(trainer: str) -> str:
 
 
 def record_training(record: dict, runs_folder: Path) -> T.Training:
-    """The training of one run record: its class Dice, and its per-case Dice where ``runs/<run>.validation_summary
-    .json`` is next to it (ValueError when that summary does not match the record)."""
+    """The training of one run record, with the per-case Dice of the ``PER_CASE_SUFFIX`` file next to it if any."""
     key = f"fold {record['fold']} seed {record['seed']}"
     from_record = T.Training(key, {name: math.nan if v is None else float(v)
                                    for name, v in record["validation"]["dice"].items()})
@@ -86,8 +83,8 @@ def _budget_label(record: dict) -> str:
 
 def training_groups(records: Sequence[tuple[dict, Path]], trainers: Sequence[str] | None,
                     reference: str) -> list[T.Group]:
-    """Per (budget, fraction) the training-level statistics of every trainer with a run there, paired with
-    ``reference`` by fold and seed. ``records``: (record, its runs/ folder); ``trainers``: their order."""
+    """Per (budget, fraction) the statistics of every trainer there, paired with ``reference`` by fold and seed.
+    ``records``: (record, its runs/ folder); ``trainers``: their order."""
     by_group: dict[tuple[str, float], dict[str, list[T.Training]]] = {}
     seen: dict[tuple, Path] = {}
     for record, runs_folder in records:
@@ -140,7 +137,7 @@ def write_trainings_figure(groups: Sequence[T.Group], path: Path, title: str) ->
 
 
 def read_budget_folder(folder: Path) -> list[tuple[dict, Path]]:
-    """The run records ``folder/runs/*.json`` of an accuracy output folder, each with its runs/ folder."""
+    """(record, runs/ folder) of the records ``folder/runs/*.json`` of an accuracy output folder."""
     runs = folder / "runs"
     paths = sorted(p for p in runs.glob("*.json") if not p.name.endswith(PER_CASE_SUFFIX)) if runs.is_dir() else []
     if not paths:

@@ -1,8 +1,6 @@
 """``nnunet-csse compare``: the Dice of nnU-Net runs (cross-validation folds, or prediction folders on a labelled test
-set evaluated by nnU-Net's evaluator), paired per-case statistics against the first run and the training level of
-:mod:`nnunet_csse.tools.trainings`. Inputs, pairing and statistics: docs/benchmarks.md. Nothing is written unless all
-input is valid.
-"""
+set), paired per-case statistics against the first run and the training level (:mod:`nnunet_csse.tools.trainings`).
+Inputs, pairing and statistics: docs/benchmarks.md. Nothing is written unless all input is valid."""
 
 from __future__ import annotations
 
@@ -29,7 +27,6 @@ DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 MIN_CASES = 5  # fewer paired cases: no CI, no p-value
 PAIRED_COLUMNS = ("reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
                   "ties")
-CaseDice = dict[str, dict[str, float]]  # case (reference file name) -> summary key -> Dice (NaN: absent in both)
 
 
 @dataclass
@@ -42,7 +39,7 @@ class TrainerDice:
     missing: list[str]  # folds asked for without one
     dice: dict[str, dict[str, float]]
     label_names: dict[str, str] = field(default_factory=dict)
-    cases: CaseDice = field(default_factory=dict)
+    cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case (file name) -> key -> Dice
     case_folds: dict[str, str] = field(default_factory=dict)  # case -> fold it was validated in
 
     def mean_std(self, key: str) -> tuple[float, float, int]:
@@ -50,8 +47,7 @@ class TrainerDice:
         return mean_std(self.dice.get(key, {}).get(f) for f in self.folds)
 
     def case_values(self, key: str, foreground_keys: Sequence[str] | None = None) -> dict[str, float]:
-        """case -> finite Dice of ``key``; for the foreground mean the case's mean over ``foreground_keys``
-        (default: all its classes but background), NaN classes left out."""
+        """case -> finite Dice of ``key``; the foreground mean: over ``foreground_keys`` (default: all but "0")."""
         if key != FOREGROUND_MEAN:
             return {c: v for c, m in self.cases.items() if math.isfinite(v := m.get(key, math.nan))}
         means = {c: mean_std(m.get(k) for k in (foreground_keys if foreground_keys is not None else
@@ -126,8 +122,7 @@ class Comparison:
         return trainer.case_mean_std(key) if self.test_set else trainer.mean_std(key)
 
     def rows(self) -> list[dict]:
-        """One row per trainer and class: trainer, class, mean, std, n_folds and fold_<f> values (test set: mean,
-        std, n_cases over cases), then the paired columns against the reference (NaN / "" for n/a)."""
+        """The CSV: per trainer and class the mean, std, n_folds or n_cases, fold_<f> values, ``PAIRED_COLUMNS``."""
         paired = {(p.trainer, p.key): p for p in self.paired}
         rows = []
         for t in self.trainers:
@@ -222,10 +217,8 @@ def _label_names(labels: object) -> dict[str, str]:
 def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
                      folds: Sequence[int | str] = DEFAULT_FOLDS, out_dir: str | Path | None = ".",
                      results_root: str | Path | None = None) -> Comparison:
-    """The validation Dice of finished trainings, each trainer (``TRAINER`` or ``TRAINER__PLANS``) paired with the
-    first; writes ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Missing folds and cases
-    that cannot be paired are ``warnings``; no summary.json for a trainer, a case in two folds, no case shared with
-    the reference or an unknown dataset is a ValueError."""
+    """The validation Dice of finished trainings (``TRAINER`` or ``TRAINER__PLANS``) paired with the first; writes
+    ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Unusable input is a ValueError."""
     if not trainers:
         raise ValueError("give at least one trainer")
     if len(set(trainers)) != len(trainers):
@@ -340,8 +333,7 @@ def _examples(cases: object, limit: int = 3) -> str:
 
 # ------------------------------------------------------------------------------------------- test set
 def _dataset_json(dataset: str | int | None, dataset_json: str | Path | None) -> tuple[str | None, Path]:
-    """(dataset folder name, dataset.json path): ``dataset_json`` as given (name None unless its folder is a
-    ``DatasetXXX_Name``), or the one of ``dataset`` in nnUNet_preprocessed, else nnUNet_raw."""
+    """(dataset name or None, dataset.json): ``dataset_json``, or that of ``dataset`` in nnUNet_preprocessed/raw."""
     if (dataset is None) == (dataset_json is None):
         raise ValueError("give the dataset (-d DATASET, its dataset.json is read from nnUNet_preprocessed or "
                          "nnUNet_raw) or --dataset-json FILE, one of them")
@@ -363,37 +355,15 @@ def _dataset_json(dataset: str | int | None, dataset_json: str | Path | None) ->
     raise ValueError(f"no dataset.json for dataset '{dataset}' ({'; '.join(problems)}); pass --dataset-json FILE")
 
 
-def _evaluate(label_folder: Path, prediction_folder: Path, case_files: list[str], reader_writer: object,
-              labels_or_regions: list, ignore_label: int | None, num_processes: int) -> CaseDice:
-    """Per-case Dice from nnU-Net's ``compute_metrics`` (in-process for one process, else a spawn pool as in
-    ``compute_metrics_on_folder``)."""
-    import multiprocessing
-
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-
-    jobs = [(str(label_folder / c), str(prediction_folder / c), reader_writer, labels_or_regions, ignore_label)
-            for c in case_files]
-    try:
-        if num_processes <= 1 or len(jobs) == 1:
-            results = [compute_metrics(*job) for job in jobs]
-        else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-                results = pool.starmap(compute_metrics, jobs)
-    except Exception as e:  # unreadable image, shape mismatch: one line naming the folder
-        raise ValueError(f"nnU-Net's evaluator failed on {prediction_folder} against {label_folder}: "
-                         f"{type(e).__name__}: {e}; check that the predictions match the labels") from None
-    return {Path(r["reference_file"]).name: {str(k): float(m["Dice"]) for k, m in r["metrics"].items()}
-            for r in results}
-
-
 def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str | Path]],
                         dataset: str | int | None = None, dataset_json: str | Path | None = None,
                         out_dir: str | Path | None = ".", num_processes: int | None = None) -> Comparison:
-    """Prediction folders (name, folder) of a test set evaluated against ``labels`` with nnU-Net's evaluator and
-    compared like ``compare_trainers``. Labels or regions, ignore label and file ending come from ``dataset`` (its
-    dataset.json in nnUNet_preprocessed, else nnUNet_raw) or ``dataset_json``. Predictions missing for some label
-    cases, and prediction files without a label, are warnings; unusable input is a ValueError."""
+    """Prediction folders (name, folder) evaluated against ``labels`` by nnU-Net's evaluator (settings from the
+    dataset.json), compared like ``compare_trainers``."""
+    import multiprocessing
+
     from nnunetv2.configuration import default_num_processes
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
@@ -443,10 +413,22 @@ def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str
     labels_or_regions = label_manager.foreground_regions if label_manager.has_regions else \
         label_manager.foreground_labels
     processes = default_num_processes if num_processes is None else num_processes
-    results = [TrainerDice(prediction_name, Path(folder), [], [], {}, _label_names(content["labels"]),
-                           _evaluate(label_folder, Path(folder), cases, reader_writer, labels_or_regions,
-                                     label_manager.ignore_label, processes))
-               for (prediction_name, folder), cases in zip(predictions, shared)]
+    results = []
+    for (prediction_name, folder), cases in zip(predictions, shared):  # nnU-Net's per-case evaluator
+        jobs = [(str(label_folder / c), str(Path(folder) / c), reader_writer, labels_or_regions,
+                 label_manager.ignore_label) for c in cases]
+        try:
+            if processes <= 1 or len(jobs) == 1:
+                metrics = [compute_metrics(*job) for job in jobs]
+            else:  # a spawn pool, as in nnU-Net's compute_metrics_on_folder
+                with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+                    metrics = pool.starmap(compute_metrics, jobs)
+        except Exception as e:  # unreadable image, shape mismatch: one line naming the folder
+            raise ValueError(f"nnU-Net's evaluator failed on {Path(folder)} against {label_folder}: "
+                             f"{type(e).__name__}: {e}; check that the predictions match the labels") from None
+        dice = {Path(r["reference_file"]).name: {str(k): float(m["Dice"]) for k, m in r["metrics"].items()}
+                for r in metrics}
+        results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, _label_names(content["labels"]), dice))
     comparison = Comparison(name, label_folder.name, [], _classes(m for t in results for m in t.cases.values()),
                             results, warnings, test_set=True, n_label_cases=len(label_cases))
     return _finish(comparison, out_dir)
@@ -454,8 +436,7 @@ def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str
 
 # -------------------------------------------------------------------------------------------- outputs
 def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> None:
-    """Write the CSV (``Comparison.rows``, empty cells for NaN), the markdown file and the figures; sets the
-    ``*_path`` fields of ``comparison``."""
+    """Write the CSV (empty cells for NaN), the markdown file and the figures; sets ``comparison.*_path``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     comparison.csv_path, comparison.md_path = out / f"{stem}.csv", out / f"{stem}.md"
@@ -475,8 +456,7 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> Non
 
 
 def fold_mean_figure(comparison: Comparison) -> Figure:
-    """One group of bars per class, one bar per trainer, error bars the std over folds (none where it is n/a; with
-    no error bar at all the values are written on the bars); the legend above the axes, clear of the bars."""
+    """Bars per class and trainer with the std over folds (without any std: the values on the bars)."""
     classes, trainers = comparison.classes, comparison.trainers
     fig = T.new_figure(max(6.0, 1.0 + len(classes) * (0.5 + 0.35 * len(trainers))), 4.8)
     ax = fig.add_subplot()
@@ -505,9 +485,10 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
 
 
 def paired_figure(comparison: Comparison) -> Figure:
-    """Per-case paired Dice differences: one panel per non-reference trainer, per class a strip of cases
-    (green: better than the reference, red: worse, grey: tie), the mean with its 95% bootstrap CI in black and a
-    line at 0; n and p under each class."""
+    """Per non-reference trainer and class the paired per-case differences (green better, red worse, grey tie) and
+    their mean with its 95% bootstrap CI."""
+    from matplotlib.lines import Line2D
+
     others = list(dict.fromkeys(p.trainer for p in comparison.paired))
     keys = [k for k in comparison.classes if any(p.key == k for p in comparison.paired)]
     limit = max([float(np.abs(p.differences).max()) for p in comparison.paired if p.n] + [0.01]) * 1.15
@@ -535,9 +516,10 @@ def paired_figure(comparison: Comparison) -> Figure:
         # two lines: TRAINER__PLANS names are long, and one line would be cut at the figure's edge
         ax.set_title(f"{trainer}\nminus {comparison.trainers[0].name} (reference)", fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
-    T.legend(fig, [("", "o", c, label, {"alpha": 0.6}) for c, label in
-                   (("tab:green", "case better"), ("tab:red", "case worse"), ("grey", "tie"))] +
-             [("-", "D", "black", f"mean, 95% bootstrap CI (n ≥ {MIN_CASES})", {})], 4)
+    handles = [Line2D([], [], ls="", marker="o", color=c, alpha=0.6, label=label)
+               for c, label in (("tab:green", "case better"), ("tab:red", "case worse"), ("grey", "tie"))]
+    handles.append(Line2D([], [], ls="-", marker="D", color="black", label=f"mean, 95% bootstrap CI (n ≥ {MIN_CASES})"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=4, fontsize="small", frameon=False)
     fig.suptitle(f"{comparison.dataset} {comparison.configuration}: paired per-case Dice differences\n"
                  f"{comparison.case_scope()}; p: two-sided Wilcoxon signed-rank", fontsize="medium")
     return fig
@@ -576,7 +558,7 @@ def _prediction(value: str) -> tuple[str, str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    """Check the output folder, run the mode the flags ask for (ValueError for flags that do not fit together)."""
+    """Run the mode the flags ask for; ValueError for flags that do not fit together."""
     from nnunet_csse.folders import check_writable
 
     check_writable(args.out, "output folder (--out)")  # before any evaluation
@@ -602,9 +584,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                   folds=args.folds or DEFAULT_FOLDS, out_dir=args.out)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(result.table())
-    for path in result.written:
-        print(f"wrote {path}")
+    print("\n".join([result.table(), *(f"wrote {path}" for path in result.written)]))
     return 0
 
 

@@ -1,7 +1,5 @@
-"""Statistics shared by ``nnunet-csse compare`` and the accuracy benchmark, the table renderer and the training level:
-one training (a fold, or a (fold, seed) run) is one sample, paired with the reference's training of the same key.
-The rules: docs/benchmarks.md.
-"""
+"""Statistics and tables shared by ``nnunet-csse compare`` and the accuracy benchmark; the training level (one fold,
+or one (fold, seed) run, is one sample). The rules: docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -32,9 +30,8 @@ Group = tuple[tuple[str, ...], "Sequence[TrainerTrainings]"]  # (group cells, e.
 def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
     """(mean, sample SD, n) of the finite values (None and NaN left out); NaN for what cannot be computed."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, 0
-    return float(np.mean(finite)), float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan, len(finite)
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return (float(np.mean(finite)), sd, len(finite)) if finite else (math.nan, math.nan, 0)
 
 
 def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
@@ -44,8 +41,7 @@ def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
 
 
 def wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p; |d| < ``TIE_TOLERANCE`` are ties (dropped by scipy's default
-    ``zero_method="wilcox"``); 1.0 when every difference is a tie."""
+    """Two-sided Wilcoxon signed-rank p; |d| < ``TIE_TOLERANCE`` are ties (dropped by scipy), 1.0 when all tie."""
     from scipy.stats import wilcoxon
 
     tied = np.abs(differences) < TIE_TOLERANCE
@@ -73,8 +69,8 @@ class Training:
         case_names = tuple(sorted(cases))
         matrix = np.array([[cases[c].get(k, math.nan) for k in classes] for c in case_names],
                           dtype=float).reshape(len(case_names), len(classes))
-        means = _nanmean(matrix, axis=0)
-        return cls(key, {(names or {}).get(k, k): float(m) for k, m in zip(classes, means)}, matrix, case_names)
+        means = {(names or {}).get(k, k): float(m) for k, m in zip(classes, _nanmean(matrix, axis=0))}
+        return cls(key, means, matrix, case_names)
 
     @property
     def foreground(self) -> float:
@@ -90,30 +86,27 @@ class Training:
         return bool(self.stalled_classes)
 
 
-def foreground_dice(cases: np.ndarray) -> np.ndarray:
-    """Foreground Dice of case matrices ``(..., n_cases, n_classes)``: per class the mean over cases, then the mean
-    over classes (NaN left out at both steps)."""
-    return _nanmean(_nanmean(cases, axis=-2), axis=-1)
-
-
 def _draws(rng: np.random.Generator, m: int, training: Training, reference: Training | None = None) -> np.ndarray:
     """``m`` case-resampled values of one unit: a training's foreground Dice, or a pair's difference."""
+    def foreground(cases: np.ndarray) -> np.ndarray:  # (..., n_cases, n_classes): class means, then their mean
+        return _nanmean(_nanmean(cases, axis=-2), axis=-1)
+
     cases = training.cases
     if reference is not None:
         if cases is not None and reference.cases is not None and len(cases) and \
                 training.case_names == reference.case_names:  # the same cases: one draw for both
             rows = rng.integers(0, len(cases), size=(m, len(cases)))
-            return foreground_dice(cases[rows]) - foreground_dice(reference.cases[rows])
+            return foreground(cases[rows]) - foreground(reference.cases[rows])
         return _draws(rng, m, training) - _draws(rng, m, reference)
     if cases is None or len(cases) == 0:
         return np.full(m, training.foreground)
-    return foreground_dice(cases[rng.integers(0, len(cases), size=(m, len(cases)))])
+    return foreground(cases[rng.integers(0, len(cases), size=(m, len(cases)))])
 
 
 def hierarchical_bootstrap_ci(units: Sequence[tuple[Training, Training | None]], n_resamples: int = N_RESAMPLES,
                               seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
     """Percentile CI of the mean over ``units`` (training, reference or None): units with replacement, then the
-    cases inside each drawn unit; (NaN, NaN) below ``MIN_TRAININGS`` units."""
+    cases inside each drawn unit; NaN below ``MIN_TRAININGS`` units."""
     if len(units) < MIN_TRAININGS:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
@@ -126,8 +119,8 @@ def hierarchical_bootstrap_ci(units: Sequence[tuple[Training, Training | None]],
 
 
 def pair_test(differences: Sequence[float]) -> tuple[float, str]:
-    """Two-sided p over paired training differences and the test's name: Wilcoxon signed-rank with at least
-    ``MIN_SIGNED_RANK`` non-zero differences, else the exact sign test (ties dropped; p = 1 when all tie)."""
+    """(two-sided p, test): Wilcoxon signed-rank with >= ``MIN_SIGNED_RANK`` non-zero differences, else the exact
+    sign test (ties dropped; p = 1 when all tie)."""
     from scipy.stats import binomtest
 
     d = np.asarray(differences, dtype=float)
@@ -143,10 +136,8 @@ def stall_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval of a proportion k/n; (NaN, NaN) for n = 0."""
     from scipy.stats import binomtest
 
-    if n == 0:
-        return math.nan, math.nan
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact") if n else None
+    return (float(ci.low), float(ci.high)) if ci else (math.nan, math.nan)
 
 
 @dataclass(eq=False)
@@ -157,24 +148,20 @@ class TrainerTrainings:
     trainings: list[Training]
     reference: str | None = None  # the trainer it is paired with; None for the reference itself
     pairs: list[tuple[Training, Training]] = field(default_factory=list)
-    n_resamples: int = N_RESAMPLES
-    seed: int = BOOTSTRAP_SEED
 
     def __post_init__(self) -> None:
         self.n, self.stalled = len(self.trainings), sum(t.stalled for t in self.trainings)
         self.stall_ci = stall_interval(self.stalled, self.n)
         self.values = [v for t in self.trainings if math.isfinite(v := t.foreground)]  # finite foreground Dice
         self.mean, self.sd, _ = mean_std(self.values)
-        self.mean_ci = hierarchical_bootstrap_ci([(t, None) for t in self.trainings if math.isfinite(t.foreground)],
-                                                 self.n_resamples, self.seed)
+        self.mean_ci = hierarchical_bootstrap_ci([(t, None) for t in self.trainings if math.isfinite(t.foreground)])
         self.differences = np.array([t.foreground - r.foreground for t, r in self.pairs], dtype=float)
         self.difference = float(self.differences.mean()) if self.pairs else math.nan
-        self.difference_ci = hierarchical_bootstrap_ci(self.pairs, self.n_resamples, self.seed)
+        self.difference_ci = hierarchical_bootstrap_ci(self.pairs)
         self.p_value, self.test = pair_test(self.differences)
 
 
-def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: str | None,
-                        n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[TrainerTrainings]:
+def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: str | None) -> list[TrainerTrainings]:
     """The statistics of every trainer (in the order given), each paired by training key with ``reference``."""
     reference_by_key = {t.key: t for t in trainers.get(reference, ()) if math.isfinite(t.foreground)}
     result = []
@@ -186,7 +173,7 @@ def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: s
         paired = reference in trainers and name != reference
         pairs = [(t, reference_by_key[t.key]) for t in trainings if math.isfinite(t.foreground)
                  and t.key in reference_by_key] if paired else []
-        result.append(TrainerTrainings(name, list(trainings), reference if paired else None, pairs, n_resamples, seed))
+        result.append(TrainerTrainings(name, list(trainings), reference if paired else None, pairs))
     return result
 
 
@@ -209,16 +196,12 @@ def table_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> li
         for s in summaries:
             dice = "-" if not s.values else f"{s.mean:.4f} (one training)" if len(s.values) == 1 else \
                 f"{s.mean:.4f} ± {s.sd:.4f} {format_interval(*s.mean_ci)}"
+            paired = [f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}", str(len(s.pairs)),
+                      f"{format_p(s.p_value)} ({s.test})"] if s.pairs else ["-", "0", ""]
             if s.reference is None:
-                difference = "reference" if any(o.reference == s.name for o in summaries) else "-"
-                pairs = p = ""
-            elif not s.pairs:
-                difference, pairs, p = "-", "0", ""
-            else:
-                difference = f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}"
-                pairs, p = str(len(s.pairs)), f"{format_p(s.p_value)} ({s.test})"
+                paired = ["reference" if any(o.reference == s.name for o in summaries) else "-", "", ""]
             rows.append([*cells, s.name, str(s.n), f"{s.stalled}/{s.n} {format_interval(*s.stall_ci, digits=3)}"
-                         if s.n else "-", dice, difference, pairs, p])
+                         if s.n else "-", dice, *paired])
     return rows
 
 
@@ -269,24 +252,17 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def mean_whisker(ax: Axes, x: float, mean: float, ci: tuple[float, float]) -> None:
-    """The mean as a black diamond at ``x`` with its CI as a whisker (none where the CI is n/a)."""
-    yerr = None if math.isnan(ci[0]) else [[mean - ci[0]], [ci[1] - mean]]
-    ax.errorbar([x], [mean], yerr=yerr, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
-
-
-def legend(fig: Figure, entries: Sequence[tuple[str, str, str, str, dict]], ncol: int) -> None:
-    """A legend below the axes of (line style, marker, color, label, extra Line2D options) entries."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], ls=ls, marker=marker, color=color, label=label, **extra)
-               for ls, marker, color, label, extra in entries]
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize="small", frameon=False)
+    """The mean as a black diamond at ``x``, its CI as a whisker (none where n/a)."""
+    ax.errorbar([x], [mean], yerr=None if math.isnan(ci[0]) else [[mean - ci[0]], [ci[1] - mean]], fmt="D",
+                color="black", markersize=5, capsize=4, lw=1.5)
 
 
 def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], title: str) -> Figure:
     """One panel per group (e.g. budget and fraction): per trainer each training's foreground Dice as a dot
     (stalled: red cross) and the mean over trainings with its 95% hierarchical bootstrap CI as a whisker."""
     import textwrap
+
+    from matplotlib.lines import Line2D
 
     width = max(7.5, sum(1.2 + 1.1 * len(summaries) for _, summaries in groups))
     fig = new_figure(width, 5.6)
@@ -304,15 +280,17 @@ def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], t
             ax.scatter(xs[stalled], values[stalled], s=40, color="tab:red", marker="x")
             if s.values:
                 mean_whisker(ax, x + 0.2, s.mean, s.mean_ci)
-        ax.set_xticks(range(len(summaries)))
-        ax.set_xticklabels([f"{s.name}\nn={s.n}, stalled {s.stalled}" for s in summaries], fontsize="small")
-        ax.set_xlim(-0.6, len(summaries) - 0.4)
-        ax.set_ylim(0, 1)
+        ax.set_xticks(range(len(summaries)), [f"{s.name}\nn={s.n}, stalled {s.stalled}" for s in summaries],
+                      fontsize="small")
+        ax.set(xlim=(-0.6, len(summaries) - 0.4), ylim=(0, 1))
         ax.set_title(label, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("foreground Dice of a training")
-    legend(fig, [("", "o", "grey", "one training", {}),
-                 ("", "x", "tab:red", f"stalled training (a class < {STALL_DICE:g})", {}),
-                 ("-", "D", "black", "mean over trainings, 95% hierarchical bootstrap CI", {})], 2 if width < 10 else 3)
+    handles = [Line2D([], [], ls="", marker="o", color="grey", label="one training"),
+               Line2D([], [], ls="", marker="x", color="tab:red", label=f"stalled training (a class < {STALL_DICE:g})"),
+               Line2D([], [], ls="-", marker="D", color="black",
+                      label="mean over trainings, 95% hierarchical bootstrap CI")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2 if width < 10 else 3, fontsize="small",
+               frameon=False)
     fig.suptitle(textwrap.fill(title, int(width * 11)), fontsize="medium")
     return fig
