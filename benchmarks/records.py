@@ -1,10 +1,5 @@
-"""The accuracy benchmark's run records (``runs/<run>.json`` and ``runs/<run>.validation_summary.json``) and their
-training-level table: one (fold, seed) run is one training (:mod:`nnunet_csse.tools.trainings`).
-
-``python -m benchmarks trainings FOLDER ... --out DIR`` writes that table and its figure for the records of one or
-more accuracy output folders; :mod:`benchmarks.accuracy` writes the records and the same table in its summary.
-See docs/.
-"""
+"""The accuracy benchmark's run records (``runs/<run>.json``, ``runs/<run>.validation_summary.json``) and their
+training-level table (one (fold, seed) run is one training), also ``python -m benchmarks trainings``. See docs/."""
 
 from __future__ import annotations
 
@@ -19,13 +14,8 @@ from pathlib import Path
 from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary
 from nnunet_csse.tools import trainings as T
 
-TRAINER_ALIASES = {
-    "baseline": "nnUNetTrainer_benchmark",
-    "UAFS": "nnUNetTrainerUAFS_benchmark",
-    "PDCR": "nnUNetTrainerPDCR_benchmark",
-    "CSSE": "nnUNetTrainerCSSE_benchmark",
-    "CSSE_authors": "nnUNetTrainerCSSE_authors_benchmark",
-}
+TRAINER_ALIASES = {alias: f"nnUNetTrainer{'' if alias == 'baseline' else alias}_benchmark"
+                   for alias in ("baseline", "UAFS", "PDCR", "CSSE", "CSSE_authors")}
 REFERENCE = "baseline"
 PER_CASE_SUFFIX = ".validation_summary.json"  # next to a run's record: its fold's validation/summary.json
 TRAININGS_FIGURE = "trainings.png"
@@ -69,11 +59,10 @@ def display_name(trainer: str) -> str:
 
 
 def record_training(record: dict, runs_folder: Path) -> T.Training:
-    """The training of one run record: its class Dice, and its per-case Dice where ``runs/<run>.validation_summary
-    .json`` is next to it (ValueError when that summary does not match the record)."""
+    """The training of one run record, with the per-case Dice of the ``PER_CASE_SUFFIX`` file next to it if any."""
     key = f"fold {record['fold']} seed {record['seed']}"
     from_record = T.Training(key, {name: math.nan if v is None else float(v)
-                                 for name, v in record["validation"]["dice"].items()})
+                                   for name, v in record["validation"]["dice"].items()})
     per_case = runs_folder / f"{run_of(record).run_id}{PER_CASE_SUFFIX}"
     if not per_case.is_file():
         return from_record
@@ -94,8 +83,8 @@ def _budget_label(record: dict) -> str:
 
 def training_groups(records: Sequence[tuple[dict, Path]], trainers: Sequence[str] | None,
                     reference: str) -> list[T.Group]:
-    """Per (budget, fraction) the training-level statistics of every trainer with a run there, paired with
-    ``reference`` by fold and seed. ``records``: (record, its runs/ folder); ``trainers``: their order."""
+    """Per (budget, fraction) the statistics of every trainer there, paired with ``reference`` by fold and seed.
+    ``records``: (record, its runs/ folder); ``trainers``: their order."""
     by_group: dict[tuple[str, float], dict[str, list[T.Training]]] = {}
     seen: dict[tuple, Path] = {}
     for record, runs_folder in records:
@@ -118,40 +107,37 @@ def training_groups(records: Sequence[tuple[dict, Path]], trainers: Sequence[str
     return groups
 
 
-def _per_case_coverage(groups: Sequence[T.Group]) -> str:
+def _method(groups: Sequence[T.Group]) -> str:
     trainings = [t for _, summaries in groups for s in summaries for t in s.trainings]
-    return (f"Per-case Dice (`runs/*{PER_CASE_SUFFIX}`, resampled in the CIs) for "
-            f"{sum(t.cases is not None for t in trainings)} of {len(trainings)} trainings.")
+    return (f"{T.method_note('one (fold, seed) run')} Per-case Dice (`runs/*{PER_CASE_SUFFIX}`, resampled in the "
+            f"CIs) for {sum(t.cases is not None for t in trainings)} of {len(trainings)} trainings.")
 
 
 def trainings_text(groups: Sequence[T.Group]) -> str:
-    return "\n\n".join([T.text_table(T.table_rows(groups, GROUP_COLUMNS)),
-                        T.text_table(T.per_training_rows(groups, GROUP_COLUMNS)),
-                        f"{T.method_note('one (fold, seed) run')} {_per_case_coverage(groups)}"])
+    return "\n\n".join([T.render(T.table_rows(groups, GROUP_COLUMNS)),
+                        T.render(T.per_training_rows(groups, GROUP_COLUMNS)), _method(groups)])
 
 
 def trainings_markdown(groups: Sequence[T.Group], reference: str, figure: str | None = None) -> str:
     """The training-level section of ``summary.md`` and of ``python -m benchmarks trainings``."""
-    lines = ["## Trainings: one (fold, seed) run is one training", "",
-             f"Reference: {reference}; pairs: the same fold and seed in both trainers. Budget: epochs x iterations "
-             f"per epoch; fraction: of each fold's training cases.", "",
-             T.markdown_table(T.table_rows(groups, GROUP_COLUMNS)), "",
-             f"{T.method_note('one (fold, seed) run')} {_per_case_coverage(groups)}", ""]
-    if figure:
-        lines += [f"![foreground Dice per training]({figure})", ""]
-    return "\n".join([*lines, "Each training's foreground Dice:", "",
-                      T.markdown_table(T.per_training_rows(groups, GROUP_COLUMNS))])
+    return "\n".join(["## Trainings: one (fold, seed) run is one training", "",
+                      f"Reference: {reference}; pairs: the same fold and seed in both trainers. Budget: epochs x "
+                      f"iterations per epoch; fraction: of each fold's training cases.", "",
+                      T.render(T.table_rows(groups, GROUP_COLUMNS), markdown=True), "", _method(groups), "",
+                      *([f"![foreground Dice per training]({figure})", ""] if figure else []),
+                      "Each training's foreground Dice:", "",
+                      T.render(T.per_training_rows(groups, GROUP_COLUMNS), markdown=True)])
 
 
 def write_trainings_figure(groups: Sequence[T.Group], path: Path, title: str) -> Path:
     labelled = [(f"{budget}, fraction {fraction}", summaries) for (budget, fraction), summaries in groups]
-    figure = T.trainings_figure(labelled, f"{title}: foreground Dice per training (one dot = one (fold, seed) run)")
-    figure.savefig(path)
+    title = f"{title}: foreground Dice per training (one dot = one (fold, seed) run)"
+    T.trainings_figure(labelled, title).savefig(path)
     return path
 
 
 def read_budget_folder(folder: Path) -> list[tuple[dict, Path]]:
-    """The run records ``folder/runs/*.json`` of an accuracy output folder, each with its runs/ folder."""
+    """(record, runs/ folder) of the records ``folder/runs/*.json`` of an accuracy output folder."""
     runs = folder / "runs"
     paths = sorted(p for p in runs.glob("*.json") if not p.name.endswith(PER_CASE_SUFFIX)) if runs.is_dir() else []
     if not paths:
@@ -177,8 +163,8 @@ def trainings_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
                    help="accuracy output folders, e.g. benchmarks/results/accuracy/<Dataset>__<plans>__<config>__"
                         "e20x50_val10")
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for trainings.md and trainings.png "
-                                                               "(default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("."),
+                   help="folder for trainings.md and trainings.png (default: %(default)s)")
     p.add_argument("--reference", default=REFERENCE, help="reference trainer (default: %(default)s)")
     p.add_argument("--trainers", nargs="+", metavar="TRAINER", help="only these trainers (aliases or class names)")
     p.add_argument("--folds", nargs="+", type=int, help="only runs of these folds")

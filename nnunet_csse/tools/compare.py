@@ -1,8 +1,6 @@
 """``nnunet-csse compare``: the Dice of nnU-Net runs (cross-validation folds, or prediction folders on a labelled test
-set evaluated by nnU-Net's evaluator), fold means, paired per-case statistics against the first run, and the
-training level of :mod:`nnunet_csse.tools.trainings`. Inputs, pairing and statistics: docs/benchmarks.md. Nothing is
-written unless all input is valid.
-"""
+set), paired per-case statistics against the first run and the training level (:mod:`nnunet_csse.tools.trainings`).
+Inputs, pairing and statistics: docs/benchmarks.md. Nothing is written unless all input is valid."""
 
 from __future__ import annotations
 
@@ -11,31 +9,16 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nnunet_csse.folders import FOREGROUND_MEAN, read_evaluator_summary, resolve_dataset_name, root_from_env
-from nnunet_csse.tools.trainings import (
-    BOOTSTRAP_SEED,
-    N_RESAMPLES,
-    TIE_TOLERANCE,
-    TrainerTrainings,
-    Training,
-    format_interval,
-    format_p,
-    markdown_table,
-    mean_std,
-    method_note,
-    per_training_rows,
-    summarize_trainings,
-    table_rows,
-    text_table,
-    wilcoxon_p,
-)
+from nnunet_csse.folders import FOREGROUND_MEAN, dataset_folder, read_evaluator_summary
+from nnunet_csse.tools import trainings as T
+from nnunet_csse.tools.trainings import BOOTSTRAP_SEED, N_RESAMPLES, TIE_TOLERANCE, format_p, mean_std
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -44,8 +27,6 @@ DEFAULT_FOLDS = (0, 1, 2, 3, 4)
 MIN_CASES = 5  # fewer paired cases: no CI, no p-value
 PAIRED_COLUMNS = ("reference", "n_paired", "mean_difference", "ci_low", "ci_high", "wilcoxon_p", "wins", "losses",
                   "ties")
-
-CaseDice = dict[str, dict[str, float]]  # case (reference file name) -> summary key -> Dice (NaN: absent in both)
 
 
 @dataclass
@@ -58,7 +39,7 @@ class TrainerDice:
     missing: list[str]  # folds asked for without one
     dice: dict[str, dict[str, float]]
     label_names: dict[str, str] = field(default_factory=dict)
-    cases: CaseDice = field(default_factory=dict)
+    cases: dict[str, dict[str, float]] = field(default_factory=dict)  # case (file name) -> key -> Dice
     case_folds: dict[str, str] = field(default_factory=dict)  # case -> fold it was validated in
 
     def mean_std(self, key: str) -> tuple[float, float, int]:
@@ -66,17 +47,12 @@ class TrainerDice:
         return mean_std(self.dice.get(key, {}).get(f) for f in self.folds)
 
     def case_values(self, key: str, foreground_keys: Sequence[str] | None = None) -> dict[str, float]:
-        """case -> finite Dice of ``key``; for the foreground mean the case's mean over ``foreground_keys``
-        (default: all its classes but background), NaN classes left out."""
+        """case -> finite Dice of ``key``; the foreground mean: over ``foreground_keys`` (default: all but "0")."""
         if key != FOREGROUND_MEAN:
             return {c: v for c, m in self.cases.items() if math.isfinite(v := m.get(key, math.nan))}
-        result = {}
-        for case, metrics in self.cases.items():
-            keys = foreground_keys if foreground_keys is not None else [k for k in metrics if k != "0"]
-            mean, _, n = mean_std(metrics.get(k) for k in keys)
-            if n:
-                result[case] = mean
-        return result
+        means = {c: mean_std(m.get(k) for k in (foreground_keys if foreground_keys is not None else
+                                                [k for k in m if k != "0"])) for c, m in self.cases.items()}
+        return {c: mean for c, (mean, _, n) in means.items() if n}
 
     def case_mean_std(self, key: str) -> tuple[float, float, int]:
         """(mean, sample std, n) over cases with a finite Dice of ``key``."""
@@ -85,46 +61,30 @@ class TrainerDice:
 
 @dataclass
 class PairedDifference:
-    """Paired per-case Dice differences of one run against the reference for one class (NaN: n/a)."""
+    """Paired per-case Dice differences (trainer minus reference, in the order of the sorted ``cases``) of one class;
+    CI: percentile bootstrap of whole cases (``scipy.stats.bootstrap``); NaN: n/a."""
 
     trainer: str
     reference: str
     key: str  # summary key or FOREGROUND_MEAN
-    cases: list[str]  # paired cases, sorted
-    differences: np.ndarray  # trainer minus reference, in the order of ``cases``
+    cases: list[str]
+    differences: np.ndarray
     ci_low: float = math.nan
     ci_high: float = math.nan
     p_value: float = math.nan
 
     def __post_init__(self) -> None:
+        from scipy.stats import bootstrap
+
         self.n = len(self.cases)
         self.mean = float(self.differences.mean()) if self.n else math.nan
         self.wins = int(np.sum(self.differences >= TIE_TOLERANCE))
         self.losses = int(np.sum(self.differences <= -TIE_TOLERANCE))
         self.ties = self.n - self.wins - self.losses
         if self.n >= MIN_CASES:
-            self.ci_low, self.ci_high = bootstrap_ci(self.differences)
-            self.p_value = wilcoxon_p(self.differences)
-
-
-def bootstrap_ci(differences: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of paired differences, whole cases resampled (``scipy.stats.bootstrap``
-    with ``numpy.random.default_rng(seed)``)."""
-    from scipy.stats import bootstrap
-
-    ci = bootstrap((differences,), np.mean, n_resamples=n_resamples, confidence_level=level, method="percentile",
-                   rng=np.random.default_rng(seed)).confidence_interval
-    return float(ci.low), float(ci.high)
-
-
-def paired_difference(trainer: Mapping[str, float], reference: Mapping[str, float], trainer_name: str = "",
-                      reference_name: str = "", key: str = "") -> PairedDifference:
-    """Paired statistics of two ``case -> value`` maps over the cases both have with a finite value."""
-    cases = sorted(c for c in trainer.keys() & reference.keys()
-                   if math.isfinite(trainer[c]) and math.isfinite(reference[c]))
-    return PairedDifference(trainer_name, reference_name, key, cases,
-                            np.array([trainer[c] - reference[c] for c in cases], dtype=float))
+            ci = bootstrap((self.differences,), np.mean, n_resamples=N_RESAMPLES, confidence_level=0.95,
+                           method="percentile", rng=np.random.default_rng(BOOTSTRAP_SEED)).confidence_interval
+            self.ci_low, self.ci_high, self.p_value = float(ci.low), float(ci.high), T.wilcoxon_p(self.differences)
 
 
 @dataclass
@@ -144,7 +104,7 @@ class Comparison:
     n_label_cases: int = 0  # test set: label files found
     paired_png_path: Path | None = None
     md_path: Path | None = None
-    trainings: list[TrainerTrainings] = field(default_factory=list)  # cross-validation: one fold = one training
+    trainings: list[T.TrainerTrainings] = field(default_factory=list)  # cross-validation: one fold = one training
 
     @property
     def written(self) -> list[Path]:
@@ -162,8 +122,7 @@ class Comparison:
         return trainer.case_mean_std(key) if self.test_set else trainer.mean_std(key)
 
     def rows(self) -> list[dict]:
-        """One row per trainer and class: trainer, class, mean, std, n_folds and fold_<f> values (test set: mean,
-        std, n_cases over cases), then the paired columns against the reference (NaN / "" for n/a)."""
+        """The CSV: per trainer and class the mean, std, n_folds or n_cases, fold_<f> values, ``PAIRED_COLUMNS``."""
         paired = {(p.trainer, p.key): p for p in self.paired}
         rows = []
         for t in self.trainers:
@@ -173,62 +132,46 @@ class Comparison:
                        "n_cases" if self.test_set else "n_folds": n}
                 row.update({f"fold_{f}": t.dice.get(key, {}).get(f, math.nan) for f in self.folds})
                 p = paired.get((t.name, key))
-                row.update({"reference": p.reference, "n_paired": p.n, "mean_difference": p.mean,
-                            "ci_low": p.ci_low, "ci_high": p.ci_high, "wilcoxon_p": p.p_value, "wins": p.wins,
-                            "losses": p.losses, "ties": p.ties} if p else dict.fromkeys(PAIRED_COLUMNS, ""))
+                row.update(dict(zip(PAIRED_COLUMNS, (p.reference, p.n, p.mean, p.ci_low, p.ci_high, p.p_value, p.wins,
+                                                     p.losses, p.ties))) if p else dict.fromkeys(PAIRED_COLUMNS, ""))
                 rows.append(row)
         return rows
-
-    def what(self) -> str:
-        return "test-set Dice, mean ± std over cases (n cases)" if self.test_set else \
-            "validation Dice, mean ± std over folds (n folds)"
 
     def case_scope(self) -> str:
         """Where the paired cases come from: the test set, one training (fold) or several pooled."""
         if self.test_set:
             return "test-set cases"
-        reference = self.trainers[0]
-        folds = sorted({reference.case_folds[c] for p in self.paired for c in p.cases}, key=self.folds.index)
+        folds = sorted({self.trainers[0].case_folds[c] for p in self.paired for c in p.cases}, key=self.folds.index)
         if len(folds) == 1:
             return f"validation cases within one training, fold {folds[0]}"
         return f"validation cases pooled over {len(folds)} trainings, folds {','.join(folds)}"
 
-    def _mean_table(self) -> list[list[str]]:
-        rows = [["class"] + [t.name for t in self.trainers]]
-        for key in self.classes:
-            cells = []
-            for t in self.trainers:
-                mean, std, n = self.mean_std(t, key)
-                cells.append("-" if n == 0 else f"{mean:.4f} ± {'n/a' if math.isnan(std) else f'{std:.4f}'} ({n})")
-            rows.append([self.label(key)] + cells)
-        if self.test_set:
-            rows.append(["cases found"] + [f"{len(t.cases)}/{self.n_label_cases}" for t in self.trainers])
-        else:
-            rows.append(["folds found"] + [f"{len(t.folds)}/{len(self.folds)}: " + ",".join(t.folds)
-                                           for t in self.trainers])
-        return rows
-
-    def _paired_table(self) -> list[list[str]]:
-        rows = [["trainer", "class", "n", "mean diff", "95% CI", "p", "W/L/T"]]
-        for p in self.paired:
-            rows.append([p.trainer, self.label(p.key), str(p.n), "-" if p.n == 0 else f"{p.mean:+.4f}",
-                         format_interval(p.ci_low, p.ci_high, signed=True), format_p(p.p_value),
-                         f"{p.wins}/{p.losses}/{p.ties}"])
-        return rows
-
     def sections(self) -> list[tuple[str, list[list[list[str]]], str]]:
         """(title, tables, note) of each part of the report."""
+        def cell(t: TrainerDice, key: str) -> str:
+            mean, std, n = self.mean_std(t, key)
+            return "-" if n == 0 else f"{mean:.4f} ± {'n/a' if math.isnan(std) else f'{std:.4f}'} ({n})"
+
+        means = [["class"] + [t.name for t in self.trainers]]
+        means += [[self.label(key)] + [cell(t, key) for t in self.trainers] for key in self.classes]
+        means.append(["cases found" if self.test_set else "folds found"] + [
+            f"{len(t.cases)}/{self.n_label_cases}" if self.test_set else f"{len(t.folds)}/{len(self.folds)}: "
+            f"{','.join(t.folds)}" for t in self.trainers])
         reference = self.trainers[0].name
-        result = [(self.what(), [self._mean_table()], "")]
+        result = [("test-set Dice, mean ± std over cases (n cases)" if self.test_set else
+                   "validation Dice, mean ± std over folds (n folds)", [means], "")]
         if self.trainings:
             groups = [((), self.trainings)]
             result.append((f"training level (one fold = one training; pairs: same fold) vs {reference} (reference): "
                            f"foreground Dice per training, stalled trainings",
-                           [table_rows(groups), per_training_rows(groups)], method_note("one fold")))
+                           [T.table_rows(groups), T.per_training_rows(groups)], T.method_note("one fold")))
         if self.paired:
+            paired = [["trainer", "class", "n", "mean diff", "95% CI", "p", "W/L/T"]] + [
+                [p.trainer, self.label(p.key), str(p.n), "-" if p.n == 0 else f"{p.mean:+.4f}",
+                 T.format_interval(p.ci_low, p.ci_high, signed=True), format_p(p.p_value),
+                 f"{p.wins}/{p.losses}/{p.ties}"] for p in self.paired]
             result.append((f"paired per-case Dice difference vs {reference} (reference), {self.case_scope()}: mean, "
-                           f"95% bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties",
-                           [self._paired_table()],
+                           f"95% bootstrap CI, two-sided Wilcoxon signed-rank p, wins/losses/ties", [paired],
                            f"CI: {N_RESAMPLES} bootstrap resamples of the cases, seed {BOOTSTRAP_SEED}; tie: |diff| < "
                            f"{TIE_TOLERANCE:g}; p: ties dropped, 1 if all tied; CI and p n/a below {MIN_CASES} "
                            f"paired cases. Cases of the same trainings: this CI and p describe these trainings, not "
@@ -239,56 +182,48 @@ class Comparison:
         """The text tables printed by the CLI."""
         (what, (means,), _), *rest = self.sections()
         lines = [f"{self.dataset} {self.configuration}: {what}",
-                 text_table(means, separator_before=1 + self.classes.index(FOREGROUND_MEAN))]
+                 T.render(means, separator_before=1 + self.classes.index(FOREGROUND_MEAN))]
         for title, tables, note in rest:
-            lines += ["", title, *(f"{text_table(rows)}\n" for rows in tables), note]
+            lines += ["", title, *(f"{T.render(rows)}\n" for rows in tables), note]
         return "\n".join(lines)
 
     def markdown(self) -> str:
         """The tables, the method and the warnings as a markdown document."""
         parts = [f"# {self.dataset} {self.configuration}"]
         for title, tables, note in self.sections():
-            parts += ["", f"## {title[0].upper()}{title[1:]}", "", "\n\n".join(map(markdown_table, tables))]
+            parts += ["", f"## {title[0].upper()}{title[1:]}", "", "\n\n".join(T.render(t, True) for t in tables)]
             parts += ["", note] if note else []
         if self.warnings:
             parts += ["", "## Warnings", "", *[f"- {w}" for w in self.warnings]]
         return "\n".join(parts) + "\n"
 
 
-def _label_names_from(labels: object) -> dict[str, str]:
-    """summary key -> label name from a dataset.json ``"labels"`` dict."""
+def _label_names(labels: object) -> dict[str, str]:
+    """summary key -> label name from a dataset.json ``"labels"`` dict, or from the dataset.json at a Path."""
+    if isinstance(labels, Path):
+        try:
+            labels = json.loads(labels.read_text())["labels"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
     names: dict[str, str] = {}
     for name, value in (labels.items() if isinstance(labels, dict) else ()):
         if isinstance(value, int):
             names[str(value)] = name
         elif isinstance(value, list):  # nnU-Net's key is "(1, 2)"; [2] is "2" in a label dataset, "(2,)" with regions
-            names[str(tuple(value))] = name
-            if len(value) == 1:
-                names[str(value[0])] = name
+            names.update(dict.fromkeys([str(tuple(value))] + ([str(value[0])] if len(value) == 1 else []), name))
     return names
-
-
-def _label_names(folder: Path) -> dict[str, str]:
-    """summary key -> label name from the dataset.json nnU-Net copies into the results folder."""
-    try:
-        return _label_names_from(json.loads((folder / "dataset.json").read_text())["labels"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[str], plans: str = "nnUNetPlans",
                      folds: Sequence[int | str] = DEFAULT_FOLDS, out_dir: str | Path | None = ".",
                      results_root: str | Path | None = None) -> Comparison:
-    """The validation Dice of finished trainings, each trainer (``TRAINER`` or ``TRAINER__PLANS``) paired with the
-    first; writes ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Missing folds and cases
-    that cannot be paired are ``warnings``; no summary.json for a trainer, a case in two folds, no case shared with
-    the reference or an unknown dataset is a ValueError."""
+    """The validation Dice of finished trainings (``TRAINER`` or ``TRAINER__PLANS``) paired with the first; writes
+    ``compare_<Dataset>_<configuration>.*`` into ``out_dir`` (None: nothing). Unusable input is a ValueError."""
     if not trainers:
         raise ValueError("give at least one trainer")
     if len(set(trainers)) != len(trainers):
         raise ValueError(f"trainer given twice in {list(trainers)}")
-    root = root_from_env(results_root, "nnUNet_results")
-    name = resolve_dataset_name(dataset, root, "nnUNet_results")
+    root = dataset_folder(dataset, "nnUNet_results", results_root)
     fold_names = [str(f) for f in folds]
     if len(set(fold_names)) != len(fold_names):
         raise ValueError(f"duplicate folds in {fold_names}")
@@ -299,8 +234,8 @@ def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[
         if len(parts) > 2 or not all(parts):
             raise ValueError(f"trainer '{entry}': give TRAINER or TRAINER__PLANS")
         trainer, trainer_plans = parts[0], parts[1] if len(parts) == 2 else plans
-        folder = root / name / f"{trainer}__{trainer_plans}__{configuration}"
-        result = TrainerDice(entry, folder, [], [], {}, _label_names(folder))
+        folder = root / f"{trainer}__{trainer_plans}__{configuration}"
+        result = TrainerDice(entry, folder, [], [], {}, _label_names(folder / "dataset.json"))
         for f in fold_names:
             path = folder / f"fold_{f}" / "validation" / "summary.json"
             if not path.is_file():
@@ -317,9 +252,10 @@ def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[
             result.folds.append(f)
         if not result.folds:
             expected = folder / f"fold_{fold_names[0]}" / "validation" / "summary.json"
-            hint = "" if folder.is_dir() else f" (no folder {folder.name}; present: {_present(root / name)})"
-            configs = sorted({p.name.split("__")[-1] for p in (root / name).glob("*__*__*") if p.is_dir()})
-            fix = f"Train with nnUNetv2_train {name} {configuration} FOLD -tr {trainer} -p {trainer_plans}" \
+            present = sorted(p.name for p in root.iterdir() if p.is_dir())
+            hint = "" if folder.is_dir() else f" (no folder {folder.name}; present: {present})"
+            configs = sorted({p.name.split("__")[-1] for p in root.glob("*__*__*") if p.is_dir()})
+            fix = f"Train with nnUNetv2_train {root.name} {configuration} FOLD -tr {trainer} -p {trainer_plans}" \
                 if configuration in configs or not configs else f"Configurations with results: {configs}; check -c"
             raise ValueError(f"no results for trainer '{entry}': expected {expected} (folds {','.join(fold_names)})"
                              f"{hint}. {fix}")
@@ -328,9 +264,15 @@ def compare_trainers(dataset: str | int, configuration: str, trainers: Sequence[
                             f"{folder} (unfinished training, or run nnUNetv2_train ... --val); using "
                             f"{len(result.folds)} fold(s)")
         results.append(result)
-
-    comparison = Comparison(name, configuration, fold_names, _classes(t.dice for t in results), results, warnings)
-    comparison.trainings = _training_level(comparison)
+    comparison = Comparison(root.name, configuration, fold_names, _classes(t.dice for t in results), results, warnings)
+    trainings = {}  # one training per fold (its cases: those validated in it), paired by fold with the first trainer
+    for t in results:
+        keys = {k for m in t.cases.values() for k in m}
+        classes = [k for k in comparison.classes if k in keys and k not in (FOREGROUND_MEAN, "0")]
+        trainings[t.name] = [T.Training.from_cases(f"fold {f}", {c: m for c, m in t.cases.items()
+                                                                 if t.case_folds[c] == f},
+                                                   classes, {k: comparison.label(k) for k in classes}) for f in t.folds]
+    comparison.trainings = T.summarize_trainings(trainings, results[0].name)
     return _finish(comparison, out_dir)
 
 
@@ -349,17 +291,9 @@ def _classes(key_sets: Iterable[Iterable[str]]) -> list[str]:
 
 
 def _finish(comparison: Comparison, out_dir: str | Path | None) -> Comparison:
-    """The paired statistics; the output files ``compare_<Dataset>_<configuration or label folder>.*``."""
-    comparison.paired = _pair_all(comparison)
-    if out_dir is not None:
-        write_outputs(comparison, out_dir, f"compare_{comparison.dataset}_{comparison.configuration}")
-    return comparison
-
-
-def _pair_all(comparison: Comparison) -> list[PairedDifference]:
-    """Paired statistics of every trainer against the first one; warns about what cannot be paired."""
+    """Pairs every trainer with the first one (warning about what cannot be paired), then writes the output files
+    ``compare_<Dataset>_<configuration or label folder>.*``."""
     reference, *others = comparison.trainers
-    paired = []
     for t in others:
         shared = t.cases.keys() & reference.cases.keys()
         if not shared:
@@ -376,32 +310,20 @@ def _pair_all(comparison: Comparison) -> list[PairedDifference]:
             comparison.warnings.append(
                 f"{t.name} vs {reference.name}: paired statistics use the {len(shared)} case(s) both have; left out "
                 f"{' and '.join(left_out)}" + (f"; {' and '.join(folds)}" if folds else ""))
-        t_keys = {k for m in t.cases.values() for k in m}
-        ref_keys = {k for m in reference.cases.values() for k in m}
+        t_keys, ref_keys = ({k for m in run.cases.values() for k in m} for run in (t, reference))
         if t_keys != ref_keys:
             comparison.warnings.append(
                 f"{t.name} vs {reference.name}: different classes ({', '.join(sorted(t_keys))} vs "
                 f"{', '.join(sorted(ref_keys))}); paired over the shared ones, the foreground mean too")
         foreground = [k for k in comparison.classes if k in t_keys and k in ref_keys and k != "0"]
-        for key in comparison.classes:
-            if key != FOREGROUND_MEAN and key not in foreground:
-                continue
-            paired.append(paired_difference(t.case_values(key, foreground), reference.case_values(key, foreground),
-                                            t.name, reference.name, key))
-    return paired
-
-
-def _training_level(comparison: Comparison) -> list[TrainerTrainings]:
-    """One training per fold of every trainer (its cases: those validated in that fold), paired by fold with the
-    first trainer's."""
-    trainers = {}
-    for t in comparison.trainers:
-        keys = {k for m in t.cases.values() for k in m}
-        classes = [k for k in comparison.classes if k in keys and k not in (FOREGROUND_MEAN, "0")]
-        names = {k: comparison.label(k) for k in classes}
-        trainers[t.name] = [Training.from_cases(f"fold {f}", {c: m for c, m in t.cases.items() if t.case_folds[c] == f},
-                                                classes, names) for f in t.folds]
-    return summarize_trainings(trainers, comparison.trainers[0].name)
+        for key in [k for k in comparison.classes if k == FOREGROUND_MEAN or k in foreground]:
+            a, b = t.case_values(key, foreground), reference.case_values(key, foreground)  # finite values only
+            cases = sorted(a.keys() & b.keys())
+            comparison.paired.append(PairedDifference(t.name, reference.name, key, cases,
+                                                      np.array([a[c] - b[c] for c in cases], dtype=float)))
+    if out_dir is not None:
+        write_outputs(comparison, out_dir, f"compare_{comparison.dataset}_{comparison.configuration}")
+    return comparison
 
 
 def _examples(cases: object, limit: int = 3) -> str:
@@ -409,14 +331,9 @@ def _examples(cases: object, limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "") if names else "none"
 
 
-def _present(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
 # ------------------------------------------------------------------------------------------- test set
 def _dataset_json(dataset: str | int | None, dataset_json: str | Path | None) -> tuple[str | None, Path]:
-    """(dataset folder name, dataset.json path): ``dataset_json`` as given (name None unless its folder is a
-    ``DatasetXXX_Name``), or the one of ``dataset`` in nnUNet_preprocessed, else nnUNet_raw."""
+    """(dataset name or None, dataset.json): ``dataset_json``, or that of ``dataset`` in nnUNet_preprocessed/raw."""
     if (dataset is None) == (dataset_json is None):
         raise ValueError("give the dataset (-d DATASET, its dataset.json is read from nnUNet_preprocessed or "
                          "nnUNet_raw) or --dataset-json FILE, one of them")
@@ -428,48 +345,25 @@ def _dataset_json(dataset: str | int | None, dataset_json: str | Path | None) ->
     problems = []
     for variable in ("nnUNet_preprocessed", "nnUNet_raw"):
         try:
-            root = root_from_env(None, variable)
-            name = resolve_dataset_name(dataset, root, variable)
+            folder = dataset_folder(dataset, variable)
         except ValueError as e:
             problems.append(str(e))
             continue
-        if (root / name / "dataset.json").is_file():
-            return name, root / name / "dataset.json"
-        problems.append(f"no {root / name / 'dataset.json'}")
+        if (folder / "dataset.json").is_file():
+            return folder.name, folder / "dataset.json"
+        problems.append(f"no {folder / 'dataset.json'}")
     raise ValueError(f"no dataset.json for dataset '{dataset}' ({'; '.join(problems)}); pass --dataset-json FILE")
-
-
-def _evaluate(label_folder: Path, prediction_folder: Path, case_files: list[str], reader_writer: object,
-              labels_or_regions: list, ignore_label: int | None, num_processes: int) -> CaseDice:
-    """Per-case Dice from nnU-Net's ``compute_metrics`` (in-process for one process, else a spawn pool as in
-    ``compute_metrics_on_folder``)."""
-    import multiprocessing
-
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-
-    jobs = [(str(label_folder / c), str(prediction_folder / c), reader_writer, labels_or_regions, ignore_label)
-            for c in case_files]
-    try:
-        if num_processes <= 1 or len(jobs) == 1:
-            results = [compute_metrics(*job) for job in jobs]
-        else:
-            with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-                results = pool.starmap(compute_metrics, jobs)
-    except Exception as e:  # unreadable image, shape mismatch: one line naming the folder
-        raise ValueError(f"nnU-Net's evaluator failed on {prediction_folder} against {label_folder}: "
-                         f"{type(e).__name__}: {e}; check that the predictions match the labels") from None
-    return {Path(r["reference_file"]).name: {str(k): float(m["Dice"]) for k, m in r["metrics"].items()}
-            for r in results}
 
 
 def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str | Path]],
                         dataset: str | int | None = None, dataset_json: str | Path | None = None,
                         out_dir: str | Path | None = ".", num_processes: int | None = None) -> Comparison:
-    """Prediction folders (name, folder) of a test set evaluated against ``labels`` with nnU-Net's evaluator and
-    compared like ``compare_trainers``. Labels or regions, ignore label and file ending come from ``dataset`` (its
-    dataset.json in nnUNet_preprocessed, else nnUNet_raw) or ``dataset_json``. Predictions missing for some label
-    cases, and prediction files without a label, are warnings; unusable input is a ValueError."""
+    """Prediction folders (name, folder) evaluated against ``labels`` by nnU-Net's evaluator (settings from the
+    dataset.json), compared like ``compare_trainers``."""
+    import multiprocessing
+
     from nnunetv2.configuration import default_num_processes
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
@@ -494,14 +388,14 @@ def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str
     if not label_cases:
         raise ValueError(f"no *{file_ending} files in label folder {label_folder} (file_ending from {json_path})")
     warnings: list[str] = []
-    shared: dict[str, list[str]] = {}
+    shared: list[list[str]] = []
     for prediction_name, folder in predictions:
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"prediction folder {folder} ({prediction_name}) does not exist")
         files = {p.name for p in folder.iterdir() if p.name.endswith(file_ending) and p.is_file()}
-        shared[prediction_name] = [c for c in label_cases if c in files]
-        if not shared[prediction_name]:
+        shared.append([c for c in label_cases if c in files])
+        if not shared[-1]:
             raise ValueError(f"prediction folder {folder} ({prediction_name}) has no {file_ending} file named like "
                              f"a label in {label_folder} (e.g. {_examples(label_cases)}; it has "
                              f"{_examples(files)}); predict the test images with nnUNetv2_predict")
@@ -519,12 +413,22 @@ def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str
     labels_or_regions = label_manager.foreground_regions if label_manager.has_regions else \
         label_manager.foreground_labels
     processes = default_num_processes if num_processes is None else num_processes
-    label_names = _label_names_from(content["labels"])
     results = []
-    for prediction_name, folder in predictions:
-        cases = _evaluate(label_folder, Path(folder), shared[prediction_name], reader_writer, labels_or_regions,
-                          label_manager.ignore_label, processes)
-        results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, label_names, cases))
+    for (prediction_name, folder), cases in zip(predictions, shared):  # nnU-Net's per-case evaluator
+        jobs = [(str(label_folder / c), str(Path(folder) / c), reader_writer, labels_or_regions,
+                 label_manager.ignore_label) for c in cases]
+        try:
+            if processes <= 1 or len(jobs) == 1:
+                metrics = [compute_metrics(*job) for job in jobs]
+            else:  # a spawn pool, as in nnU-Net's compute_metrics_on_folder
+                with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
+                    metrics = pool.starmap(compute_metrics, jobs)
+        except Exception as e:  # unreadable image, shape mismatch: one line naming the folder
+            raise ValueError(f"nnU-Net's evaluator failed on {Path(folder)} against {label_folder}: "
+                             f"{type(e).__name__}: {e}; check that the predictions match the labels") from None
+        dice = {Path(r["reference_file"]).name: {str(k): float(m["Dice"]) for k, m in r["metrics"].items()}
+                for r in metrics}
+        results.append(TrainerDice(prediction_name, Path(folder), [], [], {}, _label_names(content["labels"]), dice))
     comparison = Comparison(name, label_folder.name, [], _classes(m for t in results for m in t.cases.values()),
                             results, warnings, test_set=True, n_label_cases=len(label_cases))
     return _finish(comparison, out_dir)
@@ -532,8 +436,7 @@ def compare_predictions(labels: str | Path, predictions: Sequence[tuple[str, str
 
 # -------------------------------------------------------------------------------------------- outputs
 def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> None:
-    """Write the CSV (``Comparison.rows``, empty cells for NaN), the markdown file and the figures; sets the
-    ``*_path`` fields of ``comparison``."""
+    """Write the CSV (empty cells for NaN), the markdown file and the figures; sets ``comparison.*_path``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     comparison.csv_path, comparison.md_path = out / f"{stem}.csv", out / f"{stem}.md"
@@ -553,15 +456,9 @@ def write_outputs(comparison: Comparison, out_dir: str | Path, stem: str) -> Non
 
 
 def fold_mean_figure(comparison: Comparison) -> Figure:
-    """One group of bars per class, one bar per trainer, error bars the std over folds (none where it is n/a; with
-    no error bar at all the values are written on the bars); the legend above the axes, clear of the bars."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """Bars per class and trainer with the std over folds (without any std: the values on the bars)."""
     classes, trainers = comparison.classes, comparison.trainers
-    fig = Figure(figsize=(max(6.0, 1.0 + len(classes) * (0.5 + 0.35 * len(trainers))), 4.8), dpi=100,
-                 layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = T.new_figure(max(6.0, 1.0 + len(classes) * (0.5 + 0.35 * len(trainers))), 4.8)
     ax = fig.add_subplot()
     width = 0.8 / len(trainers)
     with_std = any(not math.isnan(t.mean_std(k)[1]) for t in trainers for k in classes)
@@ -571,8 +468,7 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
         no_std = ", no std" if with_std and len(t.folds) < 2 else ""  # a single fold among runs with error bars
         bars = ax.bar(xs, np.nan_to_num(means), width,
                       label=f"{t.name} ({len(t.folds)} fold{'s' if len(t.folds) > 1 else ''}{no_std})")
-        shown = ~np.isnan(stds)
-        if shown.any():
+        if (shown := ~np.isnan(stds)).any():
             ax.errorbar(xs[shown], np.nan_to_num(means)[shown], yerr=stds[shown], fmt="none", ecolor="black",
                         capsize=3, lw=1)
         if not with_std:  # a bar of height 0 is invisible: "0.000"
@@ -589,18 +485,14 @@ def fold_mean_figure(comparison: Comparison) -> Figure:
 
 
 def paired_figure(comparison: Comparison) -> Figure:
-    """Per-case paired Dice differences: one panel per non-reference trainer, per class a strip of cases
-    (green: better than the reference, red: worse, grey: tie), the mean with its 95% bootstrap CI in black and a
-    line at 0; n and p under each class."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    """Per non-reference trainer and class the paired per-case differences (green better, red worse, grey tie) and
+    their mean with its 95% bootstrap CI."""
     from matplotlib.lines import Line2D
 
     others = list(dict.fromkeys(p.trainer for p in comparison.paired))
     keys = [k for k in comparison.classes if any(p.key == k for p in comparison.paired)]
     limit = max([float(np.abs(p.differences).max()) for p in comparison.paired if p.n] + [0.01]) * 1.15
-    fig = Figure(figsize=(max(6.0, 1.5 + 1.3 * len(keys)), 0.8 + 3.2 * len(others)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = T.new_figure(max(6.0, 1.5 + 1.3 * len(keys)), 0.8 + 3.2 * len(others))
     axes = fig.subplots(len(others), 1, squeeze=False, sharey=True)[:, 0]
     jitter_rng = np.random.default_rng(0)  # fixed jitter: the same figure on every run
     for ax, trainer in zip(axes, others):
@@ -615,8 +507,7 @@ def paired_figure(comparison: Comparison) -> Figure:
                               np.where(p.differences <= -TIE_TOLERANCE, "tab:red", "grey"))
             ax.scatter(x - 0.12 + jitter_rng.uniform(-0.14, 0.14, p.n), p.differences, s=14, c=colors, alpha=0.6,
                        linewidths=0)
-            ci = None if math.isnan(p.ci_low) else [[p.mean - p.ci_low], [p.ci_high - p.mean]]
-            ax.errorbar([x + 0.18], [p.mean], yerr=ci, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
+            T.mean_whisker(ax, x + 0.18, p.mean, (p.ci_low, p.ci_high))
             stats = f"n={p.n}, CI and p n/a" if math.isnan(p.p_value) else f"n={p.n}, p={format_p(p.p_value)}"
             tick_labels.append(f"{comparison.label(key, short=True)}\n{stats}\nW/L/T {p.wins}/{p.losses}/{p.ties}")
         ax.axhline(0.0, color="black", lw=0.8)
@@ -666,8 +557,11 @@ def _prediction(value: str) -> tuple[str, str]:
     return name, folder
 
 
-def _run(args: argparse.Namespace) -> Comparison:
-    """Dispatch to the mode the flags ask for; ValueError for flags that do not fit together."""
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Run the mode the flags ask for; ValueError for flags that do not fit together."""
+    from nnunet_csse.folders import check_writable
+
+    check_writable(args.out, "output folder (--out)")  # before any evaluation
     if args.labels is not None or args.predictions is not None:
         if args.labels is None or args.predictions is None:
             raise ValueError("a test set needs both --labels FOLDER and --predictions NAME=FOLDER ...")
@@ -676,29 +570,21 @@ def _run(args: argparse.Namespace) -> Comparison:
         if extra:
             raise ValueError(f"{'/'.join(extra)} belong to cross-validation results; with --labels/--predictions "
                              f"give -d DATASET or --dataset-json FILE only")
-        return compare_predictions(args.labels, args.predictions, dataset=args.dataset, dataset_json=args.dataset_json,
-                                   out_dir=args.out, num_processes=args.num_processes)
-    missing = [flag for flag, value in (("-d", args.dataset), ("-c", args.configuration), ("-tr", args.trainers))
-               if value is None]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}: give -d DATASET -c CONFIG -tr TRAINER ... (cross-"
-                         f"validation) or --labels FOLDER --predictions NAME=FOLDER ... (test set)")
-    if args.dataset_json is not None:
-        raise ValueError("--dataset-json is for a test set (--labels/--predictions); cross-validation reads -d")
-    return compare_trainers(args.dataset, args.configuration, args.trainers, plans=args.plans or "nnUNetPlans",
-                            folds=args.folds or DEFAULT_FOLDS, out_dir=args.out)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from nnunet_csse.folders import check_writable
-
-    check_writable(args.out, "output folder (--out)")  # before any evaluation
-    result = _run(args)
+        result = compare_predictions(args.labels, args.predictions, dataset=args.dataset,
+                                     dataset_json=args.dataset_json, out_dir=args.out, num_processes=args.num_processes)
+    else:
+        missing = [flag for flag, value in (("-d", args.dataset), ("-c", args.configuration), ("-tr", args.trainers))
+                   if value is None]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}: give -d DATASET -c CONFIG -tr TRAINER ... (cross-"
+                             f"validation) or --labels FOLDER --predictions NAME=FOLDER ... (test set)")
+        if args.dataset_json is not None:
+            raise ValueError("--dataset-json is for a test set (--labels/--predictions); cross-validation reads -d")
+        result = compare_trainers(args.dataset, args.configuration, args.trainers, plans=args.plans or "nnUNetPlans",
+                                  folds=args.folds or DEFAULT_FOLDS, out_dir=args.out)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    print(result.table())
-    for path in result.written:
-        print(f"wrote {path}")
+    print("\n".join([result.table(), *(f"wrote {path}" for path in result.written)]))
     return 0
 
 

@@ -1,8 +1,5 @@
-"""Statistics shared by ``nnunet-csse compare`` and the accuracy benchmark, and the training level: one training
-(a fold, or a (fold, seed) run) is one sample. Per trainer: each training's foreground Dice, mean ± SD with a
-hierarchical bootstrap CI, stalled trainings with an exact interval, and against the reference the mean pair
-difference with its CI and a Wilcoxon signed-rank or exact sign test. The rules: docs/benchmarks.md.
-"""
+"""Statistics and tables shared by ``nnunet-csse compare`` and the accuracy benchmark; the training level (one fold,
+or one (fold, seed) run, is one sample). The rules: docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -15,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 TIE_TOLERANCE = 1e-12  # |difference| below this is a tie
@@ -24,12 +22,6 @@ STALL_DICE = 0.1  # a training with a foreground class below this mean validatio
 MIN_SIGNED_RANK = 6  # fewer non-zero pair differences: exact sign test instead of Wilcoxon signed-rank
 MIN_TRAININGS = 2  # fewer trainings (pairs): no bootstrap CI
 LEVEL = 0.95
-WILCOXON = "Wilcoxon"
-SIGN_TEST = "sign test"
-FOREGROUND_RULE = ("foreground Dice of a training: per foreground class the mean Dice over its validation cases, "
-                   "then the mean over classes")
-STALL_RULE = f"stalled: some foreground class has mean validation Dice < {STALL_DICE:g}"
-
 TRAINER_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
                   "tab:cyan", "tab:gray")  # no red: red crosses are the stalled trainings
 Group = tuple[tuple[str, ...], "Sequence[TrainerTrainings]"]  # (group cells, e.g. (budget, fraction); its trainers)
@@ -38,15 +30,18 @@ Group = tuple[tuple[str, ...], "Sequence[TrainerTrainings]"]  # (group cells, e.
 def mean_std(values: Iterable[float | None]) -> tuple[float, float, int]:
     """(mean, sample SD, n) of the finite values (None and NaN left out); NaN for what cannot be computed."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan, 0
     sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
-    return float(np.mean(finite)), sd, len(finite)
+    return (float(np.mean(finite)), sd, len(finite)) if finite else (math.nan, math.nan, 0)
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN, as in nnU-Net
+        return np.nanmean(values, axis=axis)
 
 
 def wilcoxon_p(differences: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p-value; differences below ``TIE_TOLERANCE`` are ties (dropped by scipy's
-    default ``zero_method="wilcox"``); 1.0 when every difference is a tie."""
+    """Two-sided Wilcoxon signed-rank p; |d| < ``TIE_TOLERANCE`` are ties (dropped by scipy), 1.0 when all tie."""
     from scipy.stats import wilcoxon
 
     tied = np.abs(differences) < TIE_TOLERANCE
@@ -74,9 +69,8 @@ class Training:
         case_names = tuple(sorted(cases))
         matrix = np.array([[cases[c].get(k, math.nan) for k in classes] for c in case_names],
                           dtype=float).reshape(len(case_names), len(classes))
-        means = _nanmean(matrix, axis=0)
-        names = names or {}
-        return cls(key, {names.get(k, k): float(m) for k, m in zip(classes, means)}, matrix, case_names)
+        means = {(names or {}).get(k, k): float(m) for k, m in zip(classes, _nanmean(matrix, axis=0))}
+        return cls(key, means, matrix, case_names)
 
     @property
     def foreground(self) -> float:
@@ -92,129 +86,82 @@ class Training:
         return bool(self.stalled_classes)
 
 
-def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN, as in nnU-Net
-        return np.nanmean(values, axis=axis)
-
-
-def foreground_dice(cases: np.ndarray) -> np.ndarray:
-    """Foreground Dice of case matrices ``(..., n_cases, n_classes)``: per class the mean over cases, then the mean
-    over classes (NaN left out at both steps)."""
-    return _nanmean(_nanmean(cases, axis=-2), axis=-1)
-
-
-def _training_draws(rng: np.random.Generator, m: int, training: Training) -> np.ndarray:
-    if training.cases is None or len(training.cases) == 0:
-        return np.full(m, training.foreground)
-    n = len(training.cases)
-    return foreground_dice(training.cases[rng.integers(0, n, size=(m, n))])
-
-
-def _unit_draws(rng: np.random.Generator, m: int, training: Training, reference: Training | None) -> np.ndarray:
+def _draws(rng: np.random.Generator, m: int, training: Training, reference: Training | None = None) -> np.ndarray:
     """``m`` case-resampled values of one unit: a training's foreground Dice, or a pair's difference."""
-    if reference is None:
-        return _training_draws(rng, m, training)
-    if training.cases is not None and reference.cases is not None and len(training.cases) and \
-            training.case_names == reference.case_names:  # the same cases: one draw for both
-        n = len(training.cases)
-        rows = rng.integers(0, n, size=(m, n))
-        return foreground_dice(training.cases[rows]) - foreground_dice(reference.cases[rows])
-    return _training_draws(rng, m, training) - _training_draws(rng, m, reference)
+    def foreground(cases: np.ndarray) -> np.ndarray:  # (..., n_cases, n_classes): class means, then their mean
+        return _nanmean(_nanmean(cases, axis=-2), axis=-1)
+
+    cases = training.cases
+    if reference is not None:
+        if cases is not None and reference.cases is not None and len(cases) and \
+                training.case_names == reference.case_names:  # the same cases: one draw for both
+            rows = rng.integers(0, len(cases), size=(m, len(cases)))
+            return foreground(cases[rows]) - foreground(reference.cases[rows])
+        return _draws(rng, m, training) - _draws(rng, m, reference)
+    if cases is None or len(cases) == 0:
+        return np.full(m, training.foreground)
+    return foreground(cases[rng.integers(0, len(cases), size=(m, len(cases)))])
 
 
 def hierarchical_bootstrap_ci(units: Sequence[tuple[Training, Training | None]], n_resamples: int = N_RESAMPLES,
                               seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
     """Percentile CI of the mean over ``units`` (training, reference or None): units with replacement, then the
-    cases inside each drawn unit; (NaN, NaN) below ``MIN_TRAININGS`` units."""
+    cases inside each drawn unit; NaN below ``MIN_TRAININGS`` units."""
     if len(units) < MIN_TRAININGS:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     picked = rng.integers(0, len(units), size=(n_resamples, len(units)))
     values = np.empty(picked.shape)
     for index, (training, reference) in enumerate(units):
-        where = picked == index
-        values[where] = _unit_draws(rng, int(where.sum()), training, reference)
-    means = _nanmean(values, axis=1)
-    low, high = np.nanpercentile(means, [50 * (1 - level), 50 * (1 + level)])
+        values[picked == index] = _draws(rng, int((picked == index).sum()), training, reference)
+    low, high = np.nanpercentile(_nanmean(values, axis=1), [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
 
 def pair_test(differences: Sequence[float]) -> tuple[float, str]:
-    """Two-sided p over paired training differences and the test's name: Wilcoxon signed-rank with at least
-    ``MIN_SIGNED_RANK`` non-zero differences, else the exact sign test (ties dropped; p = 1 when all tie)."""
+    """(two-sided p, test): Wilcoxon signed-rank with >= ``MIN_SIGNED_RANK`` non-zero differences, else the exact
+    sign test (ties dropped; p = 1 when all tie)."""
     from scipy.stats import binomtest
 
     d = np.asarray(differences, dtype=float)
+    nonzero = d[np.abs(d) >= TIE_TOLERANCE]
     if len(d) == 0:
         return math.nan, ""
-    nonzero = d[np.abs(d) >= TIE_TOLERANCE]
     if len(nonzero) >= MIN_SIGNED_RANK:
-        return wilcoxon_p(d), WILCOXON
-    if len(nonzero) == 0:
-        return 1.0, SIGN_TEST
-    return float(binomtest(int(np.sum(nonzero > 0)), len(nonzero)).pvalue), SIGN_TEST
+        return wilcoxon_p(d), "Wilcoxon"
+    return (float(binomtest(int(np.sum(nonzero > 0)), len(nonzero)).pvalue) if len(nonzero) else 1.0), "sign test"
 
 
 def stall_interval(k: int, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Exact (Clopper-Pearson) interval of a proportion k/n; (NaN, NaN) for n = 0."""
     from scipy.stats import binomtest
 
-    if n == 0:
-        return math.nan, math.nan
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact")
-    return float(ci.low), float(ci.high)
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="exact") if n else None
+    return (float(ci.low), float(ci.high)) if ci else (math.nan, math.nan)
 
 
 @dataclass(eq=False)
 class TrainerTrainings:
-    """The training-level statistics of one trainer."""
+    """The training-level statistics of one trainer; ``pairs``: (its training, the reference's of the same key)."""
 
     name: str
     trainings: list[Training]
     reference: str | None = None  # the trainer it is paired with; None for the reference itself
     pairs: list[tuple[Training, Training]] = field(default_factory=list)
-    mean_ci: tuple[float, float] = (math.nan, math.nan)
-    difference_ci: tuple[float, float] = (math.nan, math.nan)
-    p_value: float = math.nan
-    test: str = ""
 
-    @property
-    def n(self) -> int:
-        return len(self.trainings)
-
-    @property
-    def values(self) -> list[float]:
-        """Foreground Dice of the trainings with a finite one."""
-        return [v for t in self.trainings if math.isfinite(v := t.foreground)]
-
-    @property
-    def mean(self) -> float:
-        return mean_std(self.values)[0]
-
-    @property
-    def sd(self) -> float:
-        return mean_std(self.values)[1]
-
-    @property
-    def stalled(self) -> int:
-        return sum(t.stalled for t in self.trainings)
-
-    @property
-    def stall_ci(self) -> tuple[float, float]:
-        return stall_interval(self.stalled, self.n)
-
-    @property
-    def differences(self) -> np.ndarray:
-        return np.array([t.foreground - r.foreground for t, r in self.pairs], dtype=float)
-
-    @property
-    def difference(self) -> float:
-        return float(self.differences.mean()) if self.pairs else math.nan
+    def __post_init__(self) -> None:
+        self.n, self.stalled = len(self.trainings), sum(t.stalled for t in self.trainings)
+        self.stall_ci = stall_interval(self.stalled, self.n)
+        self.values = [v for t in self.trainings if math.isfinite(v := t.foreground)]  # finite foreground Dice
+        self.mean, self.sd, _ = mean_std(self.values)
+        self.mean_ci = hierarchical_bootstrap_ci([(t, None) for t in self.trainings if math.isfinite(t.foreground)])
+        self.differences = np.array([t.foreground - r.foreground for t, r in self.pairs], dtype=float)
+        self.difference = float(self.differences.mean()) if self.pairs else math.nan
+        self.difference_ci = hierarchical_bootstrap_ci(self.pairs)
+        self.p_value, self.test = pair_test(self.differences)
 
 
-def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: str | None,
-                        n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> list[TrainerTrainings]:
+def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: str | None) -> list[TrainerTrainings]:
     """The statistics of every trainer (in the order given), each paired by training key with ``reference``."""
     reference_by_key = {t.key: t for t in trainers.get(reference, ()) if math.isfinite(t.foreground)}
     result = []
@@ -223,15 +170,10 @@ def summarize_trainings(trainers: Mapping[str, Sequence[Training]], reference: s
         if len(set(keys)) != len(keys):
             raise ValueError(f"trainer {name}: two trainings named {sorted(k for k in keys if keys.count(k) > 1)[0]}; "
                              f"give each (fold, seed) once")
-        summary = TrainerTrainings(name, list(trainings))
-        usable = [t for t in trainings if math.isfinite(t.foreground)]
-        summary.mean_ci = hierarchical_bootstrap_ci([(t, None) for t in usable], n_resamples, seed)
-        if reference in trainers and name != reference:
-            summary.reference = reference
-            summary.pairs = [(t, reference_by_key[t.key]) for t in usable if t.key in reference_by_key]
-            summary.difference_ci = hierarchical_bootstrap_ci(summary.pairs, n_resamples, seed)
-            summary.p_value, summary.test = pair_test(summary.differences)
-        result.append(summary)
+        paired = reference in trainers and name != reference
+        pairs = [(t, reference_by_key[t.key]) for t in trainings if math.isfinite(t.foreground)
+                 and t.key in reference_by_key] if paired else []
+        result.append(TrainerTrainings(name, list(trainings), reference if paired else None, pairs))
     return result
 
 
@@ -252,102 +194,95 @@ def table_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> li
              "difference to reference [95% CI]", "pairs", "p (test)"]]
     for cells, summaries in groups:
         for s in summaries:
-            stalled = f"{s.stalled}/{s.n} {format_interval(*s.stall_ci, digits=3)}" if s.n else "-"
-            if not s.values:
-                dice = "-"
-            elif len(s.values) == 1:
-                dice = f"{s.mean:.4f} (one training)"
-            else:
-                dice = f"{s.mean:.4f} ± {s.sd:.4f} {format_interval(*s.mean_ci)}"
+            dice = "-" if not s.values else f"{s.mean:.4f} (one training)" if len(s.values) == 1 else \
+                f"{s.mean:.4f} ± {s.sd:.4f} {format_interval(*s.mean_ci)}"
+            paired = [f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}", str(len(s.pairs)),
+                      f"{format_p(s.p_value)} ({s.test})"] if s.pairs else ["-", "0", ""]
             if s.reference is None:
-                difference, pairs, p = ("reference", "", "") if any(o.reference == s.name for o in summaries) else \
-                    ("-", "", "")
-            elif not s.pairs:
-                difference, pairs, p = "-", "0", ""
-            else:
-                difference = f"{s.difference:+.4f} {format_interval(*s.difference_ci, signed=True)}"
-                pairs, p = str(len(s.pairs)), f"{format_p(s.p_value)} ({s.test})"
-            rows.append([*cells, s.name, str(s.n), stalled, dice, difference, pairs, p])
+                paired = ["reference" if any(o.reference == s.name for o in summaries) else "-", "", ""]
+            rows.append([*cells, s.name, str(s.n), f"{s.stalled}/{s.n} {format_interval(*s.stall_ci, digits=3)}"
+                         if s.n else "-", dice, *paired])
     return rows
 
 
 def per_training_rows(groups: Sequence[Group], group_columns: Sequence[str] = ()) -> list[list[str]]:
     """Header and one row per (group, trainer) listing each training's foreground Dice (stalled ones marked)."""
-    rows = [[*group_columns, "trainer", "foreground Dice per training"]]
-    for cells, summaries in groups:
-        for s in summaries:
-            listed = []
-            for t in s.trainings:
-                stalled = f" (stalled: {', '.join(f'{k} {t.class_dice[k]:.3f}' for k in t.stalled_classes)})" \
-                    if t.stalled else ""
-                listed.append(f"{t.key}: {t.foreground:.4f}{stalled}")
-            rows.append([*cells, s.name, "; ".join(listed)])
-    return rows
+    def listed(t: Training) -> str:
+        stalled = ", ".join(f"{k} {t.class_dice[k]:.3f}" for k in t.stalled_classes)
+        return f"{t.key}: {t.foreground:.4f}" + (f" (stalled: {stalled})" if stalled else "")
+
+    return [[*group_columns, "trainer", "foreground Dice per training"]] + [
+        [*cells, s.name, "; ".join(map(listed, s.trainings))] for cells, summaries in groups for s in summaries]
 
 
-def text_table(rows: list[list[str]], separator_before: int | None = None) -> str:
-    """``rows`` (header first) as aligned text, a dashed line before row ``separator_before``."""
+def render(rows: list[list[str]], markdown: bool = False, separator_before: int | None = None) -> str:
+    """``rows`` (header first) as aligned text (a dashed line before row ``separator_before``) or markdown."""
+    if markdown:
+        return "\n".join(["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])] +
+                         ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]])
     widths = [max(len(r[i]) for r in rows) + 2 for i in range(len(rows[0]))]
-    lines = []
-    for i, row in enumerate(rows):
-        if i == separator_before:
-            lines.append("-" * sum(widths))
-        lines.append("".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return "\n".join(lines)
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    """``rows`` (header first) as a markdown table."""
-    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    lines = ["".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if separator_before is not None:
+        lines.insert(separator_before, "-" * sum(widths))
     return "\n".join(lines)
 
 
 def method_note(what: str) -> str:
     """How the training-level table is computed; ``what`` names a training (e.g. "one fold")."""
-    return (f"A training is {what}. {FOREGROUND_RULE} (classes absent from every case left out). {STALL_RULE}; "
-            f"95% CI exact (Clopper-Pearson). Difference: mean over pairs of trainings with the same key of "
-            f"(trainer - reference). 95% CIs: hierarchical bootstrap, {N_RESAMPLES} resamples (seed "
-            f"{BOOTSTRAP_SEED}) of the trainings, for the difference of the pairs of trainings, then of the "
-            f"validation cases inside each (one draw for both trainings of a pair); a training without per-case Dice "
-            f"enters with its own value; n/a below {MIN_TRAININGS} trainings. p: two-sided {WILCOXON} signed-rank "
-            f"over the pair differences with >= "
-            f"{MIN_SIGNED_RANK} non-zero ones, else the exact {SIGN_TEST} (ties |d| < {TIE_TOLERANCE:g} dropped).")
+    return (f"A training is {what}. foreground Dice of a training: per foreground class the mean Dice over its "
+            f"validation cases, then the mean over classes (classes absent from every case left out). stalled: some "
+            f"foreground class has mean validation Dice < {STALL_DICE:g}; 95% CI exact (Clopper-Pearson). Difference: "
+            f"mean over pairs of trainings with the same key of (trainer - reference). 95% CIs: hierarchical "
+            f"bootstrap, {N_RESAMPLES} resamples (seed {BOOTSTRAP_SEED}) of the trainings, for the difference of the "
+            f"pairs of trainings, then of the validation cases inside each (one draw for both trainings of a pair); a "
+            f"training without per-case Dice enters with its own value; n/a below {MIN_TRAININGS} trainings. p: "
+            f"two-sided Wilcoxon signed-rank over the pair differences with >= {MIN_SIGNED_RANK} non-zero ones, else "
+            f"the exact sign test (ties |d| < {TIE_TOLERANCE:g} dropped).")
 
 
-# ----------------------------------------------------------------------------------------------- figure
+# ----------------------------------------------------------------------------------------------- figures
+def new_figure(width: float, height: float) -> Figure:
+    """A figure with constrained layout on the Agg canvas (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def mean_whisker(ax: Axes, x: float, mean: float, ci: tuple[float, float]) -> None:
+    """The mean as a black diamond at ``x``, its CI as a whisker (none where n/a)."""
+    ax.errorbar([x], [mean], yerr=None if math.isnan(ci[0]) else [[mean - ci[0]], [ci[1] - mean]], fmt="D",
+                color="black", markersize=5, capsize=4, lw=1.5)
+
+
 def trainings_figure(groups: Sequence[tuple[str, Sequence[TrainerTrainings]]], title: str) -> Figure:
     """One panel per group (e.g. budget and fraction): per trainer each training's foreground Dice as a dot
     (stalled: red cross) and the mean over trainings with its 95% hierarchical bootstrap CI as a whisker."""
     import textwrap
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     width = max(7.5, sum(1.2 + 1.1 * len(summaries) for _, summaries in groups))
-    fig = Figure(figsize=(width, 5.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(width, 5.6)
     axes = fig.subplots(1, len(groups), squeeze=False, sharey=True,
                         gridspec_kw={"width_ratios": [max(1, len(s)) for _, s in groups]})[0]
     jitter = np.random.default_rng(0)  # fixed: the same figure on every run
-    colors = {}
+    colors: dict[str, str] = {}
     for ax, (label, summaries) in zip(axes, groups):
         for x, s in enumerate(summaries):
             color = colors.setdefault(s.name, TRAINER_COLORS[len(colors) % len(TRAINER_COLORS)])
-            values = [t.foreground for t in s.trainings]
+            values = np.array([t.foreground for t in s.trainings])
             xs = x - 0.12 + jitter.uniform(-0.1, 0.1, len(values))
             stalled = np.array([t.stalled for t in s.trainings], dtype=bool)
-            ax.scatter(xs[~stalled], np.array(values)[~stalled], s=22, color=color, alpha=0.8, linewidths=0)
-            ax.scatter(xs[stalled], np.array(values)[stalled], s=40, color="tab:red", marker="x")
+            ax.scatter(xs[~stalled], values[~stalled], s=22, color=color, alpha=0.8, linewidths=0)
+            ax.scatter(xs[stalled], values[stalled], s=40, color="tab:red", marker="x")
             if s.values:
-                low, high = s.mean_ci
-                yerr = None if math.isnan(low) else [[s.mean - low], [high - s.mean]]
-                ax.errorbar([x + 0.2], [s.mean], yerr=yerr, fmt="D", color="black", markersize=5, capsize=4, lw=1.5)
-        ax.set_xticks(range(len(summaries)))
-        ax.set_xticklabels([f"{s.name}\nn={s.n}, stalled {s.stalled}" for s in summaries], fontsize="small")
-        ax.set_xlim(-0.6, len(summaries) - 0.4)
-        ax.set_ylim(0, 1)
+                mean_whisker(ax, x + 0.2, s.mean, s.mean_ci)
+        ax.set_xticks(range(len(summaries)), [f"{s.name}\nn={s.n}, stalled {s.stalled}" for s in summaries],
+                      fontsize="small")
+        ax.set(xlim=(-0.6, len(summaries) - 0.4), ylim=(0, 1))
         ax.set_title(label, fontsize="medium")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("foreground Dice of a training")
