@@ -24,6 +24,15 @@ COMMANDS = {"accuracy": ("benchmarks.accuracy", "main"), "trainings": ("benchmar
             "authors-quirks": ("benchmarks.authors_quirks", "main")}
 
 
+def _finite_json(value):
+    """NaN/inf -> None so the JSON file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    return [_finite_json(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def _parts(text: str) -> list[str]:
     parts = [x.strip() for x in text.split(",") if x.strip()]
     if set(parts) - set(PARTS):
@@ -31,7 +40,11 @@ def _parts(text: str) -> list[str]:
     return parts
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] and given[0] in COMMANDS:
+        module, function = COMMANDS[given[0]]
+        return getattr(importlib.import_module(module), function)(given[1:])
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available, else cpu")
@@ -52,24 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed train_step rounds (default: per size)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 1: the CPU time of one thread is robust to other load)")
-    return p.parse_args(argv)
+    args = p.parse_args(given)
 
-
-def _finite_json(value):
-    """NaN/inf -> None so the JSON file is strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite_json(v) for k, v in value.items()}
-    return [_finite_json(v) for v in value] if isinstance(value, (list, tuple)) else value
-
-
-def main(argv: list[str] | None = None) -> int:
-    given = sys.argv[1:] if argv is None else argv
-    if given[:1] and given[0] in COMMANDS:
-        module, function = COMMANDS[given[0]]
-        return getattr(importlib.import_module(module), function)(given[1:])
-    args = parse_args(given)
 
     import torch
 

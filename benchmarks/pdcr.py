@@ -26,8 +26,7 @@ Terms = dict[str, torch.Tensor]
 
 @lru_cache(maxsize=4)
 def _network(plan: BenchPlan):
-    return build_csse_network(PLAIN, plan.arch_kwargs(), REQ_IMPORT, 1, plan.num_classes,
-                              PDCR_CONFIG)
+    return build_csse_network(PLAIN, plan.arch_kwargs(), REQ_IMPORT, 1, plan.num_classes, PDCR_CONFIG)
 
 
 class PDCRCase:
@@ -52,14 +51,10 @@ class PDCRCase:
             target = torch.where(torch.rand(target.shape, generator=g) < 0.2, float(ignore_label), target)
         self.target = target.to(device)
         self.loss = PDCRLoss(self.layers, (), self.config.pdcr, self.num_classes, ignore_label=ignore_label)
+        self.num_anchors = [self.grid().num_anchors] * len(self.layers)  # per sample, of each anchored layer
 
-    def grid(self):
+    def grid(self):  # the anchor grid shared by the anchored layers
         return self.config.pdcr.input_grid(tuple(self.target.shape[2:]), self.network.anchor_layers)
-
-    @property
-    def num_anchors(self) -> list[int]:
-        """Anchors per sample of each anchored layer."""
-        return [self.grid().num_anchors for _ in self.layers]
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.amp else contextlib.nullcontext()

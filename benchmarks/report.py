@@ -250,6 +250,5 @@ def write_png(results: dict, path: Path) -> Path | None:
     fig.suptitle(f"nnunet-csse benchmarks on {results['machine'].get('gpu') or results['machine']['cpu']}",
                  fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     return path
