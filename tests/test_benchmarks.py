@@ -69,7 +69,7 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
 def test_loop_reference_agrees_with_vectorized_pdcr(variant):
     config = PDCR_CONFIG.replaced(pdcr_windows=(5, 7, 9)) if variant == "hpdcr" else PDCR_CONFIG
     case = PDCRCase(TINY, torch.device("cpu"), patch=(32, 24, 40), config=config, seed=3,
-                     ignore_label=4 if variant == "ignore_label" else None)
+                    ignore_label=4 if variant == "ignore_label" else None)
     result = agreement(case)  # raises AssertionError on any disagreement of values or gradients
     assert set(result["values"]) == {"encoder", "cross"}
     for v in result["values"].values():
