@@ -1,7 +1,6 @@
 """``python -m benchmarks authors-quirks``: how much each quirk of the authors' PDCR changes the loss and its gradient
-at init, as ratios to the clean loss, with the loop oracle on one fixed input at their setting; and the UAFS
-uncertainty gap between the plan's instance norm and their batch norm branch. The input: docs/benchmarks.md.
-"""
+at init (ratios to the clean loss, loop oracle, one fixed input at their setting), and the UAFS uncertainty gap
+between the plan's instance norm and their batch norm branch. The input: docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -9,10 +8,10 @@ import argparse
 
 import torch
 
-from benchmarks.plans import PLAIN, REQ_IMPORT, arch_kwargs
 from nnunet_csse.config import CSSEConfig
 from nnunet_csse.network import build_csse_network
 from tests.oracle.authors_loops import QUIRKS, reference_terms
+from tests.toy_plans import PLAIN, REQ_IMPORT, arch_kwargs
 
 PATCH = (128, 128, 128)
 CLASSES = 3
@@ -30,8 +29,8 @@ def label_map(batch: int = 2) -> torch.Tensor:
     return target
 
 
-def measure(seed: int = 0) -> list[str]:
-    """The printed lines (each printed as it is computed: a run takes minutes)."""
+def measure(seed: int = 0) -> None:
+    """Print the table, each line as soon as it is computed (a run takes minutes)."""
     torch.manual_seed(seed)
     config = CSSEConfig.of(uafs_decoder=True, pdcr_encoder_weight=0.01, pdcr_cross_weight=0.01,
                         pdcr_variant="authors", uafs_norm="batch")
@@ -39,49 +38,34 @@ def measure(seed: int = 0) -> list[str]:
     net = build_csse_network(PLAIN, architecture, REQ_IMPORT, 1, CLASSES, config, True)
     x = torch.randn(2, 1, *PATCH)  # the encoder in float32 (a float64 conv at 128^3 needs ~30 GB on a CPU)
     maps = {}
-    hooks = [stage.register_forward_hook(lambda m, i, out, lv=lv: maps.__setitem__(lv, out))
-             for lv, stage in enumerate(net.encoder.stages[:4])]
     with torch.no_grad():
-        net.encoder(x)
-    for hook in hooks:
-        hook.remove()
+        for lv, stage in enumerate(net.encoder.stages[:4]):
+            x = maps[lv] = stage(x)
     maps = {lv: m.double() for lv, m in maps.items()}
     net.pdcr_projections.double()
     layers = net.encoder_anchor_layers
     target = label_map()
-    lines: list[str] = []
-
-    def say(line: str) -> None:
-        lines.append(line)
-        print(line, flush=True)
-
-    say(f"input: patch {list(PATCH)}, batch 2, anchored maps {[tuple(maps[lv].shape[1:]) for lv in (2, 3)]}, "
-        f"receptive fields {[layer.receptive_field[0] for layer in layers]}, tau 0.5, spacing 32, seed {seed}")
+    print(f"input: patch {list(PATCH)}, batch 2, anchored maps {[tuple(maps[lv].shape[1:]) for lv in (2, 3)]}, "
+        f"receptive fields {[layer.receptive_field[0] for layer in layers]}, tau 0.5, spacing 32, seed {seed}",
+        flush=True)
 
     def terms(quirks, first):
         leaves = [maps[lv].detach().clone().requires_grad_(True) for lv in (2, 3)]
         projected = [head(m) for head, m in zip(net.pdcr_projections, leaves)]
         out = reference_terms(leaves, projected, target, [layer.stride for layer in layers],
                               [layer.receptive_field for layer in layers], first, (32,) * 3, 0.5, CLASSES, quirks)
-        result = {}
-        for name, value in out.items():
-            grads = torch.autograd.grad(value, leaves, retain_graph=True)
-            result[name] = (float(value.detach()), float(torch.sqrt(sum((g ** 2).sum() for g in grads))))
-        return result
+        return {name: (float(value.detach()), float(torch.sqrt(sum((g ** 2).sum() for g in torch.autograd.grad(
+            value, leaves, retain_graph=True))))) for name, value in out.items()}
 
-    centred = (8, 8, 8)
-    clean = terms((), centred)
-    rows = [("clean", clean)]
-    rows += [(f"+ {q}", terms((q,), centred)) for q in QUIRKS]
-    rows.append(("+ grid from voxel 0", terms((), (0, 0, 0))))
-    rows.append(("authors (all)", terms(QUIRKS, (0, 0, 0))))
-    say("| loss | encoder value | encoder gradient | cross value | cross gradient |")
-    say("|---|---|---|---|---|")
+    clean = terms((), (8, 8, 8))
+    rows = [("clean", clean), *((f"+ {q}", terms((q,), (8, 8, 8))) for q in QUIRKS),
+            ("+ grid from voxel 0", terms((), (0, 0, 0))), ("authors (all)", terms(QUIRKS, (0, 0, 0)))]
+    print("| loss | encoder value | encoder gradient | cross value | cross gradient |\n|---|---|---|---|---|")
     for name, r in rows:
-        cells = [f"{r[t][k] / clean[t][k]:.3g}x" for t in ("encoder", "cross") for k in (0, 1)]
-        say(f"| {name} | " + " | ".join(cells) + " |")
-    say(f"clean absolute: encoder {clean['encoder'][0]:.4f} (gradient norm {clean['encoder'][1]:.3e}), "
-        f"cross {clean['cross'][0]:.4f} (gradient norm {clean['cross'][1]:.3e})")
+        print(f"| {name} | " + " | ".join(f"{r[t][k] / clean[t][k]:.3g}x" for t in ("encoder", "cross") for k in (0, 1))
+              + " |")
+    print(f"clean absolute: encoder {clean['encoder'][0]:.4f} (gradient norm {clean['encoder'][1]:.3e}), "
+        f"cross {clean['cross'][0]:.4f} (gradient norm {clean['cross'][1]:.3e})", flush=True)
 
     block = net.decoder_uafs[-2].double()  # a decoder stage at stride 2
     plan_block = build_csse_network(PLAIN, architecture, REQ_IMPORT, 1, CLASSES, CSSEConfig.of(uafs_decoder=True),
@@ -91,16 +75,15 @@ def measure(seed: int = 0) -> list[str]:
     feats = torch.randn(2, block.branch[0].in_channels, 32, 32, 32, dtype=torch.float64)
     with torch.no_grad():
         gap = (block.train().uncertainty(feats) - plan_block.train().uncertainty(feats)).abs().max()
-    say(f"UAFS branch, same conv weights, batch norm + ReLU against instance norm + leaky ReLU: "
+    print(f"UAFS branch, same conv weights, batch norm + ReLU against instance norm + leaky ReLU: "
         f"max |H difference| {float(gap):.3f}")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks authors-quirks", description=__doc__)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m benchmarks authors-quirks", description=__doc__)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     measure(args.seed)
     return 0

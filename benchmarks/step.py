@@ -1,6 +1,5 @@
 """Part B: nnU-Net's ``train_step`` of the CSSE trainers against ``nnUNetTrainer`` (time, step memory), and the
-op-by-op profile (``python -m benchmarks profile``). How time and memory are measured: docs/benchmarks.md.
-"""
+op-by-op profile (``python -m benchmarks profile``). How time and memory are measured: docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import ctypes
 import gc
 import math
 import multiprocessing
-import os
-import resource
 import tempfile
 import traceback
 from collections import defaultdict
@@ -19,90 +16,75 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.plans import (
-    BASELINE,
-    HOW,
-    PLANS,
-    BenchPlan,
-    StepSettings,
-    deep_supervision_scales,
-    make_trainer,
-    median,
-    nnunet_folders,
-    parameter_count,
-    profile,
-    synchronize,
-    synthetic_batch,
-    time_once,
-)
+from benchmarks import plans
+from benchmarks.plans import BASELINE, HOW, median
 
 MMAP_THRESHOLD = 1 << 20  # bytes: allocations from 1 MiB up are mmapped and unmapped on free
-
-# --- part B: train_step time
-
-TARGET_TIME_RATIO = 1.10
-TARGET_MEMORY_RATIO = 1.10
+TARGET_TIME_RATIO = TARGET_MEMORY_RATIO = 1.10
 
 
 def _failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc)[-6:])}"[:4000]
 
 
-def run_steps(plan: BenchPlan, size: str, device: torch.device, trainers: list[str], settings: StepSettings,
-        compile_network: bool = False, threads: int | None = None) -> dict:
+def run_steps(plan: plans.BenchPlan, size: str, device: torch.device, trainers: list[str],
+              settings: plans.StepSettings, compile_network: bool = False, threads: int | None = None) -> dict:
     """Time ``train_step`` of every trainer and measure its step memory. Returns a JSON-able dict."""
-    if BASELINE not in trainers:
-        trainers = [BASELINE, *trainers]
+    trainers = trainers if BASELINE in trainers else [BASELINE, *trainers]
     rows: dict[str, dict] = {name: {"trainer": name} for name in trainers}
     with tempfile.TemporaryDirectory(prefix="csse_bench_nnunet_") as workdir:
-        folders = nnunet_folders(Path(workdir))
-        built = {}
+        folders, built = plans.nnunet_folders(Path(workdir)), {}
         for name in trainers:
             try:
-                built[name] = make_trainer(name, plan, device, compile_network, folders)
-                rows[name]["parameters"] = parameter_count(built[name])
+                built[name] = plans.make_trainer(name, plan, device, compile_network, folders)
+                rows[name]["parameters"] = sum(p.numel() for p in built[name].network.parameters())
             except Exception as exc:  # noqa: BLE001 - reported in the table, never hidden
                 rows[name]["failure"] = "initialize: " + _failure(exc)
         if not built:
             return {"plan": plan.describe(), "rows": list(rows.values()), "how": HOW}
-        first = next(iter(built.values()))
-        batch = synthetic_batch(plan, deep_supervision_scales(first), pin=device.type == "cuda")
-        times: dict[str, list[float]] = {name: [] for name in built}
-        cpu_times: dict[str, list[float]] = {name: [] for name in built}
+        batch = plans.synthetic_batch(plan, plans.deep_supervision_scales(next(iter(built.values()))),
+                                      pin=device.type == "cuda")
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in built}  # (wall, CPU) per timed round
         losses: dict[str, list[float]] = {name: [] for name in built}
-        interrupted = _time_steps(built, batch, device, settings, rows, times, cpu_times, losses)
-        graph_breaks = _graph_breaks() if compile_network else {}
-        if device.type == "cuda" and not interrupted:
-            for name, trainer in built.items():
-                try:
-                    rows[name]["memory"] = cuda_step_memory(trainer, batch, device)
-                except Exception as exc:  # noqa: BLE001
-                    rows[name]["memory"] = {"error": _failure(exc)}
+        interrupted = _time_steps(built, batch, device, settings, rows, times, losses)
+        extra = {"graph_breaks": _graph_breaks()} if compile_network else {}
+        for name, trainer in built.items() if device.type == "cuda" and not interrupted else ():
+            try:
+                rows[name]["memory"] = cuda_step_memory(trainer, batch, device)
+            except Exception as exc:  # noqa: BLE001
+                rows[name]["memory"] = {"error": _failure(exc)}
         built.clear()
+    threads = threads or torch.get_num_threads()
     if device.type != "cuda" and not interrupted:
         ok = [n for n in trainers if "failure" not in rows[n]]
-        for name, result in cpu_memory_all(ok, size, settings.memory_steps, threads or
-                                                  torch.get_num_threads(), settings.memory_parallel).items():
+        for name, result in cpu_memory_all(ok, size, settings.memory_steps, threads, settings.memory_parallel).items():
             rows[name]["memory"] = result
-    _ratios(rows, times, losses, "median_s", "time_ratio", "times_s")
-    _ratios(rows, cpu_times, losses, "median_cpu_s", "cpu_time_ratio", "cpu_times_s")
-    _memory_ratios(rows)
-    # one CPU thread: the process CPU time is the step's own compute, robust to other load (docs/benchmarks.md)
-    basis = "cpu" if device.type == "cpu" and (threads or torch.get_num_threads()) == 1 else "wall"
-    extra = {"graph_breaks": graph_breaks} if compile_network else {}
-    if interrupted:
-        extra["interrupted"] = interrupted
-    return {**extra, "plan": plan.describe(), "arch_kwargs": plan.arch_kwargs(), "batch_size": plan.batch_size,
-            "patch": list(plan.patch), "compile": compile_network and device.type == "cuda",
-            "compile_requested": compile_network, "amp": device.type == "cuda",
-            "warmup": settings.warmup, "steps": settings.steps, "how": HOW, "rows": list(rows.values()),
-            "target_time_basis": basis,
+    base, base_mem = times.get(BASELINE) or [], rows[BASELINE].get("memory", {}).get("step_bytes")
+    for name, row in rows.items():
+        for i, keys in enumerate((("median_s", "time_ratio", "times_s"),
+                                  ("median_cpu_s", "cpu_time_ratio", "cpu_times_s"))):
+            if times.get(name) and "failure" not in row:
+                (median_key, ratio_key, list_key), own, ref = keys, [x[i] for x in times[name]], [x[i] for x in base]
+                row[median_key], row[list_key] = median(own), own
+                row[ratio_key] = row[median_key] / median(ref) if ref and median(ref) > 0 else math.nan
+                paired = [a / b for a, b in zip(own, ref) if b > 0]  # per round: cancels drift between rounds
+                row[f"paired_{ratio_key}_median"] = median(paired) if paired else math.nan
+        if losses.get(name):
+            row["loss_first"], row["loss_last"] = losses[name][0], losses[name][-1]
+        if row.get("memory", {}).get("step_bytes") is not None and base_mem:
+            row["memory_ratio"] = row["memory"]["step_bytes"] / base_mem
+    return {**extra, **({"interrupted": interrupted} if interrupted else {}), "plan": plan.describe(),
+            "arch_kwargs": plan.arch_kwargs(), "batch_size": plan.batch_size, "patch": list(plan.patch),
+            "compile": compile_network and device.type == "cuda", "compile_requested": compile_network,
+            "amp": device.type == "cuda", "warmup": settings.warmup, "steps": settings.steps, "how": HOW,
+            "rows": list(rows.values()),
+            # one CPU thread: the process CPU time is the step's own compute, robust to other load
+            "target_time_basis": "cpu" if device.type == "cpu" and threads == 1 else "wall",
             "target_time_ratio": TARGET_TIME_RATIO, "target_memory_ratio": TARGET_MEMORY_RATIO}
 
 
-def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSettings, rows: dict[str, dict],
-                times: dict[str, list[float]], cpu_times: dict[str, list[float]],
-                losses: dict[str, list[float]]) -> str | None:
+def _time_steps(built: dict, batch: dict, device: torch.device, settings: plans.StepSettings, rows: dict,
+                times: dict[str, list], losses: dict[str, list]) -> str | None:
     """Interleaved rounds of one ``train_step`` per trainer; a trainer that raises is reported and dropped.
     Returns a note if interrupted (Ctrl-C or the GPU script's timeout), keeping what was measured."""
     total = settings.warmup + settings.steps
@@ -110,7 +92,7 @@ def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSe
         for name, trainer in list(built.items()):
             out: dict = {}
             try:
-                seconds, cpu_seconds = time_once(lambda t=trainer, o=out: o.update(t.train_step(batch)), device)
+                seconds = plans.time_once(lambda t=trainer, o=out: o.update(t.train_step(batch)), device)
             except KeyboardInterrupt:
                 note = f"interrupted in round {step} of {total} ({name}); figures use the rounds done"
                 print(f"[B] {note}", flush=True)
@@ -123,78 +105,20 @@ def _time_steps(built: dict, batch: dict, device: torch.device, settings: StepSe
             losses[name].append(float(np.asarray(out["loss"])))
             if step >= settings.warmup:
                 times[name].append(seconds)
-                cpu_times[name].append(cpu_seconds)
-            elif step == 0 or seconds > 5.0:
-                print(f"[B] warm-up {step}: {name} {seconds:.2f} s", flush=True)
+            elif step == 0 or seconds[0] > 5.0:
+                print(f"[B] warm-up {step}: {name} {seconds[0]:.2f} s", flush=True)
         if step == total - 1 or (step >= settings.warmup and (step - settings.warmup) % 10 == 9):
-            print(f"[B] round {step + 1}/{total}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in built
+            print(f"[B] round {step + 1}/{total}: " + ", ".join(f"{n} {times[n][-1][0]:.3f} s" for n in built
                                                             if times[n]), flush=True)
     return None
 
 
 def _graph_breaks() -> dict:
     """torch._dynamo's graph-break reasons and counts in this process (compile runs)."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:
-        return {}
+    from torch._dynamo.utils import counters
+
     return {"graph_breaks": dict(counters.get("graph_break", {})),
             "unique_graphs": counters.get("stats", {}).get("unique_graphs")}
-
-
-def _ratios(rows: dict[str, dict], times: dict[str, list[float]], losses: dict[str, list[float]], median_key: str,
-            ratio_key: str, list_key: str) -> None:
-    """Per trainer: median of ``times`` and its ratio to nnUNetTrainer's median (also the median of the
-    per-round ratios, which cancels drift between rounds)."""
-    base_times = times.get(BASELINE) or []
-    base_med = median(base_times)
-    for name, row in rows.items():
-        t = times.get(name) or []
-        if t and "failure" not in row:
-            row[median_key] = median(t)
-            row[list_key] = t
-            row[ratio_key] = row[median_key] / base_med if base_times and base_med > 0 else math.nan
-            paired = [a / b for a, b in zip(t, base_times) if b > 0]
-            row[f"paired_{ratio_key}_median"] = median(paired) if paired else math.nan
-        if losses.get(name):
-            row["loss_first"], row["loss_last"] = losses[name][0], losses[name][-1]
-
-
-def _memory_ratios(rows: dict[str, dict]) -> None:
-    base_mem = rows[BASELINE].get("memory", {}).get("step_bytes")
-    for row in rows.values():
-        mem = row.get("memory", {}).get("step_bytes")
-        if mem is not None and base_mem:
-            row["memory_ratio"] = mem / base_mem
-
-
-# --- part B: step memory
-
-def current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    """Peak RSS since the last :func:`reset_peak_rss` (or process start)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark to the current RSS; False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
@@ -207,9 +131,9 @@ def cuda_step_memory(trainer, batch: dict, device: torch.device) -> dict:
     torch.cuda.reset_peak_memory_stats(device)
     trainer.train_step(batch)
     torch.cuda.synchronize(device)
-    return {"method": "torch.cuda.max_memory_allocated - memory_allocated before the step",
-            "before_bytes": base, "peak_bytes": torch.cuda.max_memory_allocated(device),
-            "step_bytes": torch.cuda.max_memory_allocated(device) - base,
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"method": "torch.cuda.max_memory_allocated - memory_allocated before the step", "before_bytes": base,
+            "peak_bytes": peak, "step_bytes": peak - base,
             "reserved_peak_bytes": torch.cuda.max_memory_reserved(device)}
 
 
@@ -238,6 +162,12 @@ def cpu_memory_all(trainers: list[str], size: str, steps: int, threads: int, par
     return results
 
 
+def _rss_bytes(field: str) -> int:
+    """``VmRSS`` or ``VmHWM`` (peak RSS since the last reset) of this process, from /proc (Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
 def _measure(trainer_name: str, size: str, steps: int, threads: int, send) -> None:
     """In a fresh process: build the trainer, then send the RSS peak of ``steps`` train steps (or the error)."""
     try:
@@ -246,16 +176,21 @@ def _measure(trainer_name: str, size: str, steps: int, threads: int, send) -> No
         pass
     try:
         torch.set_num_threads(threads)
-        plan = PLANS[size]
         with tempfile.TemporaryDirectory(prefix="csse_bench_mem_") as workdir:
-            trainer = make_trainer(trainer_name, plan, torch.device("cpu"), False, nnunet_folders(Path(workdir)))
-            batch = synthetic_batch(plan, deep_supervision_scales(trainer))
+            trainer = plans.make_trainer(trainer_name, plans.PLANS[size], torch.device("cpu"), False,
+                                         plans.nnunet_folders(Path(workdir)))
+            batch = plans.synthetic_batch(plans.PLANS[size], plans.deep_supervision_scales(trainer))
             gc.collect()
-            reset = reset_peak_rss()
-            before = current_rss_bytes()
+            try:  # reset the kernel's peak-RSS mark to the current RSS (Linux >= 4.0; may be refused)
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                reset = True
+            except OSError:
+                reset = False
+            before = _rss_bytes("VmRSS")
             for _ in range(steps):
                 trainer.train_step(batch)
-            peak = peak_rss_bytes()
+            peak = _rss_bytes("VmHWM")
         method = ("peak RSS (VmHWM, reset before the steps) minus RSS before the steps, own process" if reset else
                   "lifetime peak RSS (reset refused: building the trainer may hold the peak) minus RSS before the "
                   "steps, own process")
@@ -265,82 +200,68 @@ def _measure(trainer_name: str, size: str, steps: int, threads: int, send) -> No
         send.send({"error": f"{type(exc).__name__}: {exc}"})
 
 
-# --- profile: where the extra step time goes, op by op
-
-PROFILE_DESCRIPTION = ("Per aten op, the device time per train_step of each trainer (GPU kernel time on CUDA, the "
-                       "op's own CPU time on CPU) and its difference to nnUNetTrainer, largest first. A diagnosis "
-                       "tool: the step-time targets come from python -m benchmarks.")
-
-
-def _self_device_us(event, cuda: bool) -> float:
-    if not cuda:
-        return event.self_cpu_time_total
-    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
-
-
-def op_times(trainer, batch: dict, device, steps: int) -> tuple[dict[str, float], int]:
-    """Per aten op: self device time per step in ms; and the number of aten op calls per step."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as profiler
+def op_times(trainer, batch: dict, device: torch.device, steps: int) -> tuple[dict[str, float], int]:
+    """Per aten op, the self device time per step in ms (GPU kernel time on CUDA, CPU self time on CPU); and the
+    number of aten op calls per step."""
+    from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    synchronize(device)
-    with profiler(activities=activities) as prof:
+    plans.synchronize(device)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(steps):
             trainer.train_step(batch)
-        synchronize(device)
+        plans.synchronize(device)
     times: dict[str, float] = defaultdict(float)
     calls = 0
-    for event in prof.key_averages():
-        if event.key.startswith("aten::"):
-            times[event.key] += _self_device_us(event, cuda) / 1000.0 / steps
-            calls += event.count
+    for event in (e for e in prof.key_averages() if e.key.startswith("aten::")):
+        us = (getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)) if cuda \
+            else event.self_cpu_time_total
+        times[event.key] += us / 1000.0 / steps
+        calls += event.count
     return dict(times), calls // steps
 
 
 def profile_main(argv: list[str] | None = None) -> int:
     """``python -m benchmarks profile [--device] [--size] [--trainers] ...``: prints the op table."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks profile", description=PROFILE_DESCRIPTION)
+    p = argparse.ArgumentParser(prog="python -m benchmarks profile", description=(
+        "Per aten op, the device time per train_step of each trainer (GPU kernel time on CUDA, the op's own CPU time "
+        "on CPU) and its difference to nnUNetTrainer, largest first. A diagnosis tool: the step-time targets come "
+        "from python -m benchmarks."))
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--size", choices=("tiny", "small", "full"), default=None)
     p.add_argument("--trainers", default="nnUNetTrainer,nnUNetTrainerCSSE")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--top", type=int, default=15)
+    for name, default in (("--warmup", 3), ("--steps", 3), ("--top", 15)):
+        p.add_argument(name, type=int, default=default)
     args = p.parse_args(argv)
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as nnUNetv2_train
     else:
         torch.set_num_threads(1)
-    plan = profile(args.size or ("full" if device.type == "cuda" else "tiny"), device.type).step_plan
+    plan = plans.profile(args.size or ("full" if device.type == "cuda" else "tiny"), device.type).step_plan
     names = [BASELINE, *[n for n in args.trainers.split(",") if n and n != BASELINE]]
     results = {}
     with tempfile.TemporaryDirectory(prefix="csse_profile_") as workdir:
-        folders = nnunet_folders(Path(workdir))
         for name in names:
-            trainer = make_trainer(name, plan, device, False, folders)
-            batch = synthetic_batch(plan, deep_supervision_scales(trainer), pin=device.type == "cuda")
+            trainer = plans.make_trainer(name, plan, device, False, plans.nnunet_folders(Path(workdir)))
+            batch = plans.synthetic_batch(plan, plans.deep_supervision_scales(trainer), pin=device.type == "cuda")
             for _ in range(args.warmup):
                 trainer.train_step(batch)
             results[name] = op_times(trainer, batch, device, args.steps)
             del trainer
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    kind = "GPU kernel" if device.type == "cuda" else "CPU self"
     print(f"profile of train_step on {plan.describe()}, {device.type}, eager, {args.steps} steps after "
-          f"{args.warmup} warm-up; {kind} time per step in ms")
+          f"{args.warmup} warm-up; {'GPU kernel' if device.type == 'cuda' else 'CPU self'} time per step in ms")
     base, base_calls = results[BASELINE]
     for name in names[1:]:
         ops, calls = results[name]
         total, base_total = sum(ops.values()), sum(base.values())
         print(f"\n{name}: {total:.2f} ms vs {BASELINE} {base_total:.2f} ms ({total - base_total:+.2f} ms); "
-              f"aten op calls per step {calls} vs {base_calls}")
+              f"aten op calls per step {calls} vs {base_calls}\n   {'aten op':44s} {name[:14]:>14s} "
+              f"{BASELINE[:14]:>14s} {'difference':>11s}")
         diff = sorted(((ops.get(k, 0.0) - base.get(k, 0.0), k) for k in set(ops) | set(base)),
                       key=lambda item: -abs(item[0]))  # largest differences either way
-        print(f"   {'aten op':44s} {name[:14]:>14s} {BASELINE[:14]:>14s} {'difference':>11s}")
         for delta, key in diff[:args.top]:
             print(f"   {key[:44]:44s} {ops.get(key, 0.0):14.3f} {base.get(key, 0.0):14.3f} {delta:+11.3f}")
     return 0

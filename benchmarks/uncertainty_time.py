@@ -20,6 +20,7 @@ from pathlib import Path
 from nnunet_csse.tools.commands import executable
 
 TARGET = 1.2  # nnunet-csse uncertainty / nnUNetv2_predict
+PREDICT, UNCERTAINTY = "nnUNetv2_predict", "nnunet-csse uncertainty"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,35 +50,21 @@ def split_model_folder(model: Path) -> dict[str, str]:
     parts = model.name.split("__")
     if len(parts) != 3 or not re.fullmatch(r"Dataset\d{3}_.+", model.parent.name):
         raise ValueError(f"{model} is not a model folder <nnUNet_results>/DatasetXXX_Name/<trainer>__<plans>__<config>")
-    trainer, plans, configuration = parts
-    return {"results": str(model.parent.parent), "dataset": model.parent.name, "trainer": trainer, "plans": plans,
-            "configuration": configuration}
+    return dict(zip(("trainer", "plans", "configuration"), parts), results=str(model.parent.parent),
+                dataset=model.parent.name)
 
 
 def commands(args: argparse.Namespace, out_predict: Path, out_uncertainty: Path) -> dict[str, list[str]]:
     """The two command lines, same model, folds, checkpoint, device and mirroring."""
     model = split_model_folder(args.model)
-    predict = [executable("nnUNetv2_predict"), "-i", str(args.input), "-o", str(out_predict), "-d", model["dataset"],
-               "-c", model["configuration"], "-p", model["plans"], "-tr", model["trainer"], "-f", *args.folds,
-               "-chk", args.checkpoint, "-device", args.device, "-npp", str(args.npp), "-nps", str(args.nps),
-               "--disable_progress_bar"]
-    uncertainty = [executable("nnunet-csse"), "uncertainty", "-i", str(args.input), "-o", str(out_uncertainty),
-                   "-m", str(args.model), "-f", *args.folds, "-chk", args.checkpoint, "-device", args.device]
-    if args.disable_tta:
-        predict.append("--disable_tta")
-        uncertainty.append("--disable_tta")
-    return {"nnUNetv2_predict": predict, "nnunet-csse uncertainty": uncertainty}
-
-
-def environment(args: argparse.Namespace) -> dict[str, str]:
-    from nnunet_csse.environment import trainers_path
-
-    env = dict(os.environ)
-    env["nnUNet_results"] = split_model_folder(args.model)["results"]
-    env.setdefault("nnUNet_extTrainer", trainers_path())
-    for name in ("nnUNet_raw", "nnUNet_preprocessed"):  # only read to silence nnU-Net's warnings
-        env.setdefault(name, env["nnUNet_results"])
-    return env
+    tta = ["--disable_tta"] if args.disable_tta else []
+    return {PREDICT: [executable(PREDICT), "-i", str(args.input), "-o", str(out_predict), "-d", model["dataset"],
+                      "-c", model["configuration"], "-p", model["plans"], "-tr", model["trainer"], "-f", *args.folds,
+                      "-chk", args.checkpoint, "-device", args.device, "-npp", str(args.npp), "-nps", str(args.nps),
+                      "--disable_progress_bar", *tta],
+            UNCERTAINTY: [executable("nnunet-csse"), "uncertainty", "-i", str(args.input), "-o", str(out_uncertainty),
+                          "-m", str(args.model), "-f", *args.folds, "-chk", args.checkpoint, "-device", args.device,
+                          *tta]}
 
 
 def run_timed(cmd: list[str], env: dict[str, str], output: Path) -> float:
@@ -96,43 +83,43 @@ def same_segmentations(out_predict: Path, out_uncertainty: Path, ending: str) ->
     import numpy as np
     import SimpleITK as sitk
 
-    cases = sorted(p for p in out_predict.glob(f"*{ending}"))
-    equal = 0
-    for path in cases:
-        other = out_uncertainty / path.name
-        if other.exists() and np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(path))),
-                                             sitk.GetArrayFromImage(sitk.ReadImage(str(other)))):
-            equal += 1
-    return len(cases), equal
+    def read(path: Path):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+    cases = sorted(out_predict.glob(f"*{ending}"))
+    return len(cases), sum((out_uncertainty / p.name).exists() and
+                           np.array_equal(read(p), read(out_uncertainty / p.name)) for p in cases)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nnunet_csse.environment import trainers_path
+
     args = parse_args(argv)
-    dataset_json = json.loads((args.model / "dataset.json").read_text())
-    ending = dataset_json["file_ending"]
+    ending = json.loads((args.model / "dataset.json").read_text())["file_ending"]
     n_cases = len(list(args.input.glob(f"*_0000{ending}")))
     if n_cases == 0:
         print(f"error: no CASE_0000{ending} images in {args.input}", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="nnunet-csse-uncertainty-time-"))
-    outputs = {"nnUNetv2_predict": workdir / "predict", "nnunet-csse uncertainty": workdir / "uncertainty"}
-    cmds = commands(args, outputs["nnUNetv2_predict"], outputs["nnunet-csse uncertainty"])
-    env = environment(args)
+    outputs = {PREDICT: workdir / "predict", UNCERTAINTY: workdir / "uncertainty"}
+    cmds = commands(args, outputs[PREDICT], outputs[UNCERTAINTY])
+    env = dict(os.environ, nnUNet_results=split_model_folder(args.model)["results"])
+    env.setdefault("nnUNet_extTrainer", trainers_path())
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):  # only read to silence nnU-Net's warnings
+        env.setdefault(name, env["nnUNet_results"])
     times: dict[str, list[float]] = {name: [] for name in cmds}
     for r in range(args.warmup + args.rounds):
-        # A B, then B A: neither command always runs right after the other one
-        order = list(cmds) if r % 2 == 0 else list(cmds)[::-1]
-        for name in order:
+        for name in list(cmds) if r % 2 == 0 else list(cmds)[::-1]:  # A B, then B A: neither always runs second
             seconds = run_timed(cmds[name], env, outputs[name])
             if r >= args.warmup:
                 times[name].append(seconds)
             print(f"{'warm-up' if r < args.warmup else f'round {r - args.warmup + 1}'}: {name} {seconds:.2f} s",
                   flush=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    ratio = medians["nnunet-csse uncertainty"] / medians["nnUNetv2_predict"]
+    ratio = medians[UNCERTAINTY] / medians[PREDICT]
     # the two runs of one round are back to back: their ratio is less exposed to load that drifts between rounds
-    paired = [u / p for u, p in zip(times["nnunet-csse uncertainty"], times["nnUNetv2_predict"])]
-    compared, equal = same_segmentations(outputs["nnUNetv2_predict"], outputs["nnunet-csse uncertainty"], ending)
+    paired = [u / p for u, p in zip(times[UNCERTAINTY], times[PREDICT])]
+    compared, equal = same_segmentations(outputs[PREDICT], outputs[UNCERTAINTY], ending)
 
     print(f"\nmodel {args.model}\ninput {args.input} ({n_cases} cases), device {args.device}, folds "
           f"{' '.join(args.folds)}, mirroring {'off' if args.disable_tta else 'on'}, {args.rounds} rounds")

@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from benchmarks.pdcr import PDCR_CONFIG, agreement, make_case
+from benchmarks.pdcr import PDCR_CONFIG, PDCRCase, agreement
 from benchmarks.plans import TINY
 from tests.console import ROOT
 
@@ -68,8 +68,8 @@ def test_tiny_run_prints_table_and_writes_json(tmp_path):
 @pytest.mark.parametrize("variant", ["rf", "hpdcr", "ignore_label"])
 def test_loop_reference_agrees_with_vectorized_pdcr(variant):
     config = PDCR_CONFIG.replaced(pdcr_windows=(5, 7, 9)) if variant == "hpdcr" else PDCR_CONFIG
-    case = make_case(TINY, torch.device("cpu"), patch=(32, 24, 40), config=config, seed=3,
-                     ignore_label=4 if variant == "ignore_label" else None)
+    case = PDCRCase(TINY, torch.device("cpu"), patch=(32, 24, 40), config=config, seed=3,
+                    ignore_label=4 if variant == "ignore_label" else None)
     result = agreement(case)  # raises AssertionError on any disagreement of values or gradients
     assert set(result["values"]) == {"encoder", "cross"}
     for v in result["values"].values():
