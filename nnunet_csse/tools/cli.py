@@ -7,7 +7,7 @@ import argparse
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, resolve_device, trainers_path
@@ -132,7 +132,8 @@ def _cmd_uncertainty(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} segmentation(s), uncertainty map(s) and overlay(s) to {args.output}")
 
 
-def _command(sub: argparse._SubParsersAction, name: str, help: str, func, **kwargs) -> argparse.ArgumentParser:
+def _command(sub: argparse._SubParsersAction, name: str, help: str,
+             func: Callable[[argparse.Namespace], int | None] | None, **kwargs) -> argparse.ArgumentParser:
     """A subcommand running ``func(args)``, whose --help starts with its one-line help."""
     description = textwrap.fill(help[0].upper() + help[1:] + ".", WIDTH)
     parser = sub.add_parser(name, help=help, description=description, **kwargs)

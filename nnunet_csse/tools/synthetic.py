@@ -121,14 +121,28 @@ def _shape_level(rng: np.random.Generator, grid: _Grid, center: np.ndarray, radi
     return level
 
 
-def _painted_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool) -> np.ndarray:
-    """Structures 1..K: 2 abuts 1, later ones abut an earlier one with probability 1/2, else are painted on top."""
+def _structures(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool, regions: bool) -> np.ndarray:
+    """Structures 1..K. Plain: 2 abuts 1, later ones abut an earlier one with probability 1/2, else are painted on
+    top. Regions: k inside k-1 (label = depth), radii shrinking geometrically to a small innermost one."""
     label = np.zeros(grid.shape, dtype=np.uint8)
+    if regions:
+        radius, inner = grid.radius(rng, "large"), grid.radius(rng, "small")
+        ratio, mask, level = (inner / radius) ** (1.0 / (num_classes - 2)), None, None  # mask, level: the parent's
     for k in range(1, num_classes):
-        radius = grid.radius(rng, "large" if k == 1 else ("small" if k == num_classes - 1 else "medium"))
-        center, abutting = None, False
+        if not regions:
+            radius = grid.radius(rng, "large" if k == 1 else ("small" if k == num_classes - 1 else "medium"))
+        elif k > 1:
+            radius = max(radius * ratio * rng.uniform(0.9, 1.1), grid.min_radius)
+        center, inside = None, None  # inside: where the new structure may grow
         if k == 1:
             center = grid.random_center(rng, 0.3, 0.7)
+        elif regions:  # a voxel deep inside the parent if there is one
+            candidates = np.flatnonzero(mask & (level < 0.5))
+            if candidates.size == 0:
+                candidates = np.flatnonzero(mask)
+            if candidates.size == 0:
+                break  # rejected by the caller's presence check
+            center, inside = grid.voxel_center(int(candidates[rng.integers(candidates.size)])), mask
         elif k == 2 or rng.random() < 0.5:
             target = label == (1 if k == 2 else int(rng.integers(1, k)))
             border = np.flatnonzero(target & ~ndimage.binary_erosion(target))
@@ -136,44 +150,18 @@ def _painted_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, har
                 center = grid.voxel_center(int(border[rng.integers(border.size)]))
                 outward = center - (np.asarray(ndimage.center_of_mass(target)) + 0.5) * grid.spacing
                 center = center + 0.5 * radius * outward / max(float(np.linalg.norm(outward)), 1e-6)
-                abutting = True
+                inside = label == 0  # grows only into free space, sharing the target's border
         if center is None:
             center = grid.random_center(rng, 0.15, 0.85)
-        mask = _shape_level(rng, grid, center, radius, hard) <= 1.0
-        if abutting:
-            mask &= label == 0  # grows only into free space, sharing the target's border
-        label[mask] = k  # otherwise painted on top (e.g. a small inclusion inside an organ)
-    return label
-
-
-def _nested_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool) -> np.ndarray:
-    """Structure k inside structure k-1 (label = depth), radii shrinking geometrically to a small innermost one."""
-    label = np.zeros(grid.shape, dtype=np.uint8)
-    outer, inner = grid.radius(rng, "large"), grid.radius(rng, "small")
-    ratio = (inner / outer) ** (1.0 / (num_classes - 2))
-    parent_mask = parent_level = None
-    radius = outer
-    for k in range(1, num_classes):
-        if parent_mask is None:
-            center = grid.random_center(rng, 0.3, 0.7)
-        else:
-            radius = max(radius * ratio * rng.uniform(0.9, 1.1), grid.min_radius)
-            candidates = np.flatnonzero(parent_mask & (parent_level < 0.5))
-            if candidates.size == 0:
-                candidates = np.flatnonzero(parent_mask)
-            if candidates.size == 0:
-                break  # rejected by the caller's presence check
-            center = grid.voxel_center(int(candidates[rng.integers(candidates.size)]))
         level = _shape_level(rng, grid, center, radius, hard)
-        mask = level <= 1.0 if parent_mask is None else (level <= 1.0) & parent_mask
-        label[mask] = k
-        parent_mask, parent_level = mask, level
+        mask = level <= 1.0 if inside is None else (level <= 1.0) & inside
+        label[mask] = k  # plain: otherwise painted on top (e.g. a small inclusion inside an organ)
     return label
 
 
 def _label_map(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool, regions: bool) -> np.ndarray:
     for _ in range(MAX_PLACEMENT_ATTEMPTS):
-        label = (_nested_labels if regions else _painted_labels)(rng, grid, num_classes, hard)
+        label = _structures(rng, grid, num_classes, hard, regions)
         if np.bincount(label.ravel(), minlength=num_classes).min() < MIN_VOXELS_PER_CLASS:
             continue
         # structures 1 and 2 must share a border (later paintings or blob deformation can break that)
