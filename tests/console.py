@@ -1,28 +1,26 @@
-"""Running nnU-Net's console scripts from the tests, in fresh nnU-Net folders."""
+"""Running console scripts from the tests (through ``nnunet_csse.tools.commands``), in fresh nnU-Net folders."""
 
 from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from nnunet_csse.environment import trainers_path
+from nnunet_csse.tools.commands import run_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = os.path.dirname(sys.executable)
 PLANS = "nnUNetPlansCSSE_cpu_tiny"
 
 
-def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
-    exe = os.path.join(BIN, cmd[0])
-    proc = subprocess.run([exe if os.path.exists(exe) else cmd[0], *cmd[1:]], env=env, capture_output=True,
-                          text=True, timeout=900)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-4000:]}")
-    return proc
+def run(cmd: list[str], env: dict) -> SimpleNamespace:
+    """Run a console script of this environment; ``.stdout`` is its output (stderr included), also appended to
+    ``console.log`` next to the nnU-Net folders. A failure (or 900 s) raises ``CommandFailed`` with its last lines."""
+    return SimpleNamespace(stdout=run_logged(cmd, env, Path(env["nnUNet_results"]).parent / "console.log",
+                                             timeout=900))
 
 
 def logged_pdcr(log: str, term: str) -> list[float]:

@@ -1,8 +1,5 @@
-"""The nnunet-csse command line: one subcommand per tool, each with its own --help.
-
-DESCRIPTION and EPILOG are what ``nnunet-csse --help`` prints; argparse lists the subcommands with their help.
-Errors of our own checks end in ``main()``, the one error boundary.
-"""
+"""The ``nnunet-csse`` command line: one subcommand per tool, each with its own --help. ``main()`` is the tools' one
+error boundary: our own checks end there as one ``error:`` line."""
 
 from __future__ import annotations
 
@@ -10,7 +7,7 @@ import argparse
 import re
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnunet_csse.environment import ext_trainer_problem, nnunet_folder_problems, resolve_device, trainers_path
@@ -41,41 +38,6 @@ examples:
       --name nnUNetPlansMine
   nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainerCSSE -p nnUNetPlansMine
 """
-
-
-def _cmd_trainers_path(args: argparse.Namespace) -> int:
-    print(trainers_path())
-    return 0
-
-
-def _cmd_check(args: argparse.Namespace) -> int:
-    problems = [p for p in (ext_trainer_problem(), *nnunet_folder_problems()) if p]
-    for problem in problems:
-        print(f"problem: {problem}", file=sys.stderr)
-    if problems:
-        return 1
-    print(f"ok: nnUNet_extTrainer lists {trainers_path()}; nnUNet_raw, nnUNet_preprocessed and nnUNet_results "
-          f"are existing folders")
-    return 0
-
-
-def _cmd_synth(args: argparse.Namespace) -> int:
-    from nnunet_csse.tools.synthetic import write_synthetic_dataset
-
-    raw = Path(args.raw) if args.raw else root_from_env(None, "nnUNet_raw")
-    try:
-        folder = write_synthetic_dataset(
-            raw, args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
-            size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
-            num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
-            ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as e:
-        raise type(e)(synth_flags(str(e))) from None
-    print(folder)
-    return 0
-
-
 # write_synthetic_dataset's argument names -> the synth flags a user typed, for its error messages
 SYNTH_FLAGS = (
     (r"overwrite=True \(CLI: --overwrite\)", "--overwrite"), (r"\bregions=True", "--regions"),
@@ -86,22 +48,45 @@ SYNTH_FLAGS = (
 )
 
 
-def synth_flags(message: str) -> str:
-    """An error of ``write_synthetic_dataset`` with the ``synth`` flags in place of its argument names."""
-    for pattern, flag in SYNTH_FLAGS:
-        message = re.sub(pattern, flag, message)
-    return message
+def _cmd_trainers_path(args: argparse.Namespace) -> None:
+    print(trainers_path())
 
 
-def _cmd_plans_list(args: argparse.Namespace) -> int:
+def _cmd_check(args: argparse.Namespace) -> int:
+    problems = [p for p in (ext_trainer_problem(), *nnunet_folder_problems()) if p]
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"ok: nnUNet_extTrainer lists {trainers_path()}; nnUNet_raw, nnUNet_preprocessed and nnUNet_results "
+              f"are existing folders")
+    return 1 if problems else 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from nnunet_csse.tools.synthetic import write_synthetic_dataset
+
+    raw = Path(args.raw) if args.raw else root_from_env(None, "nnUNet_raw")
+    try:
+        print(write_synthetic_dataset(
+            raw, args.dataset_id, args.name, dim=args.dim, num_cases=args.cases,
+            size=args.size if len(args.size) > 1 else args.size[0], num_classes=args.classes,
+            num_channels=args.channels, num_test_cases=args.test_cases, seed=args.seed, difficulty=args.difficulty,
+            ignore_label=args.ignore_label, regions=args.regions, spacing=args.spacing, overwrite=args.overwrite))
+    except (ValueError, FileExistsError) as e:  # in the flags the user typed
+        message = str(e)
+        for pattern, flag in SYNTH_FLAGS:
+            message = re.sub(pattern, flag, message)
+        raise type(e)(message) from None
+
+
+def _cmd_plans_list(args: argparse.Namespace) -> None:
     from nnunet_csse.presets import list_presets, load_preset
 
     for name in list_presets():
         print(f"{name:12s} {load_preset(name)[1].get('description', '')}")
-    return 0
 
 
-def _cmd_plans_apply(args: argparse.Namespace) -> int:
+def _cmd_plans_apply(args: argparse.Namespace) -> None:
     """``plans apply`` and ``plans set`` (which has no preset): one code path writes derived plans."""
     from nnunet_csse.presets import parse_settings, write_plans_preset
 
@@ -114,36 +99,30 @@ def _cmd_plans_apply(args: argparse.Namespace) -> int:
     config = args.configurations[0] if args.configurations and len(args.configurations) == 1 else "CONFIG"
     print(f"wrote {target}" if written else f"unchanged {target} (identical to what this call writes)")
     print(f"train with: nnUNetv2_train {args.dataset} {config} FOLD -tr nnUNetTrainerCSSE -p {target.stem}")
-    problem = ext_trainer_problem()
-    if problem:
+    if problem := ext_trainer_problem():
         print(f"note: {problem}")
-    return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> None:
     from nnunet_csse.tools.demo import Demo, DemoSettings
 
     device, which = resolve_device(args.device)
     print(which)
-    workdir = Path(args.workdir)
-    settings = DemoSettings(workdir=workdir, device=device, dim=args.dim, epochs=args.epochs,
-                            iterations=args.iterations, cases=args.cases, test_cases=args.test_cases,
-                            size=args.size, seed=args.seed)  # validated before --reset deletes anything
+    settings = DemoSettings(Path(args.workdir), device, args.dim, args.epochs, args.iterations, args.cases,
+                            args.test_cases, args.size, args.seed)  # validated before --reset deletes anything
     Demo(settings).run(reset_first=args.reset)
-    return 0
 
 
-def _cmd_pretrained(args: argparse.Namespace) -> int:
+def _cmd_pretrained(args: argparse.Namespace) -> None:
     from nnunet_csse.pretrained import add_csse_modules
 
     added = add_csse_modules(args.input, args.output, args.dataset, args.configuration, args.trainer, args.plans)
     print(f"wrote {args.output}: the pretrained weights plus {len(added)} freshly initialized CSSE tensors")
     print(f"train with: nnUNetv2_train {args.dataset} {args.configuration} FOLD -tr {args.trainer} -p {args.plans} "
           f"-pretrained_weights {args.output}")
-    return 0
 
 
-def _cmd_uncertainty(args: argparse.Namespace) -> int:
+def _cmd_uncertainty(args: argparse.Namespace) -> None:
     from nnunet_csse.uncertainty import predict_folder_with_uncertainty
 
     device, which = resolve_device(args.device)
@@ -151,29 +130,15 @@ def _cmd_uncertainty(args: argparse.Namespace) -> int:
     written = predict_folder_with_uncertainty(args.model, args.input, args.output, args.folds, args.checkpoint,
                                               device, use_mirroring=not args.disable_tta)
     print(f"wrote {len(written)} segmentation(s), uncertainty map(s) and overlay(s) to {args.output}")
-    return 0
 
 
-def _command(sub: argparse._SubParsersAction, name: str, help: str, **kwargs) -> argparse.ArgumentParser:
-    """A subcommand whose --help starts with its one-line help."""
+def _command(sub: argparse._SubParsersAction, name: str, help: str,
+             func: Callable[[argparse.Namespace], int | None] | None, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand running ``func(args)``, whose --help starts with its one-line help."""
     description = textwrap.fill(help[0].upper() + help[1:] + ".", WIDTH)
-    return sub.add_parser(name, help=help, description=description, **kwargs)
-
-
-def _add_plans_output(p: argparse.ArgumentParser, settings_required: bool) -> None:
-    """The options ``plans apply`` and ``plans set`` share."""
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name (e.g. 4 or Dataset004_Hippocampus)")
-    p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
-                   help="configurations to change; the others are copied unchanged (default: all)")
-    p.add_argument("-p", "--source-plans", default="nnUNetPlans", metavar="PLANS",
-                   help="plans identifier to start from (default: %(default)s)")
-    p.add_argument("--set", action="append", required=settings_required, metavar="KEY=VALUE",
-                   help="one CSSE setting, repeatable; see below" + ("" if settings_required else " (default: none)"))
-    p.add_argument("--name", required=settings_required, metavar="IDENTIFIER",
-                   help="the new plans identifier, written as IDENTIFIER.json" +
-                        ("" if settings_required else " (default: <source>CSSE_<PRESET>)"))
-    p.add_argument("--force", action="store_true",
-                   help="replace an existing file of ours that differs (without it: refuse, nothing is written)")
+    parser = sub.add_parser(name, help=help, description=description, **kwargs)
+    parser.set_defaults(func=func)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,14 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-csse", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(sub, "trainers-path", "print the folder to export as nnUNet_extTrainer", _cmd_trainers_path)
+    _command(sub, "check", "check that nnU-Net finds the CSSE trainers and its folders; print the fix if not",
+             _cmd_check)
 
-    p = _command(sub, "trainers-path", "print the folder to export as nnUNet_extTrainer")
-    p.set_defaults(func=_cmd_trainers_path)
-
-    p = _command(sub, "check", "check that nnU-Net finds the CSSE trainers and its folders; print the fix if not")
-    p.set_defaults(func=_cmd_check)
-
-    p = _command(sub, "synth", "write a seeded synthetic dataset in nnU-Net raw format")
+    p = _command(sub, "synth", "write a seeded synthetic dataset in nnU-Net raw format", _cmd_synth)
     p.add_argument("-d", "--dataset-id", type=int, required=True, help="dataset id (1-999)")
     p.add_argument("--name", default="CSSESynth", help="dataset name, DatasetXXX_<name> (default: %(default)s)")
     p.add_argument("--raw", default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
@@ -213,30 +175,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing dataset with this id (without it: refuse)")
-    p.set_defaults(func=_cmd_synth)
 
-    plans = _command(sub, "plans", "plans presets and single CSSE settings under a new plans identifier")
+    plans = _command(sub, "plans", "plans presets and single CSSE settings under a new plans identifier", None)
     plans_sub = plans.add_subparsers(dest="plans_command", required=True, metavar="PLANS_COMMAND")
-    p = _command(plans_sub, "list", "list the shipped presets")
-    p.set_defaults(func=_cmd_plans_list)
+    _command(plans_sub, "list", "list the shipped presets", _cmd_plans_list)
     epilog = PLANS_EPILOG.format(settings=textwrap.fill(
         '--set KEY=VALUE (repeatable) sets one CSSE setting in the "csse" block of each chosen configuration, '
         "checked as nnUNetv2_train checks it (the README's settings table lists the valid values). Values are "
         "JSON: true/false, numbers, lists such as [2,3], null; a bare word is a string (rf, batch). Keys: "
         f"{', '.join(sorted(CSSEConfig().to_json()))}.", WIDTH))
-    p = _command(plans_sub, "apply", "write <source>CSSE_<PRESET>.json (or --name) next to the dataset's nnU-Net "
-                                     "plans, with a preset's settings and optional --set settings",
-                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("preset", help="preset name (see 'nnunet-csse plans list') or path to a preset .json")
-    _add_plans_output(p, settings_required=False)
-    p.set_defaults(func=_cmd_plans_apply)
-    p = _command(plans_sub, "set", "write a copy of a dataset's plans with single CSSE settings changed, under a "
-                                   "new plans identifier",
-                 epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_plans_output(p, settings_required=True)
-    p.set_defaults(func=_cmd_plans_apply, preset=None)
+    for name, help in (("apply", "write <source>CSSE_<PRESET>.json (or --name) next to the dataset's nnU-Net plans, "
+                                 "with a preset's settings and optional --set settings"),
+                       ("set", "write a copy of a dataset's plans with single CSSE settings changed, under a new "
+                               "plans identifier")):
+        p = _command(plans_sub, name, help, _cmd_plans_apply, epilog=epilog,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+        required = name == "set"  # set: no preset, so its settings and identifier are required
+        if required:
+            p.set_defaults(preset=None)
+        else:
+            p.add_argument("preset", help="preset name (see 'nnunet-csse plans list') or path to a preset .json")
+        p.add_argument("-d", "--dataset", required=True, help="dataset id or name (e.g. 4 or Dataset004_Hippocampus)")
+        p.add_argument("-c", "--configurations", nargs="+", default=None, metavar="CONFIG",
+                       help="configurations to change; the others are copied unchanged (default: all)")
+        p.add_argument("-p", "--source-plans", default="nnUNetPlans", metavar="PLANS",
+                       help="plans identifier to start from (default: %(default)s)")
+        p.add_argument("--set", action="append", required=required, metavar="KEY=VALUE",
+                       help="one CSSE setting, repeatable; see below" + ("" if required else " (default: none)"))
+        p.add_argument("--name", required=required, metavar="IDENTIFIER",
+                       help="the new plans identifier, written as IDENTIFIER.json" +
+                            ("" if required else " (default: <source>CSSE_<PRESET>)"))
+        p.add_argument("--force", action="store_true",
+                       help="replace an existing file of ours that differs (without it: refuse, nothing is written)")
 
-    p = _command(sub, "demo", "baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end")
+    p = _command(sub, "demo", "baseline nnU-Net vs CSSE on a hard synthetic dataset, end to end", _cmd_demo)
     p.add_argument("--workdir", default="nnunet_csse_demo", help="everything is written here (default: %(default)s)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda if torch finds a CUDA device, else cpu (printed)")
@@ -251,9 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset", action="store_true",
                    help="delete earlier demo outputs in --workdir first (without it: finished steps made with the "
                         "same settings are reused, and a --workdir made with other settings is refused)")
-    p.set_defaults(func=_cmd_demo)
 
-    p = _command(sub, "pretrained", "add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)")
+    p = _command(sub, "pretrained", "add fresh CSSE modules to plain nnU-Net weights (for -pretrained_weights)",
+                 _cmd_pretrained)
     p.add_argument("-i", "--input", required=True, help="nnU-Net checkpoint (e.g. .../fold_0/checkpoint_final.pth)")
     p.add_argument("-o", "--output", required=True, help="new checkpoint file to write")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name you will fine-tune on")
@@ -262,9 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSSE trainer you will train with (default: %(default)s)")
     p.add_argument("-p", "--plans", default="nnUNetPlans",
                    help="plans identifier you will train with (default: %(default)s)")
-    p.set_defaults(func=_cmd_pretrained)
 
-    p = _command(sub, "uncertainty", "segment a folder and write UAFS uncertainty maps + PNG overlays")
+    p = _command(sub, "uncertainty", "segment a folder and write UAFS uncertainty maps + PNG overlays",
+                 _cmd_uncertainty)
     p.add_argument("-i", "--input", required=True, help="folder with CASE_0000<ending> images")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("-m", "--model", required=True, help="trained model folder (<trainer>__<plans>__<config>)")
@@ -275,7 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: cuda if torch finds a CUDA device, else cpu (printed)")
     p.add_argument("--disable_tta", action="store_true",
                    help="no test-time mirroring (without it: mirrored predictions are averaged, as nnU-Net does)")
-    p.set_defaults(func=_cmd_uncertainty)
 
     splits.register(sub)
     compare.register(sub)
@@ -283,23 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. The one error boundary of the tools: bad input (``ValueError``, a missing, existing or
-    unwritable file: ``OSError``) is one ``error:`` line and exit status 2, a failed step of a run
-    (``StepFailed``, e.g. an nnU-Net console script) status 1; never a traceback from our own checks."""
+    """Run one command. Bad input (``ValueError``; ``OSError``: a missing, existing or unwritable file) is one
+    ``error:`` line and exit status 2, a failed step (``StepFailed``, e.g. an nnU-Net console script) status 1."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return args.func(args) or 0  # a command's exit status; None: 0
     except (ValueError, OSError, StepFailed) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        # an error of the operating system (e.g. a full disk): what failed on which file, without the errno prefix
+        os_error = isinstance(e, OSError) and e.strerror and e.filename is not None
+        print(f"error: {f'{e.strerror}: {e.filename}' if os_error else e}", file=sys.stderr)
         return 1 if isinstance(e, StepFailed) else 2
-
-
-def _one_line(error: BaseException) -> str:
-    """The message of one of our errors; for an error of the operating system (a write the checks before the work
-    could not foresee, e.g. a full disk) what failed and on which file, without the errno prefix."""
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
-        return f"{error.strerror}: {error.filename}"
-    return str(error)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,6 @@
-"""``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline.
-
-Stages: synthetic dataset, nnUNetv2_plan_and_preprocess, nnUNetv2_train (``nnUNetTrainer_demo`` and
-``nnUNetTrainerCSSE_demo``, same budget and seed), nnUNetv2_predict, nnUNetv2_evaluate_folder, report. Only
+"""``nnunet-csse demo``: baseline nnU-Net vs CSSE on a hard synthetic dataset, through nnU-Net's own pipeline
+(dataset, plan and preprocess, train, predict, evaluate, report and figure); docs/results.md, "The demo". Only
 ``--workdir`` is written; each stage records its inputs in ``<workdir>/stages/`` and is reused only when they match.
-See docs/.
 """
 
 from __future__ import annotations
@@ -19,6 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -49,24 +47,14 @@ class DemoSettings:
     def __post_init__(self) -> None:
         # checked before anything is written; nnU-Net's 5-fold split needs 5 training cases
         for name, minimum in (("epochs", 1), ("iterations", 1), ("cases", 5), ("test_cases", 1)):
-            value = getattr(self, name)
-            if value < minimum:
+            if (value := getattr(self, name)) < minimum:
                 why = " (nnU-Net's 5-fold cross-validation split needs 5)" if name == "cases" else ""
                 raise ValueError(f"demo --{name.replace('_', '-')} must be >= {minimum}{why}, got {value}")
         if self.size is not None and self.size < 16:
             raise ValueError(f"demo --size must be >= 16 voxels (the network downsamples 4 times), got {self.size}")
-
-    @property
-    def configuration(self) -> str:
-        return "2d" if self.dim == "2d" else "3d_fullres"
-
-    @property
-    def plans(self) -> str:
-        return "nnUNetPlansCSSE_cpu_tiny" if self.device == "cpu" else "nnUNetPlans"
-
-    @property
-    def image_size(self) -> int:
-        return self.size or (96 if self.dim == "2d" else 48)
+        self.configuration = "2d" if self.dim == "2d" else "3d_fullres"
+        self.plans = "nnUNetPlansCSSE_cpu_tiny" if self.device == "cpu" else "nnUNetPlans"
+        self.image_size = self.size or (96 if self.dim == "2d" else 48)
 
     def stage_inputs(self) -> dict[str, dict]:
         """Stage name -> everything that makes its outputs (each stage includes the inputs of those before it)."""
@@ -78,82 +66,49 @@ class DemoSettings:
         plan = {**dataset, "configuration": self.configuration, "nnunetv2": version("nnunetv2")}
         stages = {"dataset": dataset, "plan": plan}
         for label, trainer in TRAINERS.items():
-            train = {**plan, "plans": self.plans, "trainer": trainer, "epochs": self.epochs,
-                     "iterations": self.iterations, "seed": self.seed, "device": self.device}
-            stages[f"train_{label}"] = train
+            stages[f"train_{label}"] = train = {**plan, "plans": self.plans, "trainer": trainer, "epochs": self.epochs,
+                                                "iterations": self.iterations, "seed": self.seed, "device": self.device}
             stages[f"predict_{label}"] = {**train, "test_time_mirroring": False}
         return stages
-
-
-def _differences(recorded: dict, wanted: dict) -> list[str]:
-    """``key: recorded -> wanted`` for every input that differs."""
-    keys = [k for k in wanted if recorded.get(k) != wanted[k]] + [k for k in recorded if k not in wanted]
-    return [f"{k} {recorded.get(k, '(none)')} -> {wanted.get(k, '(none)')}" for k in keys]
 
 
 def _say(stage: str, text: str) -> None:
     print(f"[{stage}] {text}", flush=True)
 
 
-@contextlib.contextmanager
-def _environment_variable(name: str, value: str):
-    """``os.environ[name] = value`` inside the block, the previous state after it."""
-    previous = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-
-
 class Demo:
     def __init__(self, settings: DemoSettings) -> None:
-        self.s = settings
-        root = settings.workdir.resolve()
-        self.root = root
-        self.raw, self.preprocessed, self.results = root / "nnUNet_raw", root / "nnUNet_preprocessed", \
-            root / "nnUNet_results"
+        self.s, self.root = settings, settings.workdir.resolve()
+        self.raw, self.preprocessed, self.results = (self.root / f"nnUNet_{name}" for name in
+                                                     ("raw", "preprocessed", "results"))
         self.env = dict(os.environ, nnUNet_raw=str(self.raw), nnUNet_preprocessed=str(self.preprocessed),
-                        nnUNet_results=str(self.results), nnUNet_def_n_proc="1",
-                        nnUNet_compile="false", **{ENV_EPOCHS: str(settings.epochs),
-                                                   ENV_ITERATIONS: str(settings.iterations),
-                                                   ENV_SEED: str(settings.seed)})
-        self.env["nnUNet_extTrainer"] = trainers_path()
+                        nnUNet_results=str(self.results), nnUNet_def_n_proc="1", nnUNet_compile="false",
+                        nnUNet_extTrainer=trainers_path(), **{ENV_EPOCHS: str(settings.epochs),
+                                                              ENV_ITERATIONS: str(settings.iterations),
+                                                              ENV_SEED: str(settings.seed)})
         self.dataset_folder = self.raw / f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_NAME}"
 
-    # ------------------------------------------------------------------------------------------- helpers
-    def _run(self, cmd: list[str], stage: str, progress_total: int | None = None, env: dict | None = None) -> None:
-        """Run an nnU-Net command; with ``progress_total``, show a progress bar over its 'Epoch N' lines."""
+    def _run(self, cmd: list[str], stage: str, epochs: int | None = None, env: dict | None = None) -> None:
+        """Run an nnU-Net command; with ``epochs``, show a progress bar over its 'Epoch N' lines."""
         from tqdm import tqdm
 
-        bar = tqdm(total=progress_total, desc=stage, unit="epoch", file=sys.stdout) if progress_total else None
-
         def progress(line: str) -> None:
-            if bar is not None and (m := re.search(r": Epoch (\d+)\s*$", line)):
+            if m := re.search(r": Epoch (\d+)\s*$", line):
                 bar.n = int(m.group(1))
                 bar.refresh()
 
-        try:
+        with tqdm(total=epochs, desc=stage, unit="epoch", file=sys.stdout, disable=not epochs) as bar:
             run_logged(cmd, env or self.env, self.root / "logs" / f"{stage}.log", progress)
-            if bar is not None:
-                bar.n = bar.total
-        finally:
-            if bar is not None:
-                bar.close()
+            bar.n = bar.total
 
     def model_folder(self, trainer: str) -> Path:
         return self.results / self.dataset_folder.name / f"{trainer}__{self.s.plans}__{self.s.configuration}"
 
     def stage_outputs(self) -> dict[str, Path]:
         """Stage name -> the output whose presence means the stage ran (at least in part)."""
-        outputs = {"dataset": self.dataset_folder, "plan": self.preprocessed / self.dataset_folder.name}
-        for label, trainer in TRAINERS.items():
-            outputs[f"train_{label}"] = self.model_folder(trainer)
-            outputs[f"predict_{label}"] = self.root / "predictions" / label
-        return outputs
+        return {"dataset": self.dataset_folder, "plan": self.preprocessed / self.dataset_folder.name,
+                **{f"train_{label}": self.model_folder(trainer) for label, trainer in TRAINERS.items()},
+                **{f"predict_{label}": self.root / "predictions" / label for label in TRAINERS}}
 
     def record_path(self, stage: str) -> Path:
         return self.root / STAGES_FOLDER / f"{stage}.json"
@@ -165,43 +120,40 @@ class Demo:
     def check_reusable(self) -> None:
         """Refuse (``ValueError``, before anything is written) a workdir whose finished or started stages were made
         from other inputs than this run's, or by a demo that kept no record of its inputs."""
-        wanted, outputs = self.s.stage_inputs(), self.stage_outputs()
-        for stage, inputs in wanted.items():
+        outputs = self.stage_outputs()
+        for stage, wanted in self.s.stage_inputs().items():
             recorded = self.read_record(stage)
-            if recorded is None and not outputs[stage].exists():
-                continue
             if recorded is None:
-                raise ValueError(f"{self.root} holds demo outputs ({outputs[stage]}) without a record of the settings "
-                                 f"they were made with; run with --reset to replace them, or give another --workdir")
-            differences = _differences(recorded, inputs)
-            if differences:
-                raise ValueError(f"{self.root} holds a demo made with other settings ({stage}: "
-                                 f"{'; '.join(differences)}); reusing it would label its results with this run's "
-                                 f"settings. Run with --reset to replace it, or give another --workdir")
+                if outputs[stage].exists():
+                    raise ValueError(f"{self.root} holds demo outputs ({outputs[stage]}) without a record of the "
+                                     f"settings they were made with; run with --reset to replace them, or give "
+                                     f"another --workdir")
+                continue
+            keys = [k for k in wanted if recorded.get(k) != wanted[k]] + [k for k in recorded if k not in wanted]
+            if keys:
+                differences = "; ".join(f"{k} {recorded.get(k, '(none)')} -> {wanted.get(k, '(none)')}" for k in keys)
+                raise ValueError(f"{self.root} holds a demo made with other settings ({stage}: {differences}); "
+                                 f"reusing it would label its results with this run's settings. Run with --reset "
+                                 f"to replace it, or give another --workdir")
 
     def start_stage(self, stage: str) -> None:
         """Record the inputs of ``stage`` before it writes anything (a resumed stage has the same record)."""
-        path = self.record_path(stage)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.s.stage_inputs()[stage], path)
+        self.record_path(stage).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.s.stage_inputs()[stage], self.record_path(stage))
 
     def trained_with(self) -> dict:
         """The inputs of the models the report shows, from their records (equal for both trainers)."""
         records = [self.read_record(f"train_{label}") for label in TRAINERS]
-        if any(r is None for r in records) or any(
-                (r["epochs"], r["iterations"], r["seed"]) != (records[0]["epochs"], records[0]["iterations"],
-                                                             records[0]["seed"]) for r in records):
+        if None in records or len({(r["epochs"], r["iterations"], r["seed"]) for r in records}) > 1:
             raise ValueError(f"the models in {self.results} have no matching records in {self.root / STAGES_FOLDER}; "
                              f"run with --reset")
         return records[0]
 
-    # -------------------------------------------------------------------------------------------- stages
     def make_dataset(self) -> None:
         from nnunet_csse.tools.synthetic import write_synthetic_dataset
 
         if (self.dataset_folder / "dataset.json").exists():
-            _say("dataset", f"reusing {self.dataset_folder}")
-            return
+            return _say("dataset", f"reusing {self.dataset_folder}")
         self.start_stage("dataset")
         write_synthetic_dataset(self.raw, DEMO_DATASET_ID, DEMO_NAME, dim=2 if self.s.dim == "2d" else 3,
                                 num_cases=self.s.cases, size=self.s.image_size, num_classes=NUM_CLASSES,
@@ -209,8 +161,7 @@ class Demo:
         _say("dataset", f"wrote {self.s.cases} training + {self.s.test_cases} test cases to {self.dataset_folder}")
 
     def plan(self) -> None:
-        pre = self.preprocessed / self.dataset_folder.name
-        data = pre / f"nnUNetPlans_{self.s.configuration}"
+        data = self.preprocessed / self.dataset_folder.name / f"nnUNetPlans_{self.s.configuration}"
         if not (data.is_dir() and any(data.iterdir())):
             self.start_stage("plan")
             _say("plan", "nnUNetv2_plan_and_preprocess")
@@ -254,25 +205,23 @@ class Demo:
     def evaluate(self) -> dict[str, dict]:
         summaries = {}
         for label, trainer in TRAINERS.items():
-            out = self.root / "predictions" / label
-            summary = out / "summary.json"
+            summary = self.root / "predictions" / label / "summary.json"
             if not summary.exists():
                 _say("evaluate", f"{label}: nnUNetv2_evaluate_folder")
                 model = self.model_folder(trainer)
-                self._run(["nnUNetv2_evaluate_folder", str(self.dataset_folder / "labelsTs"), str(out), "-djfile",
-                           str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
+                self._run(["nnUNetv2_evaluate_folder", str(self.dataset_folder / "labelsTs"), str(summary.parent),
+                           "-djfile", str(model / "dataset.json"), "-pfile", str(model / "plans.json"), "-np", "1"],
                           f"evaluate_{label}")
             summaries[label] = read_evaluator_summary(summary)
         return summaries
 
     def table(self, summaries: dict[str, dict]) -> str:
         labels = json.loads((self.dataset_folder / "dataset.json").read_text())["labels"]
-        names = {str(v): k for k, v in labels.items()}
-        rows = [f"{'class':<14}" + "".join(f"{label:>12}" for label in summaries)]
-        for key in (k for k in summaries["baseline"][0] if k != FOREGROUND_MEAN):
-            rows.append(f"{names.get(key, key):<14}" + "".join(f"{mean[key]:>12.4f}" for mean, _ in summaries.values()))
-        rows.append(f"{'mean (fg)':<14}" + "".join(f"{mean[FOREGROUND_MEAN]:>12.4f}" for mean, _ in summaries.values()))
-        return "\n".join(rows)
+        names = {str(v): k for k, v in labels.items()} | {FOREGROUND_MEAN: "mean (fg)"}
+        keys = [k for k in summaries["baseline"][0] if k != FOREGROUND_MEAN] + [FOREGROUND_MEAN]
+        return "\n".join([f"{'class':<14}" + "".join(f"{label:>12}" for label in summaries)] + [
+            f"{names.get(key, key):<14}" + "".join(f"{mean[key]:>12.4f}" for mean, _ in summaries.values())
+            for key in keys])
 
     def figure(self) -> Path:
         """Image, ground truth, both predictions (with their Dice on this case from nnU-Net's evaluator) and the
@@ -289,46 +238,42 @@ class Demo:
         # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only; nnU-Net's predictor
         # and lookup are chatty (device notes, FutureWarnings of the libraries it calls), which would end up between
         # the demo's stage lines and its report
-        with _environment_variable("nnUNet_extTrainer", self.env["nnUNet_extTrainer"]), \
+        with mock.patch.dict(os.environ, nnUNet_extTrainer=self.env["nnUNet_extTrainer"]), \
                 contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False,
                                         perform_everything_on_device=self.s.device == "cuda")
-            predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])),
-                                                           use_folds=(0,))
+            predictor.initialize_from_trained_model_folder(str(self.model_folder(TRAINERS["CSSE"])), use_folds=(0,))
             image, data, properties = preprocess_case(predictor, [str(image_file)])
             uncertainty = to_input_geometry(predict_uncertainty(predictor, data), predictor, properties)[0]
-
-        def read(path: Path) -> np.ndarray:
-            return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
         predictions = {}
         for label in TRAINERS:
             folder = self.root / "predictions" / label
-            _, cases = read_evaluator_summary(folder / "summary.json")
-            predictions[label] = (read(folder / f"{case}.nii.gz"), case_dice(cases, f"{case}.nii.gz"))
+            dice = read_evaluator_summary(folder / "summary.json")[1][f"{case}.nii.gz"]  # this case's, per label
+            predictions[label] = (sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{case}.nii.gz"))),
+                                  {int(k): v for k, v in dice.items() if k.isdigit() and k != "0"})
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(self.dataset_folder / "labelsTs" / f"{case}.nii.gz")))
         names = label_names(json.loads((self.dataset_folder / "dataset.json").read_text()))
-        fig = demo_figure(image[0], read(self.dataset_folder / "labelsTs" / f"{case}.nii.gz"), predictions,
-                          uncertainty, names, f"nnunet-csse demo, held-out case {case} ({trained['configuration']}, "
-                                              f"{trained['epochs']} epochs x {trained['iterations']} iterations, "
-                                              f"seed {trained['seed']})")
-        path = self.root / "demo_figure.png"
-        fig.savefig(path, dpi=100)
-        return path
+        fig = demo_figure(image[0], truth, predictions, uncertainty, names,
+                          f"nnunet-csse demo, held-out case {case} ({trained['configuration']}, {trained['epochs']} "
+                          f"epochs x {trained['iterations']} iterations, seed {trained['seed']})")
+        fig.savefig(self.root / "demo_figure.png", dpi=100)
+        return self.root / "demo_figure.png"
 
     def run(self, reset_first: bool = False) -> str:
         """All stages and the report (returned and printed); ``reset_first``: delete earlier outputs first."""
         check_writable(self.root, "demo folder (--workdir)")
-        if reset_first:
-            reset(self.root)
+        if reset_first:  # only the folders the demo creates
+            for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs", STAGES_FOLDER):
+                shutil.rmtree(self.root / name, ignore_errors=True)
         self.check_reusable()
         self.root.mkdir(parents=True, exist_ok=True)
         self.make_dataset()
         self.plan()
         self.train()
         self.predict()
-        summaries = self.evaluate()
-        table = self.table(summaries)
+        table = self.table(self.evaluate())
         figure = self.figure()
         trained = self.trained_with()  # the labels come from what the models were trained with
         report = (f"\nDice on {trained['test_cases']} held-out cases (nnU-Net's evaluator), "
@@ -339,21 +284,6 @@ class Demo:
         (self.root / "demo_report.txt").write_text(report)
         print(report)
         return report
-
-
-def case_dice(cases: dict[str, dict[str, float]], file_name: str) -> dict[int, float]:
-    """Label -> Dice of one case (its file name; prediction and reference share it) from the per-case Dice of
-    ``read_evaluator_summary``."""
-    if file_name not in cases:
-        raise KeyError(f"{file_name} is not in the evaluator's summary")
-    return {int(key): dice for key, dice in cases[file_name].items() if key.isdigit() and key != "0"}
-
-
-def _dice_text(dice: dict[int, float]) -> str:
-    """``Dice 0.85 / 0.70 / 0.00, mean 0.52`` (labels in order; n/a: absent from truth and prediction)."""
-    finite = [v for v in dice.values() if math.isfinite(v)]
-    mean = f", mean {sum(finite) / len(finite):.2f}" if finite else ""
-    return "Dice " + " / ".join("n/a" if math.isnan(v) else f"{v:.2f}" for _, v in sorted(dice.items())) + mean
 
 
 def demo_figure(image: np.ndarray, truth: np.ndarray, predictions: dict[str, tuple[np.ndarray, dict[int, float]]],
@@ -377,24 +307,25 @@ def demo_figure(image: np.ndarray, truth: np.ndarray, predictions: dict[str, tup
     axes = fig.subplots(1, 3 + len(predictions))
     axes[0].imshow(image[z], cmap="gray", interpolation="nearest")
     axes[0].set_title("image")
-    axes[1].imshow(palette[truth[z].astype(int)], interpolation="nearest")
-    axes[1].set_title("ground truth")
-    for ax, (label, (segmentation, dice)) in zip(axes[2:], predictions.items()):
+    panels = [("ground truth", truth)] + [(f"{label} prediction\n{_dice_text(dice)}", segmentation)
+                                          for label, (segmentation, dice) in predictions.items()]
+    for ax, (panel_title, segmentation) in zip(axes[1:], panels):
         ax.imshow(palette[segmentation[z].astype(int)], interpolation="nearest")
-        ax.set_title(f"{label} prediction\n{_dice_text(dice)}")
+        ax.set_title(panel_title)
     show_uncertainty(axes[-1], uncertainty[z])
     axes[-1].set_title("CSSE: UAFS uncertainty H")
     for ax in axes:
         ax.axis("off")
-    handles = [Patch(color=palette[0], label="0: background")]
-    handles += [Patch(color=palette[v], label=f"{v}: {names.get(v, f'label {v}')}") for v in range(1, top + 1)]
+    handles = [Patch(color=palette[v], label=f"{v}: {names.get(v, f'label {v}')}" if v else "0: background")
+               for v in range(top + 1)]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.suptitle(f"{title}\nDice: this case, per class {' / '.join(str(v) for v in range(1, top + 1))} "
                  f"(nnU-Net's evaluator)")
     return fig
 
 
-def reset(workdir: Path) -> None:
-    """Remove what the demo wrote (only folders it creates)."""
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs", STAGES_FOLDER):
-        shutil.rmtree(workdir / name, ignore_errors=True)
+def _dice_text(dice: dict[int, float]) -> str:
+    """``Dice 0.85 / 0.70 / 0.00, mean 0.52`` (labels in order; n/a: absent from truth and prediction)."""
+    finite = [v for v in dice.values() if math.isfinite(v)]
+    mean = f", mean {sum(finite) / len(finite):.2f}" if finite else ""
+    return "Dice " + " / ".join("n/a" if math.isnan(v) else f"{v:.2f}" for _, v in sorted(dice.items())) + mean

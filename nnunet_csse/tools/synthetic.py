@@ -1,14 +1,7 @@
 """Seeded synthetic segmentation datasets in nnU-Net v2 raw format (``nnunet-csse synth``).
 
-``difficulty="hard"`` draws the conditions the CSSE paper targets (README, "The demo"): class means only 0.3
-apart with the same fine texture, partial-volume blur, touching structures, a small last class, a smooth bias field
-and noise, on random superellipsoids and deformed blobs. ``"easy"`` keeps the placement with plain ellipsoids and
-well separated, crisp, nearly noiseless classes. ``regions`` nests structure k inside k-1 (BraTS-like regions
-``>= k``); ``ignore_label`` relabels a random slab ``num_classes``. Every case holds every class (at least
-``MIN_VOXELS_PER_CLASS`` voxels). The streams come from ``SeedSequence(seed).spawn`` (profile, then one per case):
-the same seed gives identical arrays, and adding test cases leaves the training cases unchanged. 2D images are
-stored as ``(1, H, W)`` NIfTI with spacing ``999 * max(in-plane spacing)`` on the first axis, as nnU-Net's
-SimpleITKIO assigns.
+``difficulty="hard"`` draws the conditions the CSSE paper targets, ``"easy"`` separable classes; docs/results.md
+("The demo") describes both. The same arguments give byte-identical files: committed benchmark results rest on them.
 """
 
 from __future__ import annotations
@@ -25,59 +18,56 @@ from scipy import ndimage
 
 from nnunet_csse.folders import check_writable
 
-__all__ = ["MIN_VOXELS_PER_CLASS", "generate_case", "intensity_profile", "write_synthetic_dataset"]
-
 MIN_VOXELS_PER_CLASS = 6  # every class (background included) has at least this many voxels in every case
 DIFFICULTIES = ("easy", "hard")
 MAX_PLACEMENT_ATTEMPTS = 50
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 FILE_ENDING = ".nii.gz"
+INTEGERS = {"dataset_id": (1, 999), "dim": (2, 3), "num_classes": (2, 254), "num_channels": (1, None),
+            "num_cases": (1, None), "num_test_cases": (0, None), "seed": (0, None)}  # name -> minimum, maximum
 
 
-def _integer(value: object, what: str, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return int(value)
+def _is_integer(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _shape(size: Sequence[int] | int, dim: int) -> tuple[int, ...]:
-    shape = (size,) * dim if np.ndim(size) == 0 else tuple(size)  # type: ignore[arg-type]
-    if len(shape) != dim or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 8
-                                    for n in shape):
-        raise ValueError(f"size must be one integer or {dim} integers for dim={dim}, each >= 8, got {size!r}")
-    return tuple(int(n) for n in shape)
+def _integers(**values: object) -> None:
+    for name, value in values.items():
+        low, high = INTEGERS[name]
+        if not _is_integer(value):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < low or (high is not None and value > high):
+            bound = "2 or 3" if name == "dim" else f">= {low}" if high is None else f"in {low}..{high}"
+            raise ValueError(f"{name}{' (background included)' if name == 'num_classes' else ''} must be {bound}, "
+                             f"got {value}")
 
 
-def _spacing(spacing: Sequence[float] | None, dim: int) -> tuple[float, ...]:
-    if spacing is None:
-        return (1.0,) * dim
-    if np.ndim(spacing) != 1 or len(spacing) != dim:
-        raise ValueError(f"spacing must have {dim} entries (array axis order) for dim={dim}, got {spacing!r}")
-    try:
-        values = tuple(float(s) for s in spacing)
-    except (TypeError, ValueError):
-        values = ()
-    if len(values) != dim or not all(np.isfinite(s) and s > 0 for s in values):
-        raise ValueError(f"spacing entries must be finite numbers > 0, got {spacing!r}")
-    return values
-
-
-def _check(dim: int, num_classes: int, num_channels: int, difficulty: str, regions: bool) -> None:
-    if _integer(dim, "dim") not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}")
-    if not 2 <= _integer(num_classes, "num_classes") <= 254:
-        raise ValueError(f"num_classes (background included) must be in 2..254, got {num_classes}")
-    _integer(num_channels, "num_channels", 1)
+def _validate(dim: int, num_classes: int, num_channels: int, difficulty: str, regions: bool,
+              size: Sequence[int] | int = 8, spacing: Sequence[float] | None = None,
+              **counts: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """A ValueError naming the first invalid argument (the CLI maps the names to its flags); else the image shape
+    and the spacing (default 1 on every axis), both per array axis."""
+    _integers(dim=dim, num_classes=num_classes, num_channels=num_channels)
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {difficulty!r}")
     if regions and num_classes < 3:
         raise ValueError(f"regions=True needs num_classes >= 3 (background + at least two nested structures), got "
                          f"num_classes={num_classes}")
+    _integers(**counts)
+    shape = (size,) * dim if np.ndim(size) == 0 else tuple(size)  # type: ignore[arg-type]
+    if len(shape) != dim or not all(_is_integer(n) and n >= 8 for n in shape):
+        raise ValueError(f"size must be one integer or {dim} integers for dim={dim}, each >= 8, got {size!r}")
+    if spacing is not None and (np.ndim(spacing) != 1 or len(spacing) != dim):
+        raise ValueError(f"spacing must have {dim} entries (array axis order) for dim={dim}, got {spacing!r}")
+    try:
+        values = (1.0,) * dim if spacing is None else tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing entries must be finite numbers > 0, got {spacing!r}")
+    return tuple(int(n) for n in shape), values
 
 
-# --- geometry
 class _Grid:
     """Physical voxel-centre coordinates as open (broadcastable) grids."""
 
@@ -131,14 +121,28 @@ def _shape_level(rng: np.random.Generator, grid: _Grid, center: np.ndarray, radi
     return level
 
 
-def _painted_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool) -> np.ndarray:
-    """Structures 1..K: 2 abuts 1, later ones abut an earlier one with probability 1/2, else are painted on top."""
+def _structures(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool, regions: bool) -> np.ndarray:
+    """Structures 1..K. Plain: 2 abuts 1, later ones abut an earlier one with probability 1/2, else are painted on
+    top. Regions: k inside k-1 (label = depth), radii shrinking geometrically to a small innermost one."""
     label = np.zeros(grid.shape, dtype=np.uint8)
+    if regions:
+        radius, inner = grid.radius(rng, "large"), grid.radius(rng, "small")
+        ratio, mask, level = (inner / radius) ** (1.0 / (num_classes - 2)), None, None  # mask, level: the parent's
     for k in range(1, num_classes):
-        radius = grid.radius(rng, "large" if k == 1 else ("small" if k == num_classes - 1 else "medium"))
-        center, abutting = None, False
+        if not regions:
+            radius = grid.radius(rng, "large" if k == 1 else ("small" if k == num_classes - 1 else "medium"))
+        elif k > 1:
+            radius = max(radius * ratio * rng.uniform(0.9, 1.1), grid.min_radius)
+        center, inside = None, None  # inside: where the new structure may grow
         if k == 1:
             center = grid.random_center(rng, 0.3, 0.7)
+        elif regions:  # a voxel deep inside the parent if there is one
+            candidates = np.flatnonzero(mask & (level < 0.5))
+            if candidates.size == 0:
+                candidates = np.flatnonzero(mask)
+            if candidates.size == 0:
+                break  # rejected by the caller's presence check
+            center, inside = grid.voxel_center(int(candidates[rng.integers(candidates.size)])), mask
         elif k == 2 or rng.random() < 0.5:
             target = label == (1 if k == 2 else int(rng.integers(1, k)))
             border = np.flatnonzero(target & ~ndimage.binary_erosion(target))
@@ -146,44 +150,18 @@ def _painted_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, har
                 center = grid.voxel_center(int(border[rng.integers(border.size)]))
                 outward = center - (np.asarray(ndimage.center_of_mass(target)) + 0.5) * grid.spacing
                 center = center + 0.5 * radius * outward / max(float(np.linalg.norm(outward)), 1e-6)
-                abutting = True
+                inside = label == 0  # grows only into free space, sharing the target's border
         if center is None:
             center = grid.random_center(rng, 0.15, 0.85)
-        mask = _shape_level(rng, grid, center, radius, hard) <= 1.0
-        if abutting:
-            mask &= label == 0  # grows only into free space, sharing the target's border
-        label[mask] = k  # otherwise painted on top (e.g. a small inclusion inside an organ)
-    return label
-
-
-def _nested_labels(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool) -> np.ndarray:
-    """Structure k inside structure k-1 (label = depth), radii shrinking geometrically to a small innermost one."""
-    label = np.zeros(grid.shape, dtype=np.uint8)
-    outer, inner = grid.radius(rng, "large"), grid.radius(rng, "small")
-    ratio = (inner / outer) ** (1.0 / (num_classes - 2))
-    parent_mask = parent_level = None
-    radius = outer
-    for k in range(1, num_classes):
-        if parent_mask is None:
-            center = grid.random_center(rng, 0.3, 0.7)
-        else:
-            radius = max(radius * ratio * rng.uniform(0.9, 1.1), grid.min_radius)
-            candidates = np.flatnonzero(parent_mask & (parent_level < 0.5))
-            if candidates.size == 0:
-                candidates = np.flatnonzero(parent_mask)
-            if candidates.size == 0:
-                break  # rejected by the caller's presence check
-            center = grid.voxel_center(int(candidates[rng.integers(candidates.size)]))
         level = _shape_level(rng, grid, center, radius, hard)
-        mask = level <= 1.0 if parent_mask is None else (level <= 1.0) & parent_mask
-        label[mask] = k
-        parent_mask, parent_level = mask, level
+        mask = level <= 1.0 if inside is None else (level <= 1.0) & inside
+        label[mask] = k  # plain: otherwise painted on top (e.g. a small inclusion inside an organ)
     return label
 
 
 def _label_map(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bool, regions: bool) -> np.ndarray:
     for _ in range(MAX_PLACEMENT_ATTEMPTS):
-        label = (_nested_labels if regions else _painted_labels)(rng, grid, num_classes, hard)
+        label = _structures(rng, grid, num_classes, hard, regions)
         if np.bincount(label.ravel(), minlength=num_classes).min() < MIN_VOXELS_PER_CLASS:
             continue
         # structures 1 and 2 must share a border (later paintings or blob deformation can break that)
@@ -210,12 +188,11 @@ def _paint_ignore(rng: np.random.Generator, label: np.ndarray, num_classes: int)
     return out if np.bincount(out.ravel(), minlength=num_classes)[0] >= MIN_VOXELS_PER_CLASS else label
 
 
-# --- intensities
 def intensity_profile(rng: np.random.Generator | None, num_classes: int, num_channels: int = 1,
                       difficulty: str = "hard") -> np.ndarray:
     """Class mean intensities per channel, ``(num_channels, num_classes)``: hard 0.3 apart (+-0.04 jitter), easy 1.0
     apart, in random order per channel; ``rng=None``: a fixed profile that depends on the arguments only."""
-    _check(2, num_classes, num_channels, difficulty, False)
+    _validate(2, num_classes, num_channels, difficulty, False)
     if rng is None:
         rng = np.random.default_rng([num_classes, num_channels, DIFFICULTIES.index(difficulty), 2022])
     profile = np.empty((num_channels, num_classes), dtype=np.float64)
@@ -264,8 +241,7 @@ def generate_case(rng: np.random.Generator, dim: int = 3, size: Sequence[int] | 
     """One case, a pure function of ``rng``'s state and the arguments: ``(image, label)``, float32
     ``(num_channels, *size)`` and uint8 ``size``. ``spacing`` (mm per array axis) makes shapes and blur physical;
     ``profile`` (class means, default :func:`intensity_profile` with ``rng=None``) is shared across cases."""
-    _check(dim, num_classes, num_channels, difficulty, regions)
-    grid = _Grid(_shape(size, dim), _spacing(spacing, dim))
+    grid = _Grid(*_validate(dim, num_classes, num_channels, difficulty, regions, size, spacing))
     profile = np.asarray(intensity_profile(None, num_classes, num_channels, difficulty) if profile is None
                          else profile, dtype=np.float64)
     if profile.shape != (num_channels, num_classes):
@@ -275,30 +251,8 @@ def generate_case(rng: np.random.Generator, dim: int = 3, size: Sequence[int] | 
     return image, _paint_ignore(rng, label, num_classes) if ignore_label else label
 
 
-# --- files
-def _write_dataset_json(folder: Path, name: str, num_cases: int, settings: dict) -> None:
-    """``folder/dataset.json`` through nnU-Net's ``generate_dataset_json``."""
-    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
-
-    num_classes, regions, ignore = settings["num_classes"], settings["regions"], settings["ignore_label"]
-    labels: dict[str, int | list[int]] = {"background": 0}
-    for k in range(1, num_classes):
-        labels[f"region_{k}" if regions else f"structure_{k}"] = \
-            (list(range(k, num_classes)) if k < num_classes - 1 else k) if regions else k
-    if ignore:
-        labels["ignore"] = num_classes
-    description = ("Synthetic dataset generated by nnunet_csse.tools.synthetic " + ("(nested regions, " if regions
-                   else "(") + f"difficulty={settings['difficulty']}); " + ("the last foreground class is small; "
-                   if num_classes >= 3 else "") + ("'ignore' marks unannotated slabs" if ignore else "fully annotated"))
-    generate_dataset_json(
-        str(folder), {str(c): "MRI" if c == 0 else f"MRI_{c}" for c in range(settings["num_channels"])}, labels,
-        num_cases, FILE_ENDING, regions_class_order=tuple(range(1, num_classes)) if regions else None,
-        dataset_name=name, reference="nnunet_csse.tools.synthetic", description=description,
-        overwrite_image_reader_writer="SimpleITKIO", license="CC0-1.0", converted_by="nnunet-csse synth",
-        synthetic_generator=settings)
-
-
 def _write_nifti(array: np.ndarray, spacing: tuple[float, ...], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
     sitk.WriteImage(image, str(path), useCompression=True)
@@ -309,24 +263,19 @@ def write_synthetic_dataset(raw_root: str | Path, dataset_id: int, name: str = "
                             num_channels: int = 1, num_test_cases: int = 0, seed: int = 0, difficulty: str = "hard",
                             ignore_label: bool = False, regions: bool = False,
                             spacing: Sequence[float] | None = None, overwrite: bool = False) -> Path:
-    """Write ``<raw_root>/Dataset{dataset_id:03d}_{name}``: ``dataset.json``, ``imagesTr/<case>_<channel>.nii.gz``,
-    ``labelsTr/<case>.nii.gz`` and, with ``num_test_cases``, ``imagesTs``/``labelsTs`` (cases
-    ``f"{name.lower()}_{i:03d}"``, test cases numbered after the training cases). Returns the folder.
+    """Write and return ``<raw_root>/Dataset{dataset_id:03d}_{name}`` (``dataset.json``, ``images|labelsTr``, with
+    ``num_test_cases`` ``images|labelsTs``; cases ``f"{name.lower()}_{i:03d}"``). ``spacing`` is per array axis; 2D
+    images are ``(1, H, W)`` with spacing ``999 * max(spacing)`` first, as nnU-Net's SimpleITKIO assigns. Bad
+    arguments: ValueError; an existing ``Dataset{dataset_id:03d}_*``: FileExistsError unless ``overwrite`` (replaces
+    every folder with this id). Nothing is left behind on failure. One ``SeedSequence(seed).spawn`` stream per case."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-    ``spacing`` is per array axis ((z, y, x) in 3D). Invalid arguments are a ValueError; an existing
-    ``Dataset{dataset_id:03d}_*`` folder a FileExistsError unless ``overwrite`` (which replaces every folder with
-    this id). Nothing is left behind on failure."""
-    dataset_id = _integer(dataset_id, "dataset_id")
-    if not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset_id must be in 1..999, got {dataset_id}")
+    _integers(dataset_id=dataset_id)
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ValueError(f"name must start with a letter or digit and contain only letters, digits, '_' or '-', got "
                          f"{name!r}")
-    _check(dim, num_classes, num_channels, difficulty, regions)
-    _integer(num_cases, "num_cases", 1)
-    _integer(num_test_cases, "num_test_cases", 0)
-    _integer(seed, "seed", 0)
-    shape, spacing = _shape(size, dim), _spacing(spacing, dim)
+    shape, spacing = _validate(dim, num_classes, num_channels, difficulty, regions, size, spacing,
+                               num_cases=num_cases, num_test_cases=num_test_cases, seed=seed)
     raw_root = Path(raw_root)
     folder = raw_root / f"Dataset{dataset_id:03d}_{name}"
     existing = sorted(p for p in raw_root.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir()) if raw_root.is_dir() else []
@@ -337,28 +286,39 @@ def write_synthetic_dataset(raw_root: str | Path, dataset_id: int, name: str = "
     file_spacing = (999.0 * max(spacing), *spacing) if dim == 2 else spacing
     streams = np.random.SeedSequence(seed).spawn(1 + num_cases + num_test_cases)
     profile = intensity_profile(np.random.default_rng(streams[0]), num_classes, num_channels, difficulty)
-    settings = {"seed": seed, "dim": dim, "size": list(shape), "spacing": list(spacing), "num_classes": num_classes,
-                "num_channels": num_channels, "num_test_cases": num_test_cases, "difficulty": difficulty,
-                "ignore_label": bool(ignore_label), "regions": bool(regions)}
+    labels: dict[str, int | list[int]] = {"background": 0}  # regions: region k is labels k..K
+    for k in range(1, num_classes):
+        labels[f"region_{k}" if regions else f"structure_{k}"] = list(range(k, num_classes)) if regions and \
+            k < num_classes - 1 else k
+    if ignore_label:
+        labels["ignore"] = num_classes
+    description = (f"Synthetic dataset generated by nnunet_csse.tools.synthetic ({'nested regions, ' * bool(regions)}"
+                   f"difficulty={difficulty}); {'the last foreground class is small; ' if num_classes >= 3 else ''}"
+                   + ("'ignore' marks unannotated slabs" if ignore_label else "fully annotated"))
     check_writable(raw_root, "nnUNet_raw folder")
     raw_root.mkdir(parents=True, exist_ok=True)
     partial = raw_root / f".{folder.name}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        for split, first, count in (("Tr", 0, num_cases), ("Ts", num_cases, num_test_cases)):
-            for i in range(first, first + count):
-                (partial / f"images{split}").mkdir(parents=True, exist_ok=True)
-                (partial / f"labels{split}").mkdir(parents=True, exist_ok=True)
-                image, label = generate_case(np.random.default_rng(streams[1 + i]), dim, shape, num_classes,
-                                             num_channels, difficulty, regions, spacing=spacing, profile=profile,
-                                             ignore_label=ignore_label)
-                case = f"{name.lower()}_{i:03d}"
-                if dim == 2:
-                    image, label = image[:, None], label[None]
-                for c in range(num_channels):
-                    _write_nifti(image[c], file_spacing, partial / f"images{split}" / f"{case}_{c:04d}{FILE_ENDING}")
-                _write_nifti(label, file_spacing, partial / f"labels{split}" / f"{case}{FILE_ENDING}")
-        _write_dataset_json(partial, name, num_cases, settings)
+        for i in range(num_cases + num_test_cases):  # test cases numbered after the training cases
+            image, label = generate_case(np.random.default_rng(streams[1 + i]), dim, shape, num_classes, num_channels,
+                                         difficulty, regions, spacing=spacing, profile=profile,
+                                         ignore_label=ignore_label)
+            case, split = f"{name.lower()}_{i:03d}", "Tr" if i < num_cases else "Ts"
+            if dim == 2:
+                image, label = image[:, None], label[None]
+            for c in range(num_channels):
+                _write_nifti(image[c], file_spacing, partial / f"images{split}" / f"{case}_{c:04d}{FILE_ENDING}")
+            _write_nifti(label, file_spacing, partial / f"labels{split}" / f"{case}{FILE_ENDING}")
+        generate_dataset_json(
+            str(partial), {str(c): "MRI" if c == 0 else f"MRI_{c}" for c in range(num_channels)}, labels, num_cases,
+            FILE_ENDING, regions_class_order=tuple(range(1, num_classes)) if regions else None, dataset_name=name,
+            reference="nnunet_csse.tools.synthetic", description=description,
+            overwrite_image_reader_writer="SimpleITKIO", license="CC0-1.0", converted_by="nnunet-csse synth",
+            synthetic_generator={"seed": seed, "dim": dim, "size": list(shape), "spacing": list(spacing),
+                                 "num_classes": num_classes, "num_channels": num_channels,
+                                 "num_test_cases": num_test_cases, "difficulty": difficulty,
+                                 "ignore_label": bool(ignore_label), "regions": bool(regions)})
         for path in existing:  # overwrite: every folder with this id (only those)
             path.unlink() if path.is_symlink() else shutil.rmtree(path)
         partial.rename(folder)
