@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import statistics
 import time
 from collections import namedtuple
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_csse.config import PLANS_KEY
+from nnunet_csse.environment import scoped_environ
 from tests.toy_plans import PLAIN, REQ_IMPORT, arch_kwargs
 
 DATASET_NAME, CONFIGURATION = "Dataset999_CSSEBench", "3d_fullres"
@@ -151,21 +151,6 @@ def nnunet_folders(root: Path) -> dict[str, str]:
         path.mkdir(parents=True, exist_ok=True)
     (config_folder / "marker.b2nd").touch()
     return {name: str(path) for name, path in dirs.items()}
-
-
-@contextlib.contextmanager
-def scoped_environ(values: Mapping[str, str]) -> Iterator[None]:
-    """``values`` in ``os.environ`` inside the block only; each variable is restored (or removed) on exit."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def uafs_blocks(network: torch.nn.Module) -> list:

@@ -44,7 +44,7 @@ SYNTH_FLAGS = (
     (r"\bnum_classes=(\d+)", r"--classes \1"), (r"\bdim=(\d)", r"--dim \1"),
     (r"\bnum_test_cases\b", "--test-cases"), (r"\bnum_cases\b", "--cases"), (r"\bnum_classes\b", "--classes"),
     (r"\bnum_channels\b", "--channels"), (r"\bdataset_id\b", "--dataset-id"),
-    (r"^(size|spacing|seed|name)\b", r"--\1"),
+    (r"^(size|spacing|seed|name)\b", r"--\1"), (r"\bincrease size\b", "increase --size"),
 )
 
 

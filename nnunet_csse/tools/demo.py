@@ -16,11 +16,10 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
-from nnunet_csse.environment import trainers_path
+from nnunet_csse.environment import scoped_environ, trainers_path
 from nnunet_csse.folders import FOREGROUND_MEAN, check_writable, read_evaluator_summary, write_json_atomic
 from nnunet_csse.schedules import ENV_EPOCHS, ENV_ITERATIONS, ENV_SEED
 from nnunet_csse.tools.commands import run_logged
@@ -238,7 +237,7 @@ class Demo:
         # the predictor looks the trainer up through nnUNet_extTrainer, set for the lookup only; nnU-Net's predictor
         # and lookup are chatty (device notes, FutureWarnings of the libraries it calls), which would end up between
         # the demo's stage lines and its report
-        with mock.patch.dict(os.environ, nnUNet_extTrainer=self.env["nnUNet_extTrainer"]), \
+        with scoped_environ({"nnUNet_extTrainer": self.env["nnUNet_extTrainer"]}), \
                 contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             predictor = nnUNetPredictor(device=torch.device(self.s.device), use_mirroring=False, allow_tqdm=False,

@@ -167,7 +167,7 @@ def _label_map(rng: np.random.Generator, grid: _Grid, num_classes: int, hard: bo
         # structures 1 and 2 must share a border (later paintings or blob deformation can break that)
         if num_classes < 3 or (ndimage.binary_dilation(label == 2) & (label == 1)).any():
             return label
-    raise RuntimeError(f"could not place all {num_classes - 1} foreground classes (>= {MIN_VOXELS_PER_CLASS} voxels "
+    raise ValueError(f"could not place all {num_classes - 1} foreground classes (>= {MIN_VOXELS_PER_CLASS} voxels "
                        f"each, structures 1 and 2 touching) in a {grid.shape} volume after {MAX_PLACEMENT_ATTEMPTS} "
                        f"attempts; increase size or reduce num_classes")
 

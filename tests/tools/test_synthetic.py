@@ -324,3 +324,14 @@ def test_cli_existing_dataset_names_the_overwrite_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Pass --overwrite to replace it" in err and "overwrite=True" not in err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_cli_volume_too_small_for_the_classes_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from nnunet_csse.tools.cli import main
+
+    assert main(["synth", "-d", "5", "--raw", str(tmp_path), "--dim", "2", "--size", "8", "--classes", "30",
+                 "--cases", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not place all 29 foreground classes") and err.count("\n") == 1
+    assert "increase --size or reduce --classes" in err
+    assert list(tmp_path.iterdir()) == []
