@@ -1,16 +1,14 @@
-r"""``python -m benchmarks accuracy``: train trainers side by side with ``nnUNetv2_train``, then compare them.
+"""``python -m benchmarks accuracy``: train trainers side by side with ``nnUNetv2_train``, then compare them.
 
-A run is (trainer, fraction, fold, seed): a ``*_benchmark`` trainer of :mod:`nnunet_csse.schedules` on the budget
-and seed given here, on the fold's full split or, for a fraction f < 1, on the limited split ``nnunet-csse split``
-installs (plans ``<plans>_frac<NN>``, so results folders never mix). Finished runs and the records committed in
-``--out`` are reused; ``python -m benchmarks trainings FOLDER ...`` tabulates records of several invocations. See
-docs/ for the outputs, the reproducibility notes and the measured CPU settings.
+A run is (trainer, fraction, fold, seed): a ``*_benchmark`` trainer on the budget and seed given here, on the fold's
+full split or the limited split of ``nnunet-csse split`` (plans ``<plans>_frac<NN>``). Finished runs and the records
+committed in ``--out`` are reused; ``python -m benchmarks trainings`` tabulates several invocations. See docs/.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,33 +29,15 @@ from nnunet_csse.tools import StepFailed
 from nnunet_csse.tools.commands import CommandFailed, run_logged
 from nnunet_csse.tools.splits import full_split, make_limited_split, restore_full_split
 
-DEFAULT_TRAINERS = ("baseline", "CSSE")
 SUBSET_SEED = 0  # of the limited splits: the same subset for every trainer and run seed
-HIPPOCAMPUS_NAME, HIPPOCAMPUS_LABELS = "Hippocampus", {"background": 0, "anterior": 1, "posterior": 2}
+HIPPOCAMPUS_LABELS = {"background": 0, "anterior": 1, "posterior": 2}
 FILE_ENDING = ".nii.gz"
 SESSIONS_FILE = "benchmark_sessions.json"  # per fold folder: the wall time of every nnUNetv2_train session
 FRACTION_MARKER = "csse_benchmark_fraction"  # in derived plans: only our own files are ever replaced
-
-
-@dataclasses.dataclass(frozen=True)
-class Budget:
-    """Training budget of every run: epochs x iterations per epoch, plus validation iterations per epoch."""
-
-    epochs: int
-    iterations: int
-    val_iterations: int
-
-    @property
-    def tag(self) -> str:
-        return f"e{self.epochs}x{self.iterations}_val{self.val_iterations}"
-
-    def describe(self) -> str:
-        return f"{self.epochs} epochs x {self.iterations} iterations (+ {self.val_iterations} validation iterations " \
-               f"per epoch)"
+say = functools.partial(print, flush=True)
 
 
 def fraction_plans(plans: str, fraction: float) -> str:
-    """Plans identifier of a fraction: the plans themselves for 1.0, else ``<plans>_frac<NN>``."""
     return plans if fraction == 1.0 else f"{plans}_{fraction_tag(fraction)}"
 
 
@@ -90,7 +70,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("-c", "--configuration", default="3d_fullres", help="default 3d_fullres")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="source plans identifier (default nnUNetPlans)")
     p.add_argument("--preset", default=None, help="plans preset (nnunet-csse plans list), e.g. half_width")
-    p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS), metavar="TRAINER",
+    p.add_argument("--trainers", nargs="+", default=["baseline", "CSSE"], metavar="TRAINER",
                    help=f"aliases {', '.join(TRAINER_ALIASES)} or their class names (default: baseline CSSE)")
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2], help="default 0 1 2")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="run seeds, one results root each (default 0)")
@@ -129,23 +109,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
         args.da_workers = 0 if args.device == "cpu" else get_allowed_n_proc_DA()
-    args.budget = Budget(args.epochs, args.iterations, args.val_iterations)
     if args.save_every is None:
         args.save_every = max(1, min(50, math.ceil(args.epochs / 10)))
-    for flag, value, minimum in (("--epochs", args.epochs, 1), ("--iterations", args.iterations, 1),
-                                 ("--val-iterations", args.val_iterations, 1), ("--threads", args.threads, 1),
-                                 ("--da-workers", args.da_workers, 0), ("--save-every", args.save_every, 1)):
-        if value < minimum:
-            raise ValueError(f"{flag} must be >= {minimum}, got {value}")
+    for name in ("epochs", "iterations", "val_iterations", "threads", "da_workers", "save_every"):
+        if (value := getattr(args, name)) < (minimum := int(name != "da_workers")):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
     if args.preset is not None:
         from nnunet_csse.presets import load_preset
 
         load_preset(args.preset)  # unknown preset: ValueError with the list
     args.dataset, args.preprocess_processes = str(args.dataset), args.preprocess_processes or max(1, min(8, cores))
+    args.budget, args.tag = (args.epochs, args.iterations, args.val_iterations), \
+        f"e{args.epochs}x{args.iterations}_val{args.val_iterations}"
+    args.budget_text = f"{args.epochs} epochs x {args.iterations} iterations (+ {args.val_iterations} validation " \
+                       f"iterations per epoch)"
     return args
 
 
-# ----------------------------------------------------------------------------------------------- the data
 def _dataset_id(dataset: str) -> int | None:
     match = re.fullmatch(r"(\d+)|Dataset(\d{3})_.+", dataset.strip())
     return int(match.group(1) or match.group(2)) if match else None
@@ -158,8 +138,8 @@ def _case_files(folder: Path) -> dict[str, Path]:
 
 
 def convert_hippocampus(source: Path, raw_root: Path, dataset_id: int) -> Path:
-    """``raw_root/Dataset{id}_Hippocampus`` in nnU-Net's raw format (symlinks to ``source``'s ``images/``,
-    ``labels/`` or ``imagesTr/``, ``labelsTr/``; copies where links fail); an equal conversion is reused."""
+    """``raw_root/Dataset{id}_Hippocampus`` in nnU-Net's raw format, linking (else copying) ``source``'s cases;
+    an equal conversion is reused."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     source = source.resolve()
@@ -167,14 +147,14 @@ def convert_hippocampus(source: Path, raw_root: Path, dataset_id: int) -> Path:
     images_dir, labels_dir = next(((a, b) for a, b in pairs if a.is_dir() and b.is_dir()), (None, None))
     if images_dir is None:
         raise ValueError(f"--convert-from {source}: expected images/ and labels/ (or imagesTr/ and labelsTr/) with "
-                          f"NAME{FILE_ENDING} files")
+                         f"NAME{FILE_ENDING} files")
     images, labels = _case_files(images_dir), _case_files(labels_dir)
     if not images:
         raise ValueError(f"--convert-from {source}: no *{FILE_ENDING} files in {images_dir}")
     if unlabelled := sorted(set(images) - set(labels)):
         raise ValueError(f"--convert-from {source}: {len(unlabelled)} image(s) without a label in {labels_dir}, "
                          f"e.g. {unlabelled[:3]}")
-    target = raw_root / f"Dataset{dataset_id:03d}_{HIPPOCAMPUS_NAME}"
+    target = raw_root / f"Dataset{dataset_id:03d}_Hippocampus"
     if (target / "dataset.json").is_file():
         if sorted(_case_files(target / "labelsTr")) == sorted(images):
             return target
@@ -213,33 +193,41 @@ def _preprocessed_cases(folder: Path, plans: str, configuration: str) -> int:
     return len(list(data.glob("*.pkl"))) if data.is_dir() else 0
 
 
+def _run_finished(fold_dir: Path) -> bool:
+    return (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` (a number or nested lists of them) with NaN and infinities as None, for JSON."""
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return float(value) if math.isfinite(float(value)) else None
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else default
+
+
 class Benchmark:
     """One invocation: data, plans, runs, records, comparisons and the summary."""
 
     def __init__(self, settings: argparse.Namespace) -> None:
-        self.s = settings
-        self.workdir = settings.workdir.resolve()
+        self.s, self.workdir = settings, settings.workdir.resolve()
         self.raw, self.preprocessed = self.workdir / "nnUNet_raw", self.workdir / "nnUNet_preprocessed"
         self.dataset_name: str | None = None
-        self.plans_identifier = settings.plans
-        self.plan_summary: dict[str, Any] = {}
+        self.plans_identifier, self.plan_summary = settings.plans, {}
         self.split_fraction: float | None = None  # the fraction whose split splits_final.json holds
-        self.comparisons: list[dict] = []
-
-    def say(self, text: str = "") -> None:
-        print(text, flush=True)
 
     def budget_line(self) -> str:
         p, s = self.plan_summary, self.s
         compiled = s.device == "cuda" and os.environ.get("nnUNet_compile", "true").lower() in ("true", "1", "t")
-        return (f"budget: {s.budget.describe()} | patch {p['patch_size']} | batch {p['batch_size']} | network "
+        return (f"budget: {s.budget_text} | patch {p['patch_size']} | batch {p['batch_size']} | network "
                 f"features {p['features'][0]}..{p['features'][-1]} ({len(p['features'])} stages) | device {s.device} | "
                 f"torch threads {s.threads} | augmentation workers {s.da_workers} | torch.compile "
                 f"{'on' if compiled else 'off'} | plans {self.plans_identifier} | {s.configuration}")
 
     def env(self, seed: int | None = None) -> dict[str, str]:
-        """The benchmark's own nnU-Net folders (whatever the calling environment names); with ``seed``, the
-        environment of one nnUNetv2_train process: budget, seed, threads, augmentation workers."""
+        """The benchmark's own nnU-Net folders; with ``seed``, the environment of one nnUNetv2_train process."""
         from nnunet_csse.environment import trainers_path
 
         s = self.s
@@ -248,8 +236,8 @@ class Benchmark:
                    nnUNet_extTrainer=trainers_path())
         env.setdefault("nnUNet_def_n_proc", str(s.preprocess_processes))
         if seed is not None:
-            env.update({schedules.ENV_EPOCHS: str(s.budget.epochs), schedules.ENV_ITERATIONS: str(s.budget.iterations),
-                        schedules.ENV_VAL_ITERATIONS: str(s.budget.val_iterations), schedules.ENV_SEED: str(seed),
+            env.update({schedules.ENV_EPOCHS: str(s.epochs), schedules.ENV_ITERATIONS: str(s.iterations),
+                        schedules.ENV_VAL_ITERATIONS: str(s.val_iterations), schedules.ENV_SEED: str(seed),
                         schedules.ENV_SAVE_EVERY: str(s.save_every), schedules.ENV_THREADS: str(s.threads),
                         "nnUNet_n_proc_DA": str(s.da_workers), "PYTHONUNBUFFERED": "1"})
             if s.device == "cpu":
@@ -257,9 +245,8 @@ class Benchmark:
         return env
 
     def results_root(self, seed: int) -> Path:
-        return self.workdir / self.s.budget.tag / f"seed{seed}" / "nnUNet_results"
+        return self.workdir / self.s.tag / f"seed{seed}" / "nnUNet_results"
 
-    # ------------------------------------------------------------------------------------------- data and plans
     def prepare_data(self) -> None:
         """Convert (``--convert-from``), plan and preprocess if needed; sets ``dataset_name``."""
         s = self.s
@@ -271,29 +258,27 @@ class Benchmark:
                 raise ValueError(f"--convert-from needs a dataset id (-d 4), got '{s.dataset}'")
             self.raw.mkdir(parents=True, exist_ok=True)
             raw = convert_hippocampus(s.convert_from, self.raw, dataset_id)
-            self.say(f"[data] {raw.name} in {self.raw} (from {s.convert_from})")
+            say(f"[data] {raw.name} in {self.raw} (from {s.convert_from})")
         expected = json.loads((raw / "dataset.json").read_text()).get("numTraining") if raw is not None else None
         if done and (expected is None or done == expected):
             self.dataset_name = folder.name
-            self.say(f"[data] reusing preprocessed {folder.name} ({s.plans}, {s.configuration})")
-            return
+            return say(f"[data] reusing preprocessed {folder.name} ({s.plans}, {s.configuration})")
         if s.report_only:
             raise ValueError(f"--report-only: dataset {s.dataset} with plans {s.plans} is not preprocessed in "
-                              f"{self.preprocessed}, so no run can have finished; run the benchmark without "
-                              f"--report-only first")
+                             f"{self.preprocessed}, so no run can have finished; run the benchmark without "
+                             f"--report-only first")
         if raw is None:
             raise ValueError(f"dataset {s.dataset} not found in {self.raw} or {self.preprocessed}: pass "
-                              f"--convert-from DIR (a folder with images/NAME{FILE_ENDING} and labels/NAME"
-                              f"{FILE_ENDING}) or put it there in nnU-Net format")
+                             f"--convert-from DIR (a folder with images/NAME{FILE_ENDING} and labels/NAME"
+                             f"{FILE_ENDING}) or put it there in nnU-Net format")
         if s.plans != "nnUNetPlans":
             raise ValueError(f"plans {s.plans} not found for {raw.name} in {self.preprocessed}: create them with "
-                              f"nnUNetv2_plan_and_preprocess (-pl ...) first")
-        self.say(f"[data] {raw.name}: nnUNetv2_plan_and_preprocess -c {s.configuration} (-np {s.preprocess_processes})")
-        t0, log = time.perf_counter(), self.workdir / "logs" / "plan_and_preprocess.log"
+                             f"nnUNetv2_plan_and_preprocess (-pl ...) first")
+        say(f"[data] {raw.name}: nnUNetv2_plan_and_preprocess -c {s.configuration} (-np {s.preprocess_processes})")
+        t0, log, n = time.perf_counter(), self.workdir / "logs" / "plan_and_preprocess.log", str(s.preprocess_processes)
         run_logged(["nnUNetv2_plan_and_preprocess", "-d", str(_dataset_id(raw.name)), "-c", s.configuration,
-                    "--verify_dataset_integrity", "-np", str(s.preprocess_processes), "-npfp",
-                    str(s.preprocess_processes)], self.env(), log)
-        self.say(f"[data] preprocessed in {time.perf_counter() - t0:.0f} s (log: {log})")
+                    "--verify_dataset_integrity", "-np", n, "-npfp", n], self.env(), log)
+        say(f"[data] preprocessed in {time.perf_counter() - t0:.0f} s (log: {log})")
         self.dataset_name = raw.name
 
     def prepare_plans(self) -> None:
@@ -307,7 +292,7 @@ class Benchmark:
             target = apply_preset(s.preset, self.dataset_name, [s.configuration], source_plans=s.plans,
                                   preprocessed_root=self.preprocessed)
             self.plans_identifier = target.stem
-            self.say(f"[plans] preset {s.preset}: {target.name}")
+            say(f"[plans] preset {s.preset}: {target.name}")
         plans = json.loads((folder / f"{self.plans_identifier}.json").read_text())
         if s.configuration not in plans["configurations"]:
             raise ValueError(f"configuration {s.configuration} not in {self.plans_identifier}.json; available: "
@@ -317,30 +302,29 @@ class Benchmark:
             derived = dict(plans, plans_name=identifier,
                            **{FRACTION_MARKER: {"source_plans": self.plans_identifier, "fraction": fraction}})
             target = folder / f"{identifier}.json"
-            if target.exists() and FRACTION_MARKER not in json.loads(target.read_text()):
+            if (existing := _read_json(target, None)) is not None and FRACTION_MARKER not in existing:
                 raise ValueError(f"{target} exists and was not written by this benchmark; refusing to overwrite it")
-            if not target.exists() or json.loads(target.read_text()) != derived:
+            if existing != derived:
                 write_json_atomic(derived, target)
-                self.say(f"[plans] fraction {fraction:g}: {target.name} (its own results folders)")
+                say(f"[plans] fraction {fraction:g}: {target.name} (its own results folders)")
         config = PlansManager(plans).get_configuration(s.configuration)
         self.plan_summary = {"patch_size": list(config.patch_size), "batch_size": config.batch_size,
                              "features": list(config.network_arch_init_kwargs["features_per_stage"]),
                              "network": config.network_arch_class_name, "spacing": list(config.spacing)}
 
     def use_split(self, fraction: float) -> None:
-        """Make ``splits_final.json`` the split of ``fraction``: the limited split installed by nnunet-csse split
-        (the full one backed up) for f < 1, the full split restored for 1."""
+        """Make ``splits_final.json`` the split of ``fraction``: installed by nnunet-csse split for f < 1, the full
+        split restored for 1."""
         if fraction == self.split_fraction:
             return
         if fraction < 1.0:
             make_limited_split(self.dataset_name, fraction, SUBSET_SEED, install=True,
                                preprocessed_root=self.preprocessed)
-            self.say(f"[split] training on the limited split of fraction {fraction:g} (subset seed {SUBSET_SEED})")
+            say(f"[split] training on the limited split of fraction {fraction:g} (subset seed {SUBSET_SEED})")
         else:
             restore_full_split(self.dataset_name, self.preprocessed, missing_ok=True)
         self.split_fraction = fraction
 
-    # ------------------------------------------------------------------------------------------- runs
     def runs(self) -> list[Run]:
         """Seed, then fraction, then fold, then trainer: the runs of one pair finish next to each other."""
         s = self.s
@@ -353,48 +337,38 @@ class Benchmark:
 
     @property
     def out_dir(self) -> Path:
-        s = self.s
-        return s.out / f"{self.dataset_name}__{self.plans_identifier}__{s.configuration}__{s.budget.tag}"
+        return self.s.out / f"{self.dataset_name}__{self.plans_identifier}__{self.s.configuration}__{self.s.tag}"
 
-    def record_path(self, run: Run) -> Path:
-        return self.out_dir / "runs" / f"{run.run_id}.json"
-
-    def per_case_path(self, run: Run) -> Path:
-        return self.out_dir / "runs" / f"{run.run_id}{records.PER_CASE_SUFFIX}"
+    def run_file(self, run: Run, suffix: str = ".json") -> Path:
+        """The record (``.json``) or per-case summary (``records.PER_CASE_SUFFIX``) of ``run`` in ``runs/``."""
+        return self.out_dir / "runs" / f"{run.run_id}{suffix}"
 
     def committed_record(self, run: Run) -> dict | None:
         """The record of ``run`` in the output folder (with or without its per-case summary), else None."""
-        path = self.record_path(run)
-        if not path.is_file():
+        if (record := _read_json(path := self.run_file(run), None)) is None:
             return None
-        record = json.loads(path.read_text())
         b = record.get("budget", {})
         stated = (b.get("epochs"), b.get("iterations_per_epoch"), b.get("val_iterations_per_epoch"), record.get("seed"))
-        expected = (self.s.budget.epochs, self.s.budget.iterations, self.s.budget.val_iterations, run.seed)
-        if stated != expected:
+        if stated != (expected := (*self.s.budget, run.seed)):
             raise ValueError(f"{path} states budget and seed {stated}, not {expected}: move it out of {path.parent}")
         return record
-
-    @staticmethod
-    def run_finished(fold_dir: Path) -> bool:
-        return (fold_dir / "checkpoint_final.pth").is_file() and (fold_dir / "validation" / "summary.json").is_file()
 
     def train_all(self) -> tuple[list[Run], list[Run], list[Run]]:
         """Train what is not finished (``--report-only``: nothing); (skipped as finished, failed, left untrained)."""
         runs, skipped, failed, pending = self.runs(), [], [], []
-        self.say(f"[runs] {len(runs)} runs: {len(self.s.trainers)} trainers x {len(self.s.fractions)} fractions x "
-                 f"{len(self.s.folds)} folds x {len(self.s.seeds)} seeds")
+        say(f"[runs] {len(runs)} runs: {len(self.s.trainers)} trainers x {len(self.s.fractions)} fractions x "
+            f"{len(self.s.folds)} folds x {len(self.s.seeds)} seeds")
         for i, run in enumerate(runs, 1):
             head = f"[run {i}/{len(runs)}] {run.describe()}"
-            if self.run_finished(self.fold_dir(run)):
-                self.say(f"{head}: finished before, skipped (reusing {self._relative(self.fold_dir(run))})")
+            if _run_finished(self.fold_dir(run)):
+                say(f"{head}: finished before, skipped (reusing {self._relative(self.fold_dir(run))})")
                 skipped.append(run)
             elif self.committed_record(run) is not None:
-                self.say(f"{head}: recorded before, skipped (reusing {self.record_path(run)}; delete the record to "
-                         f"train it again)")
+                say(f"{head}: recorded before, skipped (reusing {self.run_file(run)}; delete the record to train it "
+                    f"again)")
                 skipped.append(run)
             elif self.s.report_only:
-                self.say(f"{head}: not finished, left out (--report-only)")
+                say(f"{head}: not finished, left out (--report-only)")
                 pending.append(run)
             elif not self.train(run, head):
                 failed.append(run)
@@ -405,13 +379,12 @@ class Benchmark:
         s, fold_dir = self.s, self.fold_dir(run)
         self.use_split(run.fraction)
         resume = any((fold_dir / f"checkpoint_{k}.pth").is_file() for k in ("final", "latest"))
-        log = self.workdir / "logs" / s.budget.tag / f"seed{run.seed}" / f"{run.run_id}.log"
-        self.say(f"{head}: {'resuming' if resume else 'training'} ({s.budget.describe()}, {s.device}; log {log})")
+        log = self.workdir / "logs" / s.tag / f"seed{run.seed}" / f"{run.run_id}.log"
+        say(f"{head}: {'resuming' if resume else 'training'} ({s.budget_text}, {s.device}; log {log})")
         started, t0, returncode, error = time.time(), time.perf_counter(), None, ""
         try:
             run_logged(["nnUNetv2_train", self.dataset_name, s.configuration, str(run.fold), "-tr", run.trainer,
-                        "-p", run.plans, "-device", s.device, *(["--c"] if resume else [])],
-                       self.env(run.seed), log)
+                        "-p", run.plans, "-device", s.device, *(["--c"] if resume else [])], self.env(run.seed), log)
             returncode = 0
         except CommandFailed as e:
             returncode, error = e.returncode, str(e)
@@ -419,15 +392,14 @@ class Benchmark:
             wall = time.perf_counter() - t0
             if fold_dir.is_dir():
                 path = fold_dir / SESSIONS_FILE
-                sessions = json.loads(path.read_text()) if path.is_file() else []
-                path.write_text(json.dumps([*sessions, {
+                path.write_text(json.dumps([*_read_json(path, []), {
                     "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)), "wall_s": round(wall, 2),
                     "resumed": resume, "returncode": returncode, "device": s.device, "torch_threads": s.threads,
                     "augmentation_workers": s.da_workers}], indent=1))
-        if returncode != 0 or not self.run_finished(fold_dir):
-            self.say(f"{head}: FAILED after {wall:.0f} s: {error or f'no final checkpoint in {fold_dir}'}")
+        if returncode != 0 or not _run_finished(fold_dir):
+            say(f"{head}: FAILED after {wall:.0f} s: {error or f'no final checkpoint in {fold_dir}'}")
             return False
-        self.say(f"{head}: done in {wall:.1f} s")
+        say(f"{head}: done in {wall:.1f} s")
         return True
 
     def _relative(self, path: Path) -> str:
@@ -437,101 +409,70 @@ class Benchmark:
         except ValueError:
             return path.name
 
-    # ------------------------------------------------------------------------------------------- records
     def record(self, run: Run, reused: bool) -> dict[str, Any]:
         """The JSON record of a finished run: budget, wall time, split, validation Dice, learning curves."""
         import torch
 
-        fold_dir = self.fold_dir(run)
+        s, fold_dir = self.s, self.fold_dir(run)
         mean_dice, case_dice = read_evaluator_summary(fold_dir / "validation" / "summary.json")
         names = {str(v): k for k, v in json.loads((fold_dir.parent / "dataset.json").read_text())["labels"].items()
                  if isinstance(v, int)}
         logging = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-        sessions_file, schedule_file = fold_dir / SESSIONS_FILE, fold_dir / schedules.SCHEDULE_FILE
-        sessions = json.loads(sessions_file.read_text()) if sessions_file.is_file() else []
-        schedule = json.loads(schedule_file.read_text()) if schedule_file.is_file() else {}
+        sessions = _read_json(fold_dir / SESSIONS_FILE, [])
+        schedule = _read_json(fold_dir / schedules.SCHEDULE_FILE, {})
         train, val = schedule.get("train_cases"), schedule.get("val_cases")
         full_train = full_split(self.preprocessed / self.dataset_name)[0][run.fold]["train"]
         curves = {key: _finite(values) for key, values in logging.items()}  # nnU-Net's per-epoch logging
-        b = self.s.budget
         stated = tuple(schedule.get(k) for k in ("epochs", "iterations", "val_iterations", "seed"))
-        warnings = [] if stated == (b.epochs, b.iterations, b.val_iterations, run.seed) else [
+        warnings = [] if stated == (*s.budget, run.seed) else [
             f"{schedules.SCHEDULE_FILE} states another budget/seed: {stated}" if schedule else
             f"no {schedules.SCHEDULE_FILE} in the fold folder (trained by an earlier version): budget and split not "
             f"confirmed"]
-        if len(curves["train_losses"]) != b.epochs:
-            warnings.append(f"{len(curves['train_losses'])} epochs logged, budget {b.epochs}")
+        if len(curves["train_losses"]) != s.epochs:
+            warnings.append(f"{len(curves['train_losses'])} epochs logged, budget {s.epochs}")
         devices = sorted({x["device"] for x in sessions}) or [None]
+        limited = run.fraction < 1
         return {
             "trainer": run.trainer, "fraction": run.fraction, "fold": run.fold, "seed": run.seed,
-            "dataset": self.dataset_name, "configuration": self.s.configuration, "plans": run.plans,
-            "budget": {"epochs": b.epochs, "iterations_per_epoch": b.iterations, "val_iterations_per_epoch":
-                       b.val_iterations, **self.plan_summary, "device": devices[0] if len(devices) == 1 else devices,
+            "dataset": self.dataset_name, "configuration": s.configuration, "plans": run.plans,
+            "budget": {"epochs": s.epochs, "iterations_per_epoch": s.iterations, "val_iterations_per_epoch":
+                       s.val_iterations, **self.plan_summary, "device": devices[0] if len(devices) == 1 else devices,
                        "torch_threads": schedule.get("torch_threads"),
                        "augmentation_workers": sessions[-1]["augmentation_workers"] if sessions else None},
             "wall_s": round(sum(x["wall_s"] for x in sessions), 2) if sessions else None,
             "sessions": sessions, "reused_in_this_invocation": reused,
             "train_cases": len(train) if train is not None else None, "train_cases_full_split": len(full_train),
-            "val_cases": len(val) if val is not None else None,
-            "training_subset": train if run.fraction < 1 else None,
-            "subset_seed": SUBSET_SEED if run.fraction < 1 else None,
+            "val_cases": len(val) if val is not None else None, "training_subset": train if limited else None,
+            "subset_seed": SUBSET_SEED if limited else None,
             "validation": {"dice": {names.get(k, k): _finite(v) for k, v in mean_dice.items() if k != FOREGROUND_MEAN},
                            "foreground_mean_dice": _finite(mean_dice[FOREGROUND_MEAN]), "cases": len(case_dice)},
             "final_ema_pseudo_dice": curves["ema_fg_dice"][-1] if curves["ema_fg_dice"] else None,
             "curves": curves, "warnings": warnings, "fold_folder": self._relative(fold_dir)}
 
-    # ------------------------------------------------------------------------------------------- outputs
-    def write_outputs(self, finished: list[dict], failed: list[Run], skipped: list[Run],
-                      pending: Sequence[Run] = ()) -> Path:
-        """The records and per-case summaries in ``runs/``, ``trainings.png``, the comparisons, ``summary.md``."""
-        out, reference = self.out_dir, records.display_name(self.s.trainers[0])
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        for r in finished:
-            run = run_of(r)
-            self.record_path(run).write_text(json.dumps(r, indent=1))
-            summary = self.fold_dir(run) / "validation" / "summary.json"
-            if summary.is_file():  # else recorded before: its per-case copy is already there (or never was)
-                shutil.copyfile(summary, self.per_case_path(run))
-        groups = records.training_groups([(r, out / "runs") for r in finished], self.s.trainers, self.s.trainers[0])
-        if groups:
-            records.write_trainings_figure(groups, out / records.TRAININGS_FIGURE,
-                                           f"{self.dataset_name} {self.s.configuration}")
-            self.say(f"[trainings] one (fold, seed) run = one training; reference {reference}\n"
-                     f"{records.trainings_text(groups)}")
-        self.comparisons = self.compare(finished, out)
-        self._write_summary(finished, failed, skipped, pending, out, groups, self.comparisons)
-        return out
-
     def compare(self, finished: list[dict], out: Path) -> list[dict]:
-        """Case level: :func:`~nnunet_csse.tools.compare.compare_trainers` (``nnunet-csse compare``) on the per-case
-        summaries in ``runs/``, per seed: the trainers at each fraction and, for f < 1, every trainer at f against
-        the first trainer at full data; in ``compare/<seed>_<fraction>[_vs_frac100]_folds<F-F>``."""
-        entries, reference = [], self.s.trainers[0]
-        for seed in self.s.seeds:
+        """``nnunet-csse compare`` on the per-case summaries in ``runs/``, per seed: the trainers at each fraction
+        and, for f < 1, every trainer at f against the first trainer at full data."""
+        entries, reference, s = [], self.s.trainers[0], self.s
+        for seed in s.seeds:
             of_seed = [r for r in finished if r["seed"] == seed]
-            staged = self._stage_per_case(of_seed, seed)
-            for fraction in self.s.fractions:
+            staged = self.workdir / "compare_inputs" / s.tag / f"seed{seed}"  # nnU-Net's results layout
+            shutil.rmtree(staged, ignore_errors=True)
+            for r in of_seed:
+                if (source := self.run_file(run_of(r), records.PER_CASE_SUFFIX)).is_file():
+                    folder = staged / self.dataset_name / f"{r['trainer']}__{r['plans']}__{s.configuration}"
+                    (folder / f"fold_{r['fold']}" / "validation").mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, folder / f"fold_{r['fold']}" / "validation" / "summary.json")
+                    shutil.copyfile(self.preprocessed / self.dataset_name / "dataset.json", folder / "dataset.json")
+            for fraction in s.fractions:
                 tag = f"seed{seed}_{fraction_tag(fraction)}"
-                groups = [(tag, f"fraction {fraction:g}", [(t, fraction) for t in self.s.trainers])]
-                if fraction < 1.0 and 1.0 in self.s.fractions:
+                groups = [(tag, f"fraction {fraction:g}", [(t, fraction) for t in s.trainers])]
+                if fraction < 1.0 and 1.0 in s.fractions:
                     groups.append((f"{tag}_vs_{fraction_tag(1.0)}", f"fraction {fraction:g} against {reference} at "
-                                   f"fraction 1", [(reference, 1.0), *((t, fraction) for t in self.s.trainers)]))
+                                   f"fraction 1", [(reference, 1.0), *((t, fraction) for t in s.trainers)]))
                 for name, title, members in groups:
                     group = [r for r in of_seed if (r["trainer"], r["fraction"]) in members]
                     entries.append(self._compare_group(name, seed, title, members, group, out, staged))
         return entries
-
-    def _stage_per_case(self, finished: list[dict], seed: int) -> Path:
-        """A results folder holding every record's per-case summary from ``runs/`` where nnU-Net puts it."""
-        root = self.workdir / "compare_inputs" / self.s.budget.tag / f"seed{seed}"
-        shutil.rmtree(root, ignore_errors=True)
-        for r in finished:
-            if (source := self.per_case_path(run_of(r))).is_file():
-                folder = root / self.dataset_name / f"{r['trainer']}__{r['plans']}__{self.s.configuration}"
-                (folder / f"fold_{r['fold']}" / "validation").mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / f"fold_{r['fold']}" / "validation" / "summary.json")
-                shutil.copyfile(self.preprocessed / self.dataset_name / "dataset.json", folder / "dataset.json")
-        return root
 
     def _compare_group(self, name: str, seed: int, title: str, members: list[tuple[str, float]],
                        group: list[dict], out: Path, staged: Path) -> dict:
@@ -539,7 +480,7 @@ class Benchmark:
         with a per-case summary; members without one are left out, a missing reference skips it."""
         from nnunet_csse.tools.compare import compare_trainers
 
-        per_case = [r for r in group if self.per_case_path(run_of(r)).is_file()]
+        per_case = [r for r in group if self.run_file(run_of(r), records.PER_CASE_SUFFIX).is_file()]
         found = [m for m in members if any((r["trainer"], r["fraction"]) == m for r in per_case)]
         one_fraction = len({f for _, f in members}) == 1  # named by trainer (-p gives the plans), else TRAINER__PLANS
         names = [t if one_fraction else f"{t}__{fraction_plans(self.plans_identifier, f)}" for t, f in found]
@@ -555,23 +496,23 @@ class Benchmark:
                 f"{reference} has no finished run with per-case results" if found[0] != members[0] else \
                 f"only {reference} has a finished run with per-case results: nothing to pair it with"
             return entry
-        plans = fraction_plans(self.plans_identifier, members[0][1])
+        plans, hide = fraction_plans(self.plans_identifier, members[0][1]), str(self.workdir)
         try:
             comparison = compare_trainers(self.dataset_name, self.s.configuration, names, plans=plans, folds=folds,
                                           out_dir=folder, results_root=staged)
         except ValueError as e:  # reported, the other comparisons still run
-            entry.update(output=f"error: {e}".replace(str(self.workdir), "<workdir>"), failed=True)
-            self.say(f"[compare] seed {seed}, {title}: {entry['output']}")
+            entry.update(output=f"error: {e}".replace(hide, "<workdir>"), failed=True)
+            say(f"[compare] seed {seed}, {title}: {entry['output']}")
             return entry
         for written in folder.glob("*.md"):  # its warnings name run folders: keep the machine's paths out
-            written.write_text(written.read_text().replace(str(self.workdir), "<workdir>"))
+            written.write_text(written.read_text().replace(hide, "<workdir>"))
         entry["output"] = "\n".join([*(f"warning: {w}" for w in comparison.warnings),
-                                     comparison.table()]).replace(str(self.workdir), "<workdir>")
+                                     comparison.table()]).replace(hide, "<workdir>")
         (folder / "compare.txt").write_text(
             f"$ nnunet-csse compare -d {self.dataset_name} -c {self.s.configuration} -tr {' '.join(names)} -p {plans} "
             f"--folds {' '.join(map(str, folds))} --out .\nseed {seed}, {title}: {len(per_case)} runs (nnUNet_results: "
             f"their per-case summaries from runs/)\n{self.budget_line()}\n\n{entry['output']}\n")
-        self.say(f"[compare] seed {seed}, {title} ({len(per_case)} runs):\n{entry['output']}")
+        say(f"[compare] seed {seed}, {title} ({len(per_case)} runs):\n{entry['output']}")
         entry["compared"] = True
         return entry
 
@@ -630,9 +571,9 @@ class Benchmark:
         s = self.s
         self.prepare_data()
         self.prepare_plans()
-        self.say(f"[benchmark] {self.dataset_name} {s.configuration}; trainers {', '.join(s.trainers)}; folds "
-                 f"{s.folds}; seeds {s.seeds}; fractions {[f'{f:g}' for f in s.fractions]}\n[benchmark] "
-                 f"{self.budget_line()}\n[benchmark] work folder {self.workdir}")
+        say(f"[benchmark] {self.dataset_name} {s.configuration}; trainers {', '.join(s.trainers)}; folds {s.folds}; "
+            f"seeds {s.seeds}; fractions {[f'{f:g}' for f in s.fractions]}\n[benchmark] {self.budget_line()}\n"
+            f"[benchmark] work folder {self.workdir}")
         t0 = time.perf_counter()
         try:
             skipped, failed, pending = self.train_all()
@@ -641,38 +582,40 @@ class Benchmark:
                 restore_full_split(self.dataset_name, self.preprocessed, missing_ok=True)
         finished = []
         for run in self.runs():
-            if self.run_finished(self.fold_dir(run)):
+            if _run_finished(self.fold_dir(run)):
                 finished.append(self.record(run, run in skipped))
             elif (committed := self.committed_record(run)) is not None:
                 finished.append(dict(committed, reused_in_this_invocation=True))
-        out = self.write_outputs(finished, failed, skipped, pending)
+        out, reference = self.out_dir, records.display_name(s.trainers[0])
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        for r in finished:
+            self.run_file(run_of(r)).write_text(json.dumps(r, indent=1))
+            summary = self.fold_dir(run_of(r)) / "validation" / "summary.json"
+            if summary.is_file():  # else recorded before: its per-case copy is already there (or never was)
+                shutil.copyfile(summary, self.run_file(run_of(r), records.PER_CASE_SUFFIX))
+        groups = records.training_groups([(r, out / "runs") for r in finished], s.trainers, s.trainers[0])
+        if groups:
+            records.write_trainings_figure(groups, out / records.TRAININGS_FIGURE,
+                                           f"{self.dataset_name} {s.configuration}")
+            say(f"[trainings] one (fold, seed) run = one training; reference {reference}\n"
+                f"{records.trainings_text(groups)}")
+        comparisons = self.compare(finished, out)
+        self._write_summary(finished, failed, skipped, pending, out, groups, comparisons)
         trained = len(self.runs()) - len(skipped) - len(failed) - len(pending)
-        compare_failed = sum("failed" in c for c in self.comparisons)
-        self.say(f"[benchmark] {trained} runs trained, {len(skipped)} reused, {len(failed)} failed in "
-                 f"{time.perf_counter() - t0:.0f} s" + (f"; {compare_failed} comparison(s) failed" if compare_failed
-                                                         else "") +
-                 f"\n[benchmark] {self.budget_line()}\n[benchmark] wrote {out}")
+        compare_failed = sum("failed" in c for c in comparisons)
+        say(f"[benchmark] {trained} runs trained, {len(skipped)} reused, {len(failed)} failed in "
+            f"{time.perf_counter() - t0:.0f} s" + (f"; {compare_failed} comparison(s) failed" if compare_failed else "")
+            + f"\n[benchmark] {self.budget_line()}\n[benchmark] wrote {out}")
         return 1 if failed or compare_failed else 0
 
 
-def _finite(value: Any) -> Any:
-    """``value`` (a number or nested lists of them) with NaN and infinities as None, for JSON."""
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return float(value) if math.isfinite(float(value)) else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry of ``python -m benchmarks accuracy``: 0 when every run finished, 1 when a run or step failed, 2 for bad
-    input."""
+    """``python -m benchmarks accuracy``: 0 when every run finished, 1 when a run or step failed, 2 for bad input."""
     try:
         return Benchmark(parse_args(argv)).run()
-    except ValueError as e:
+    except (ValueError, StepFailed) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    except StepFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, ValueError) else 1
 
 
 if __name__ == "__main__":

@@ -436,7 +436,7 @@ def test_comparison_without_a_finished_reference_is_skipped_not_run_against_anot
     bench.dataset_name = "Dataset004_Hippocampus"
     only_csse = [{"trainer": "nnUNetTrainerCSSE_benchmark", "fraction": 0.25, "fold": 0, "seed": 0,
                   "plans": "nnUNetPlans_frac25"}]
-    per_case = bench.per_case_path(records.run_of(only_csse[0]))
+    per_case = bench.run_file(records.run_of(only_csse[0]), records.PER_CASE_SUFFIX)
     per_case.parent.mkdir(parents=True)
     per_case.write_text("{}")
     entry = bench._compare_group("seed0_frac25_vs_frac100", 0, "limited data", [
@@ -456,7 +456,7 @@ def test_recorded_run_of_another_budget_is_refused_with_what_to_do(tmp_path, cap
     bench.dataset_name = "Dataset004_Hippocampus"
     run = records.Run("nnUNetTrainer_benchmark", 1.0, 0, 0, "nnUNetPlans")
     assert bench.committed_record(run) is None  # nothing recorded: train it
-    path = bench.record_path(run)
+    path = bench.run_file(run)
     path.parent.mkdir(parents=True)
     budget = {"epochs": 20, "iterations_per_epoch": 50, "val_iterations_per_epoch": 10}
     path.write_text(json.dumps({"seed": 0, "budget": budget}))
